@@ -1,0 +1,3 @@
+"""`segbench evaluate` sub-command (placeholder until its issue lands)."""
+
+from segbench.cli import main  # noqa: F401

@@ -1,0 +1,214 @@
+"""Run-directory I/O: job result files and the analysis-ready tables (see docs/run-directory.md).
+
+``metrics.csv`` and ``jobs.csv`` are always rebuilt from the per-job ``result.json`` files, so a crash
+while writing them never loses anything: the job files are the source of truth.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from segbench.atomic import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+JOB_STATUSES = ("done", "failed", "diverged", "oom", "killed", "timeout")
+
+METRICS_COLUMNS = (
+    "model", "fold", "case_id", "label", "label_name", "dice", "hd", "hd95", "assd", "nsd", "tolerance_mm",
+    "pred_volume_ml", "ref_volume_ml", "pred_empty", "ref_empty", "miss", "diagonal_mm",
+)  # fmt: skip
+
+JOBS_COLUMNS = (
+    "model", "fold", "status", "reason", "family", "params", "mflop_per_voxel_forward", "mflop_per_voxel_train",
+    "device", "batch_size", "patch_size", "iterations", "train_seconds", "train_iters_per_s", "train_voxels_per_s",
+    "data_wait_share", "achieved_gflop_per_s", "peak_gpu_mem_allocated_mb", "peak_gpu_mem_reserved_mb",
+    "peak_rss_mb", "inference_seconds_per_case", "final_loss", "num_val_cases",
+)  # fmt: skip
+
+RESULT_FILE = "result.json"
+LEARNING_CURVE_FILE = "training_log.csv"
+
+
+def job_dir(run_dir: str | Path, model: str, fold: int) -> Path:
+    """Folder of one (model, fold) job: ``RUN_DIR/jobs/<model>/fold_<fold>``."""
+    return Path(run_dir) / "jobs" / model / f"fold_{fold}"
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """The content of one ``result.json``: outcome, the jobs.csv row and the metrics.csv rows of a job."""
+
+    model: str
+    fold: int
+    status: str
+    reason: str
+    job: dict[str, Any]
+    metrics: list[dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "fold": self.fold,
+            "status": self.status,
+            "reason": self.reason,
+            "job": self.job,
+            "metrics": self.metrics,
+        }
+
+
+def write_job_result(run_dir: str | Path, result: JobResult) -> Path:
+    """Atomically write ``result.json`` of a job: the last file a job writes (its completion marker).
+
+    Raises:
+        ValueError: unknown status.
+        OSError: the write failed (e.g. disk full); nothing half-written is left behind.
+    """
+    if result.status not in JOB_STATUSES:
+        raise ValueError(f"unknown job status {result.status!r}; expected one of {', '.join(JOB_STATUSES)}")
+    folder = job_dir(run_dir, result.model, result.fold)
+    folder.mkdir(parents=True, exist_ok=True)
+    return atomic_write_json(folder / RESULT_FILE, _finite_or_str(result.to_json()))
+
+
+def _finite_or_str(obj: Any) -> Any:
+    # JSON has no inf/NaN; keep them readable and round-trippable as strings ("inf", "nan").
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {key: _finite_or_str(value) for key, value in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite_or_str(value) for value in obj]
+    return obj
+
+
+def read_job_result(path: str | Path) -> JobResult:
+    """Read one ``result.json``.
+
+    Raises:
+        ValueError: the file is truncated, not JSON, or lacks required keys (message names the file).
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return JobResult(
+            model=str(data["model"]),
+            fold=int(data["fold"]),
+            status=str(data["status"]),
+            reason=str(data.get("reason", "")),
+            job=dict(data.get("job", {})),
+            metrics=list(data.get("metrics", [])),
+        )
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is truncated or malformed ({exc.__class__.__name__}: {exc})") from None
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """All readable job results of a run directory plus the problems met while reading it."""
+
+    results: list[JobResult]
+    problems: list[str]
+
+
+def scan_results(run_dir: str | Path) -> ScanResult:
+    """Read every ``jobs/<model>/fold_<k>/result.json``; unreadable ones become ``problems`` (never fatal)."""
+    run_dir = Path(run_dir)
+    results: list[JobResult] = []
+    problems: list[str] = []
+    jobs_root = run_dir / "jobs"
+    if not jobs_root.is_dir():
+        return ScanResult(results, problems)
+    for path in sorted(jobs_root.glob(f"*/fold_*/{RESULT_FILE}")):
+        model, fold_name = path.parent.parent.name, path.parent.name
+        try:
+            result = read_job_result(path)
+        except ValueError as exc:
+            problems.append(f"{model} {fold_name}: {exc}; this job will be redone on --resume")
+            continue
+        results.append(result)
+    return ScanResult(results, problems)
+
+
+def _frame(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows)
+    for column in columns:
+        if column not in frame.columns:
+            frame[column] = pd.NA
+    extra = [c for c in frame.columns if c not in columns]
+    frame = frame[list(columns) + extra]
+    # "inf"/"nan" strings from result.json back to floats.
+    for column in frame.columns:
+        if frame[column].dtype == object:
+            converted = pd.to_numeric(frame[column], errors="coerce")
+            if converted.notna().sum() == frame[column].notna().sum() and frame[column].notna().any():
+                frame[column] = converted
+    return frame
+
+
+def metrics_table(results: list[JobResult]) -> pd.DataFrame:
+    """Tidy per-case table (one row per model, fold, case_id, label), sorted."""
+    rows = [row for result in results for row in result.metrics]
+    frame = _frame(rows, METRICS_COLUMNS)
+    return frame.sort_values(["model", "fold", "case_id", "label"], kind="stable").reset_index(drop=True)
+
+
+def jobs_table(results: list[JobResult]) -> pd.DataFrame:
+    """One row per (model, fold) with its status and costs, sorted."""
+    rows = [{**result.job, "model": result.model, "fold": result.fold, "status": result.status,
+             "reason": result.reason} for result in results]  # fmt: skip
+    frame = _frame(rows, JOBS_COLUMNS)
+    return frame.sort_values(["model", "fold"], kind="stable").reset_index(drop=True)
+
+
+def rebuild_tables(run_dir: str | Path) -> ScanResult:
+    """Rewrite ``metrics.csv`` and ``jobs.csv`` from the job folders (atomically); returns what was read."""
+    run_dir = Path(run_dir)
+    scan = scan_results(run_dir)
+    atomic_write_text(run_dir / "metrics.csv", metrics_table(scan.results).to_csv(index=False))
+    atomic_write_text(run_dir / "jobs.csv", jobs_table(scan.results).to_csv(index=False))
+    for problem in scan.problems:
+        log.warning(problem)
+    return scan
+
+
+def load_metrics(run_dir: str | Path) -> pd.DataFrame:
+    """``metrics.csv`` as a DataFrame (``inf`` distances preserved)."""
+    return pd.read_csv(Path(run_dir) / "metrics.csv")
+
+
+def load_jobs(run_dir: str | Path) -> pd.DataFrame:
+    """``jobs.csv`` as a DataFrame (``reason`` empty string for done jobs)."""
+    frame = pd.read_csv(Path(run_dir) / "jobs.csv")
+    if "reason" in frame:
+        frame["reason"] = frame["reason"].fillna("")
+    return frame
+
+
+def load_manifest(run_dir: str | Path) -> dict[str, Any]:
+    """``manifest.json`` as a dict."""
+    return json.loads((Path(run_dir) / "manifest.json").read_text(encoding="utf-8"))
+
+
+def load_learning_curves(run_dir: str | Path) -> pd.DataFrame:
+    """All ``training_log.csv`` files as one table: model, fold, iteration, loss, lr, wall_s."""
+    frames = []
+    for path in sorted((Path(run_dir) / "jobs").glob(f"*/fold_*/{LEARNING_CURVE_FILE}")):
+        try:
+            frame = pd.read_csv(path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            log.warning("skipping unreadable learning curve %s (%s)", path, exc)
+            continue
+        frame.insert(0, "fold", int(path.parent.name.removeprefix("fold_")))
+        frame.insert(0, "model", path.parent.parent.name)
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=["model", "fold", "iteration", "loss", "lr", "wall_s"])
+    return pd.concat(frames, ignore_index=True)
