@@ -1,0 +1,140 @@
+"""The run configuration: frozen dataclasses with commented defaults, saved in ``manifest.json``.
+
+One recipe for every model (DESIGN.md, "Training recipe"): the same budget, patch, batch, optimiser and loss.
+Unknown keys are an error (:func:`config_from_dict`), so a typo in a config file never silently falls back to a
+default. The defaults are chosen so that ``segbench run --folds 5`` on the embedded synthetic dataset finishes on a
+2-core CPU in minutes and already separates the tutorial's U-Net from its FCN.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from segbench.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training recipe shared by every (model, fold) job."""
+
+    iterations: int = 150  # budget per job in optimiser steps (ignored when time_budget_s is set)
+    time_budget_s: float | None = None  # alternative budget: seconds of training per job, same for every model
+    batch_size: int = 2
+    patch_size: tuple[int, int, int] = (32, 32, 24)  # voxels, array-axis order; must suit every model's divisor
+    optimizer: str = "adam"  # "adam" or "sgd" (Nesterov momentum 0.99, as nnU-Net)
+    lr: float = 3e-3  # initial learning rate, decayed by the poly schedule (1 - progress) ** poly_power
+    poly_power: float = 0.9
+    weight_decay: float = 3e-5
+    loss: str = "auto"  # "auto": Dice + BCE for one output channel, Dice + CE otherwise; or "dice_bce" / "dice_ce"
+    fg_fraction: float = 1 / 3  # share of patches forced to contain foreground
+    augment: bool = True  # random flips + intensity scale/shift
+    amp: bool = True  # mixed precision (CUDA only; ignored on CPU)
+    channels_last: bool = True  # channels-last-3d memory format (CUDA only)
+    num_workers: int = 1  # DataLoader worker processes
+    log_every: int = 10  # learning-curve row every N iterations
+    checkpoint_every: int = 50  # rotating checkpoint every N iterations (and at the end)
+    grad_clip: float = 12.0  # max gradient norm (nnU-Net's value); 0 disables
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Sliding-window prediction of the out-of-fold cases."""
+
+    overlap: float = 0.5  # fraction of the window shared with its neighbour along each axis
+    batch_size: int = 4  # windows per forward pass
+    mirror: bool = False  # test-time augmentation over the 8 axis flips
+    gaussian: bool = True  # Gaussian importance weighting of window centres
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines the results of a run (``manifest.json["config"]``)."""
+
+    data: str | None = None  # dataset folder; None = the embedded synthetic Task02-like default
+    models: tuple[str, ...] = ("fcn", "unet")
+    folds: int = 5
+    splits: str = "kfold"  # "kfold", "nnunet" or a splits_final.json path
+    seed: int = 0
+    device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
+    target_spacing: tuple[float, float, float] | None = None  # resample to this spacing (mm); None keeps native
+    tolerance_mm: float = 2.0  # NSD tolerance
+    job_timeout_s: float | None = None  # wall-clock limit per job; exceeded -> status "timeout"
+    train: TrainConfig = field(default_factory=TrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+    def __post_init__(self) -> None:
+        validate_config(self)
+
+
+def validate_config(config: RunConfig) -> None:
+    """Raise :class:`ConfigError` naming the first invalid value."""
+    train = config.train
+    checks = [
+        (config.folds >= 2, f"--folds must be at least 2 (got {config.folds})"),
+        (len(config.models) > 0, "--models selects no model"),
+        (train.iterations > 0, f"--iterations must be positive (got {train.iterations})"),
+        (train.time_budget_s is None or train.time_budget_s > 0, "--time-budget must be positive"),
+        (train.batch_size > 0, f"--batch-size must be positive (got {train.batch_size})"),
+        (len(train.patch_size) == 3 and all(int(s) > 0 for s in train.patch_size), "--patch needs 3 positive sizes"),
+        (train.optimizer in ("adam", "sgd"), f"optimizer must be 'adam' or 'sgd' (got {train.optimizer!r})"),
+        (train.loss in ("auto", "dice_bce", "dice_ce"), f"loss must be auto, dice_bce or dice_ce (got {train.loss!r})"),
+        (train.lr > 0, f"learning rate must be positive (got {train.lr})"),
+        (0 <= train.fg_fraction <= 1, "fg_fraction must lie in [0, 1]"),
+        (0 <= config.inference.overlap < 1, "inference overlap must lie in [0, 1)"),
+        (config.tolerance_mm >= 0, "--tolerance-mm must not be negative"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def config_to_dict(config: RunConfig) -> dict[str, Any]:
+    """Plain JSON-ready dict (tuples become lists)."""
+    return _tuples_to_lists(dataclasses.asdict(config))
+
+
+def _tuples_to_lists(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _tuples_to_lists(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_tuples_to_lists(item) for item in value]
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(unknown)} in {where}; valid keys: {', '.join(fields)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        if name == "train":
+            value = _build(TrainConfig, value, f"{where}.train")
+        elif name == "inference":
+            value = _build(InferenceConfig, value, f"{where}.inference")
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    """Inverse of :func:`config_to_dict`; unknown keys raise :class:`ConfigError`."""
+    return _build(RunConfig, data, "config")
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Human-readable differences between two config dicts, e.g. ``"train.lr: 0.003 -> 0.01"``."""
+    differences = []
+    for key in sorted(set(old) | set(new)):
+        name = f"{prefix}{key}"
+        a, b = old.get(key, "<missing>"), new.get(key, "<missing>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            differences.extend(config_differences(a, b, prefix=f"{name}."))
+        elif a != b:
+            differences.append(f"{name}: {a!r} -> {b!r}")
+    return differences

@@ -1,0 +1,191 @@
+"""The one training loop every model goes through (a short loop plus callbacks, in the spirit of minGPT).
+
+The budget is a number of optimiser steps or of seconds, identical for every model. The learning rate follows a
+poly schedule computed from the progress through that budget, so resuming needs no scheduler state. Per step the loop
+measures how long it waited for data and how long the step took (with ``torch.cuda.synchronize`` on CUDA), raises
+:class:`TrainingDiverged` on a NaN/inf loss, and hands a :class:`LoopState` to each callback (learning-curve logging,
+checkpoints, time limits). The final weights are what gets evaluated: there is no best-on-validation selection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segbench.config import TrainConfig
+from segbench.profiling import ThroughputMeter, synchronize
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; ``iteration`` is the step that produced it."""
+
+    def __init__(self, iteration: int, loss: float) -> None:
+        super().__init__(f"loss became {loss} at iteration {iteration}")
+        self.iteration = iteration
+        self.loss = loss
+
+
+@dataclass
+class LoopState:
+    """What callbacks see after every step. ``iteration`` counts finished steps (1 after the first)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    iteration: int
+    elapsed_s: float  # training wall time so far, including time before a resume
+    loss: float = math.nan
+    lr: float = math.nan
+    meter: ThroughputMeter = field(default_factory=ThroughputMeter)
+    finished: bool = False
+
+
+Callback = Callable[[LoopState], None]
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam, or SGD with Nesterov momentum 0.99 (nnU-Net's choice), with the configured weight decay."""
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=config.lr, momentum=0.99, nesterov=True, weight_decay=config.weight_decay
+        )
+    return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
+def poly_lr(config: TrainConfig, progress: float) -> float:
+    """Learning rate at ``progress`` ∈ [0, 1] of the budget: ``lr * (1 - progress) ** poly_power``."""
+    return config.lr * max(0.0, 1.0 - progress) ** config.poly_power
+
+
+def loss_kind(config: TrainConfig, out_channels: int) -> str:
+    """Resolve ``loss="auto"``: Dice + BCE for a single output channel, Dice + CE otherwise."""
+    if config.loss != "auto":
+        return config.loss
+    return "dice_bce" if out_channels == 1 else "dice_ce"
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, *, kind: str, smooth: float = 1e-5) -> torch.Tensor:
+    """Soft Dice (over the whole batch, foreground classes) plus (binary) cross-entropy.
+
+    Args:
+        logits: ``(B, K, D, H, W)``; ``K == 1`` for ``dice_bce``.
+        target: ``(B, D, H, W)`` integer class indices (0 = background; for ``dice_bce`` anything > 0 is foreground).
+        kind: ``"dice_bce"`` or ``"dice_ce"``.
+
+    Returns:
+        Scalar loss (float32, computed outside autocast for stability).
+    """
+    logits = logits.float()
+    spatial = (0, 2, 3, 4)
+    if kind == "dice_bce":
+        truth = (target > 0).unsqueeze(1).float()
+        probs = torch.sigmoid(logits)
+        ce = F.binary_cross_entropy_with_logits(logits, truth)
+    else:
+        ce = F.cross_entropy(logits, target.long())
+        probs = torch.softmax(logits, dim=1)[:, 1:]
+        truth = F.one_hot(target.long(), logits.shape[1]).movedim(-1, 1)[:, 1:].float()
+    intersection = (probs * truth).sum(spatial)
+    denominator = probs.sum(spatial) + truth.sum(spatial)
+    dice = (2 * intersection + smooth) / (denominator + smooth)
+    return ce + (1 - dice.mean())
+
+
+def train(
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterator[dict],
+    config: TrainConfig,
+    device: torch.device,
+    out_channels: int,
+    state: LoopState | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> LoopState:
+    """Train until the budget is spent; return the final :class:`LoopState`.
+
+    Args:
+        model: network on ``device``; ``forward(B, C, D, H, W) -> (B, out_channels, D, H, W)`` logits.
+        optimizer: built by :func:`make_optimizer` (its state may come from a checkpoint).
+        batches: iterator of dicts with ``image`` ``(B, C, D, H, W)`` float and ``label`` ``(B, D, H, W)`` integer
+            class indices; it must already be positioned at ``state.iteration`` when resuming.
+        config: budget, learning rate schedule, loss, AMP.
+        device: where to train.
+        out_channels: number of logit channels (1 = binary task with BCE).
+        state: a restored state to continue from (iteration, elapsed time, AMP scaler); ``None`` starts afresh.
+        callbacks: called after every step with the state, and once more with ``state.finished = True``.
+
+    Raises:
+        TrainingDiverged: the loss became NaN or infinite (the offending step is not applied).
+        torch.OutOfMemoryError: propagated for the caller to record as an ``oom`` result.
+    """
+    use_cuda = device.type == "cuda"
+    amp = config.amp and use_cuda
+    if state is None:
+        scaler = torch.amp.GradScaler("cuda") if amp else None
+        state = LoopState(model=model, optimizer=optimizer, scaler=scaler, iteration=0, elapsed_s=0.0)
+    if use_cuda and config.channels_last:
+        model.to(memory_format=torch.channels_last_3d)
+    kind = loss_kind(config, out_channels)
+    model.train()
+
+    def progress() -> float:
+        if config.time_budget_s is not None:
+            return state.elapsed_s / config.time_budget_s
+        return state.iteration / config.iterations
+
+    while progress() < 1.0:
+        lr = poly_lr(config, progress())
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        started = time.perf_counter()
+        batch = next(batches)
+        image = batch["image"].to(device, non_blocking=True)
+        label = batch["label"].to(device, non_blocking=True)
+        if use_cuda and config.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last_3d)
+        fetched = time.perf_counter()
+
+        optimizer.zero_grad(set_to_none=True)
+        autocast = torch.autocast("cuda", dtype=torch.float16) if amp else contextlib.nullcontext()
+        with autocast:
+            logits = model(image)
+        loss = segmentation_loss(logits, label, kind=kind)
+        loss_value = float(loss.detach())  # synchronises; also what makes the divergence check exact
+        if not math.isfinite(loss_value):
+            raise TrainingDiverged(state.iteration + 1, loss_value)
+        if state.scaler is not None:
+            state.scaler.scale(loss).backward()
+            state.scaler.unscale_(optimizer)
+            _clip(model, config)
+            state.scaler.step(optimizer)
+            state.scaler.update()
+        else:
+            loss.backward()
+            _clip(model, config)
+            optimizer.step()
+        synchronize(device)
+        finished = time.perf_counter()
+
+        state.iteration += 1
+        state.elapsed_s += finished - started
+        state.loss, state.lr = loss_value, lr
+        state.meter.record(data_wait_s=fetched - started, step_s=finished - fetched, voxels=image[:, :1].numel())
+        for callback in callbacks:
+            callback(state)
+    state.finished = True
+    for callback in callbacks:
+        callback(state)
+    return state
+
+
+def _clip(model: nn.Module, config: TrainConfig) -> None:
+    if config.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
