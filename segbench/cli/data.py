@@ -1,3 +1,90 @@
-"""`segbench data` sub-command (placeholder until its issue lands)."""
+"""`segbench data check DATA` (preflight) and `segbench data synth OUT` (synthetic Task02-like dataset)."""
 
-from segbench.cli import main  # noqa: F401
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from segbench.cli import main
+
+
+@main.group()
+def data() -> None:
+    """Check a dataset folder or generate a synthetic one."""
+
+
+@data.command()
+@click.argument("data_dir", metavar="DATA", type=click.Path(path_type=Path))
+def check(data_dir: Path) -> None:
+    """Read every file of the MSD / nnU-Net dataset DATA fully; exit 1 listing each problem."""
+    from segbench.data.validate import validate_dataset
+
+    report = validate_dataset(data_dir, progress=True)
+    if report.summary is not None:
+        click.echo(format_summary(report.summary))
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}")
+    if report.ok:
+        click.echo(f"ok: {data_dir} passed all checks ({report.summary['files_read']} files read fully)")
+        return
+    click.echo(f"{len(report.problems)} problem(s) in {data_dir}:")
+    for problem in report.problems:
+        click.echo(f"  - {problem}")
+    sys.exit(1)
+
+
+@data.command()
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--cases", default=20, show_default=True, type=click.IntRange(min=1), help="Labelled training cases.")
+@click.option("--test-cases", default=10, show_default=True, type=click.IntRange(min=0), help="Unlabelled test cases.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Random seed (same seed, same files).")
+@click.option(
+    "--shape",
+    nargs=3,
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="D H W",
+    help="Volume size in voxels [default: the generator's Task02-like size].",
+)
+def synth(out: Path, cases: int, test_cases: int, seed: int, shape: tuple[int, int, int] | None) -> None:
+    """Write a deterministic synthetic Task02-like MSD dataset to OUT."""
+    from segbench.data.synth import make_synthetic_task
+
+    written = make_synthetic_task(
+        out, cases=cases, test_cases=test_cases, seed=seed, shape=tuple(shape) if shape else None
+    )
+    where = written if isinstance(written, str | Path) else out
+    click.echo(
+        f"wrote {cases} training and {test_cases} test cases to {where}; check them with: segbench data check {where}"
+    )
+
+
+def format_summary(summary: dict) -> str:
+    """A few aligned lines describing the dataset (names, counts, shape/spacing/foreground ranges)."""
+    rows = [
+        ("dataset", f"{summary['name']} ({summary['format']}) at {summary['root']}"),
+        ("cases", f"{summary['training_cases']} training, {summary['test_cases']} test"),
+        ("channels", ", ".join(f"{i}: {name}" for i, name in enumerate(summary["channels"]))),
+        ("labels", ", ".join(f"{value}: {name}" for value, name in summary["labels"].items())),
+    ]
+    if summary["shape_min"] is not None:
+        rows.append(("shape", _range(summary["shape_min"], summary["shape_max"], "{:d}") + " voxels (D×H×W)"))
+        rows.append(("spacing", _range(summary["spacing_min"], summary["spacing_max"], "{:.4g}") + " mm"))
+    for name, stats in summary["foreground_ml"].items():
+        rows.append(
+            (
+                "foreground",
+                f"{name}: {stats['min']:.3g} – {stats['max']:.3g} ml (median {stats['median']:.3g})",
+            )
+        )
+    rows.append(("read", f"{summary['files_read']} files, {summary['bytes_read'] / 1e6:.1f} MB"))
+    width = max(len(key) for key, _ in rows)
+    return "\n".join(f"{key:<{width}}  {value}" for key, value in rows)
+
+
+def _range(low: list, high: list, fmt: str) -> str:
+    lo = "×".join(fmt.format(v) for v in low)
+    hi = "×".join(fmt.format(v) for v in high)
+    return lo if lo == hi else f"{lo} … {hi}"
