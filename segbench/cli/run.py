@@ -1,3 +1,158 @@
-"""`segbench run` sub-command (placeholder until its issue lands)."""
+"""``segbench run``: train and evaluate every model on the same folds, then tables and a report."""
 
-from segbench.cli import main  # noqa: F401
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import click
+
+from segbench.cli import main
+
+
+def _interrupt_on_sigterm() -> None:
+    # Slurm and `kill` send SIGTERM: treat it like Ctrl-C so the running job records `killed` and finished
+    # results stay as they are.
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+@main.command()
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="MSD or nnU-Net raw dataset folder. Default: the embedded synthetic Task02-like dataset.",
+)
+@click.option(
+    "--models",
+    default="fcn,unet",
+    show_default=True,
+    help="Comma-separated model names or wildcards (see `segbench models`).",
+)
+@click.option("--folds", type=int, default=5, show_default=True, help="Number of cross-validation folds.")
+@click.option(
+    "--splits",
+    default="kfold",
+    show_default=True,
+    help="kfold (seeded), nnunet (nnU-Net's folds) or a splits_final.json file.",
+)
+@click.option("--iterations", type=int, default=None, help="Training iterations per job (same for every model).")
+@click.option(
+    "--time-budget",
+    "time_budget",
+    type=float,
+    default=None,
+    help="Training seconds per job instead of an iteration budget.",
+)
+@click.option("--patch", nargs=3, type=int, default=None, metavar="D H W", help="Training / inference patch size.")
+@click.option("--batch-size", type=int, default=None, help="Patches per training step.")
+@click.option("--lr", type=float, default=None, help="Initial learning rate.")
+@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default=None, help="Optimiser (poly LR decay).")
+@click.option(
+    "--target-spacing",
+    nargs=3,
+    type=float,
+    default=None,
+    metavar="SD SH SW",
+    help="Resample to this spacing in mm (predictions are resampled back).",
+)
+@click.option("--mirror/--no-mirror", default=None, help="Mirroring test-time augmentation.")
+@click.option("--overlap", type=float, default=None, help="Sliding-window overlap in [0, 1).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--job-timeout", type=float, default=None, help="Wall-clock limit per job in seconds (status timeout).")
+@click.option("--num-workers", type=int, default=None, help="Data-loader worker processes per job.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Run directory. Default: ./segbench-runs/run-<date>-<time>.",
+)
+@click.option("--resume", is_flag=True, help="Continue the run in --out (finished jobs are kept as they are).")
+@click.option("--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True)
+@click.option("--no-report", is_flag=True, help="Skip writing the report at the end.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def run(**options) -> None:  # fmt: skip
+    """Train every selected model on the same cross-validation folds with one recipe and compare them.
+
+    Writes RUN_DIR/metrics.csv (per case), RUN_DIR/jobs.csv (per job: status, memory, speed) and a report.
+    Exit status 0 only if every job is done.
+    """
+    from segbench.config import InferenceConfig, RunConfig, TrainConfig
+    from segbench.errors import ConfigError
+    from segbench.runner import default_run_dir, run_comparison
+
+    if options["resume"] and options["out"] is None:
+        raise ConfigError("--resume needs --out RUN_DIR naming the run to continue")
+    if options["executor"] == "slurm":
+        raise ConfigError("--executor slurm is not available yet in this version; use --executor local")
+    train_overrides = {
+        "iterations": options["iterations"],
+        "time_budget_s": options["time_budget"],
+        "patch_size": tuple(options["patch"]) if options["patch"] else None,
+        "batch_size": options["batch_size"],
+        "lr": options["lr"],
+        "optimizer": options["optimizer"],
+        "num_workers": options["num_workers"],
+    }
+    inference_overrides = {"mirror": options["mirror"], "overlap": options["overlap"]}
+    config = RunConfig(
+        data=str(options["data"]) if options["data"] else None,
+        models=tuple(m.strip() for m in options["models"].split(",") if m.strip()),
+        folds=options["folds"],
+        splits=options["splits"],
+        seed=options["seed"],
+        device=options["device"],
+        target_spacing=tuple(options["target_spacing"]) if options["target_spacing"] else None,
+        job_timeout_s=options["job_timeout"],
+        train=TrainConfig(**{k: v for k, v in train_overrides.items() if v is not None}),
+        inference=InferenceConfig(**{k: v for k, v in inference_overrides.items() if v is not None}),
+    )
+    run_dir = options["out"] or default_run_dir()
+    _interrupt_on_sigterm()
+    click.echo(f"segbench run → {run_dir}", err=True)
+    outcome = run_comparison(
+        config, run_dir=run_dir, resume=options["resume"], progress=not options["quiet"],
+        report=not options["no_report"],
+    )  # fmt: skip
+    _print_summary(outcome)
+    raise SystemExit(0 if outcome.all_done else 1)
+
+
+def _print_summary(outcome) -> None:
+    import numpy as np
+    import pandas as pd
+
+    from segbench import results
+
+    metrics = results.load_metrics(outcome.run_dir)
+    jobs = results.load_jobs(outcome.run_dir)
+    if not metrics.empty:
+        hd95 = metrics["hd95"].replace([np.inf], np.nan)
+        table = (
+            metrics.assign(hd95_finite=hd95)
+            .groupby("model")
+            .agg(
+                cases=("case_id", "nunique"),
+                dice_mean=("dice", "mean"),
+                dice_sd=("dice", "std"),
+                hd95_median=("hd95", "median"),
+                nsd_mean=("nsd", "mean"),
+                misses=("miss", "sum"),
+            )
+            .sort_values("dice_mean", ascending=False)
+        )
+        with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 120):
+            click.echo("\nLeaderboard (out-of-fold cases; HD95 in mm):")
+            click.echo(table.to_string())
+    not_done = jobs[jobs["status"] != "done"] if not jobs.empty else jobs
+    for _, row in not_done.iterrows():
+        click.echo(f"job {row['model']} fold {row['fold']}: {row['status']} — {row['reason']}", err=True)
+    for problem in outcome.problems:
+        click.echo(f"warning: {problem}", err=True)
+    click.echo(f"\nTables: {outcome.run_dir / 'metrics.csv'}, {outcome.run_dir / 'jobs.csv'}")
+    if outcome.report_dir is not None:
+        click.echo(f"Report: {outcome.report_dir / 'report.html'}")

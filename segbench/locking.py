@@ -1,0 +1,63 @@
+"""One writer per run directory: an advisory ``fcntl`` lock on ``RUN_DIR/run.lock``.
+
+The kernel releases the lock when its process dies (even on SIGKILL), so a crashed run never leaves a stale lock
+behind, while a second live ``segbench run`` on the same directory is refused with the holder's pid, host and start
+time.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import IO
+
+from segbench.errors import RunDirectoryError
+
+LOCK_FILE = "run.lock"
+
+
+class RunLock:
+    """Context manager holding the exclusive lock of a run directory.
+
+    Raises:
+        RunDirectoryError: another live process holds it (the message names that process).
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self._handle: IO[str] | None = None
+
+    def acquire(self) -> RunLock:
+        handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the lock's lifetime
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "an unknown process"
+            handle.close()
+            raise RunDirectoryError(
+                f"{self.path.parent} is in use by {holder}; wait for that run to finish or choose another --out"
+            ) from None
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        handle.seek(0)
+        handle.truncate()
+        handle.write("segbench run " + json.dumps(info))
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def release(self) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

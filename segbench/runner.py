@@ -1,0 +1,298 @@
+"""The (model × fold) grid: preflight, run directory, resume, dispatch to an executor, tables, report.
+
+Dataflow of :func:`run_comparison`::
+
+    dataset (default synthetic or --data) → preflight (every file read fully) → models (registry) → splits
+    → RUN_DIR/manifest.json + splits.json → preprocessing cache → one job per (model, fold) → metrics.csv, jobs.csv
+    → report
+
+Resume (``resume=True``) compares the stored manifest with the new request and refuses a changed config, model
+list, split or dataset, naming each difference; it skips jobs that already have a final result and continues the
+others from their checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from segbench import __version__, results
+from segbench.atomic import atomic_write_json
+from segbench.config import RunConfig, config_differences, config_to_dict
+from segbench.data.dataset import DatasetSpec, dataset_fingerprint, load_dataset
+from segbench.data.preprocess import PreprocessConfig, prepare_dataset
+from segbench.data.validate import validate_dataset
+from segbench.errors import ConfigError, DatasetError, RunDirectoryError
+from segbench.job import SPLITS_FILE, JobSpec
+from segbench.locking import RunLock
+from segbench.profiling import environment_info
+from segbench.registry import model_info, resolve_models
+from segbench.splits import resolve_splits, save_splits
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FILE = "manifest.json"
+# Outcomes that a resume keeps: they are what this config produces, rerunning would give the same.
+FINAL_STATUSES = ("done", "diverged", "oom")
+# Config fields that do not change results; a resume may change them freely.
+OPERATIONAL_KEYS = ("device", "job_timeout_s", "train.num_workers")
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What a finished ``run_comparison`` call produced."""
+
+    run_dir: Path
+    results: list[results.JobResult]
+    problems: list[str]  # unreadable job results met while rebuilding the tables
+    report_dir: Path | None
+
+    @property
+    def all_done(self) -> bool:
+        return not self.problems and bool(self.results) and all(r.status == "done" for r in self.results)
+
+
+def resolve_device(requested: str) -> str:
+    """``auto`` → ``cuda`` when available else ``cpu``; ``cuda`` without a GPU is a :class:`ConfigError`."""
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {requested} requested but no CUDA GPU is available; use --device cpu")
+    if requested != "cpu" and not requested.startswith("cuda"):
+        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N (got {requested!r})")
+    return requested
+
+
+def default_run_dir() -> Path:
+    """``./segbench-runs/run-YYYYmmdd-HHMMSS`` (a new folder for every run)."""
+    return Path("segbench-runs") / time.strftime("run-%Y%m%d-%H%M%S")
+
+
+def check_writable(run_dir: Path) -> None:
+    """Create ``run_dir`` and prove it is writable before any work starts.
+
+    Raises:
+        RunDirectoryError: it cannot be created or written to.
+    """
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise RunDirectoryError(
+            f"cannot write to the output folder {run_dir} ({exc.strerror}); choose another --out"
+        ) from None
+
+
+def preflight_dataset(path: Path, *, progress: bool) -> DatasetSpec:
+    """Validate every file of the dataset fully; raise one :class:`DatasetError` listing the problems."""
+    report = validate_dataset(path, progress=progress)
+    for warning in report.warnings:
+        log.warning(warning)
+    if not report.ok:
+        listed = "; ".join(report.problems[:5])
+        more = f" (and {len(report.problems) - 5} more)" if len(report.problems) > 5 else ""
+        raise DatasetError(
+            f"dataset {path} failed preflight with {len(report.problems)} problem(s): {listed}{more}; "
+            f"run `segbench data check {path}` for the full list"
+        )
+    return load_dataset(path)
+
+
+def check_patch(models: list[str], patch_size: tuple[int, ...], in_channels: int, out_channels: int) -> None:
+    """Every model must accept the common patch: each side divisible by the model's divisor."""
+    for name in models:
+        divisor = model_info(name, in_channels=in_channels, out_channels=out_channels).divisor
+        if any(int(size) % divisor for size in patch_size):
+            raise ConfigError(
+                f"--patch {' '.join(map(str, patch_size))} does not suit model {name}, whose input sizes must be "
+                f"divisible by {divisor}; choose a patch whose sides are multiples of {divisor}"
+            )
+
+
+def build_manifest(config: RunConfig, dataset: DatasetSpec, models: list[str], dataset_path: Path) -> dict[str, Any]:
+    return {
+        "segbench_version": __version__,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": config_to_dict(config),
+        "models": models,
+        "dataset": {
+            "path": str(dataset_path.resolve()),
+            "name": dataset.name,
+            "format": dataset.format,
+            "fingerprint": dataset_fingerprint(dataset),
+            "num_training": len(dataset.training),
+            "channels": list(dataset.channels),
+            "labels": {str(k): v for k, v in sorted(dataset.labels.items()) if k != 0},
+        },
+        "environment": environment_info(),
+    }
+
+
+def manifest_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What changed between a stored manifest and a resume request (results-affecting fields only)."""
+    old_config, new_config = dict(old["config"]), dict(new["config"])
+    for key in OPERATIONAL_KEYS:
+        section, _, leaf = key.rpartition(".")
+        for cfg in (old_config, new_config):
+            target = cfg.get(section, {}) if section else cfg
+            target.pop(leaf, None)
+    differences = [f"config {line}" for line in config_differences(old_config, new_config)]
+    if old["models"] != new["models"]:
+        differences.append(f"models: {', '.join(old['models'])} -> {', '.join(new['models'])}")
+    if old["dataset"]["fingerprint"] != new["dataset"]["fingerprint"]:
+        differences.append(f"dataset {new['dataset']['path']} changed (fingerprint differs)")
+    return differences
+
+
+def _prepare_run_dir(run_dir: Path, manifest: dict, splits: list, *, resume: bool) -> None:
+    manifest_path = run_dir / MANIFEST_FILE
+    if manifest_path.exists() and not resume:
+        raise RunDirectoryError(
+            f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out for a new run"
+        )
+    if resume and manifest_path.exists():
+        old = json.loads(manifest_path.read_text(encoding="utf-8"))
+        differences = manifest_differences(old, manifest)
+        old_splits = json.loads((run_dir / SPLITS_FILE).read_text(encoding="utf-8"))
+        if old_splits != splits:
+            differences.append("splits differ from the stored splits.json")
+        if differences:
+            raise RunDirectoryError(
+                f"cannot resume {run_dir}: the request differs from the stored run ("
+                + "; ".join(differences)
+                + "); rerun with the original settings, or start a new run with another --out"
+            )
+        return
+    atomic_write_json(manifest_path, manifest)
+    save_splits(run_dir / SPLITS_FILE, splits)
+
+
+def plan_jobs(run_dir: Path, models: list[str], folds: int) -> tuple[list[tuple[str, int]], list[str]]:
+    """Jobs still to run (no final result yet) and the problems met reading existing results."""
+    scan = results.scan_results(run_dir)
+    finished = {(r.model, r.fold) for r in scan.results if r.status in FINAL_STATUSES}
+    todo = [(model, fold) for model in models for fold in range(folds) if (model, fold) not in finished]
+    return todo, scan.problems
+
+
+def run_comparison(
+    config: RunConfig,
+    *,
+    run_dir: Path,
+    resume: bool = False,
+    progress: bool = True,
+    executor: Callable[[list[JobSpec]], Any] | None = None,
+    cache_dir: Path | None = None,
+    report: bool = True,
+) -> RunOutcome:
+    """Train and evaluate every (model, fold) job of ``config`` in ``run_dir``.
+
+    Args:
+        config: the resolved run configuration (same recipe for every model).
+        run_dir: output folder (created; must be new unless ``resume``).
+        resume: continue an interrupted run in ``run_dir``.
+        progress: show progress bars (stderr).
+        executor: callable running a list of :class:`JobSpec` (default: in-process, one after the other).
+        cache_dir: preprocessing cache root (default: the user cache).
+        report: write ``RUN_DIR/report`` at the end.
+
+    Raises:
+        SegbenchError subclasses for any preflight problem, before anything is trained.
+    """
+    run_dir = Path(run_dir)
+    check_writable(run_dir)
+    with RunLock(run_dir):
+        if config.data is None:
+            from segbench.data.synth import default_dataset_path
+
+            dataset_path = default_dataset_path(cache_dir=cache_dir)
+        else:
+            dataset_path = Path(config.data)
+        dataset = preflight_dataset(dataset_path, progress=progress)
+        foreground = tuple(dataset.foreground_labels)
+        if not foreground:
+            raise DatasetError(f"{dataset_path}/dataset.json declares no foreground label")
+        models = resolve_models(",".join(config.models))
+        from segbench.job import out_channels_for
+
+        check_patch(models, tuple(config.train.patch_size), len(dataset.channels), out_channels_for(foreground))
+        device = resolve_device(config.device)
+        case_ids = [case.case_id for case in dataset.training]
+        splits = resolve_splits(config.splits, case_ids, folds=config.folds, seed=config.seed)
+        manifest = build_manifest(config, dataset, models, dataset_path)
+        _prepare_run_dir(run_dir, manifest, splits, resume=resume)
+
+        prepare_dataset(
+            dataset,
+            config=PreprocessConfig(target_spacing=config.target_spacing),
+            cache_dir=cache_dir,
+            progress=progress,
+        )
+        todo, problems = plan_jobs(run_dir, models, len(splits))
+        skipped = len(models) * len(splits) - len(todo)
+        if skipped:
+            log.info("resume: %d job(s) already finished, %d to run", skipped, len(todo))
+        specs = [
+            JobSpec(
+                run_dir=str(run_dir),
+                model=model,
+                fold=fold,
+                device=device,
+                cache_dir=str(cache_dir) if cache_dir else None,
+                progress=progress,
+            )
+            for model, fold in todo
+        ]
+        try:
+            (executor or run_in_process)(specs)
+        finally:
+            scan = results.rebuild_tables(run_dir)
+        report_dir = None
+        if report:
+            report_dir = _write_report(run_dir)
+    return RunOutcome(run_dir=run_dir, results=scan.results, problems=scan.problems, report_dir=report_dir)
+
+
+def run_in_process(specs: list[JobSpec]) -> None:
+    """The simplest executor: every job in this process, one after the other (CPU or a single GPU)."""
+    from segbench.job import run_job
+
+    bar = None
+    if specs and specs[0].progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(specs), desc="jobs", unit="job")
+    try:
+        for spec in specs:
+            if bar is not None:
+                bar.set_postfix_str(f"{spec.model} fold {spec.fold}")
+            result = run_job(spec)
+            if result.status != "done":
+                log.warning("%s fold %d ended as %s: %s", spec.model, spec.fold, result.status, result.reason)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _write_report(run_dir: Path) -> Path | None:
+    try:
+        from segbench.report import write_report
+    except ImportError:
+        return None
+    try:
+        return write_report(run_dir)
+    except Exception as exc:  # the report must never cost the user their results
+        log.warning("could not write the report (%s: %s); the tables in %s are complete", type(exc).__name__, exc,
+                    run_dir)  # fmt: skip
+        return None
