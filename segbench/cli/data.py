@@ -52,10 +52,9 @@ def synth(out: Path, cases: int, test_cases: int, seed: int, shape: tuple[int, i
     """Write a deterministic synthetic Task02-like MSD dataset to OUT."""
     from segbench.data.synth import make_synthetic_task
 
-    written = make_synthetic_task(
+    where = make_synthetic_task(
         out, cases=cases, test_cases=test_cases, seed=seed, shape=tuple(shape) if shape else None
     )
-    where = written if isinstance(written, str | Path) else out
     click.echo(
         f"wrote {cases} training and {test_cases} test cases to {where}; check them with: segbench data check {where}"
     )

@@ -448,6 +448,8 @@ def _duplicate_problems(training: list[Case], test: list[Case], json_path: Path)
     problems = []
     for case_id, count in sorted(counts.items()):
         if count > 1:
-            files = ", ".join(str(c.images[0]) for c in (*training, *test) if c.case_id == case_id)
+            files = ", ".join(
+                relative_name(json_path.parent, c.images[0]) for c in (*training, *test) if c.case_id == case_id
+            )
             problems.append(f"{json_path} lists case id '{case_id}' {count} times ({files}); case ids must be unique")
     return problems
