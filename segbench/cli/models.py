@@ -1,3 +1,68 @@
-"""`segbench models` sub-command (placeholder until its issue lands)."""
+"""`segbench models [PATTERN]`: the table of available models and what they cost."""
 
-from segbench.cli import main  # noqa: F401
+from __future__ import annotations
+
+import click
+
+from segbench.cli import main
+
+COLUMNS = ("name", "family", "source", "params", "MFLOP/vox fwd", "MFLOP/vox train", "divisor")
+
+
+@main.command("models")
+@click.argument("pattern", required=False)
+@click.option("--in-channels", default=1, show_default=True, help="Image channels the models are built for.")
+@click.option("--out-channels", default=1, show_default=True, help="Logit channels the models are built for.")
+def models_command(pattern: str | None, in_channels: int, out_channels: int) -> None:
+    """List models: name, family, source, parameters, MFLOP per voxel (forward and training step), divisor.
+
+    PATTERN filters names with wildcards, comma-separated (e.g. 'unet_*' or 'fcn,unet_w20_*'); an exact
+    family member that is not listed by default (e.g. unet_w32_d4) is shown too. Sources are "segbench",
+    "monai" or the distribution of a plugin. Input sizes must be multiples of the divisor.
+    """
+    from tqdm import tqdm
+
+    from segbench.errors import ModelError
+    from segbench.registry import list_models, model_info, resolve_models
+
+    # resolve_models also accepts exact unlisted family members, and names the choices for a bad pattern.
+    names = list_models() if pattern is None else resolve_models(pattern)
+    if not names:
+        raise ModelError("no models are available; reinstall segbench")
+
+    rows, broken = [], []
+    for name in tqdm(names, desc="counting FLOPs", unit="model", leave=False, disable=None):
+        try:
+            info = model_info(name, in_channels=in_channels, out_channels=out_channels)
+        except ModelError as exc:  # a broken plugin must not hide the other models
+            broken.append(str(exc))
+            rows.append((name, "?", "?", "?", "?", "?", "?"))
+            continue
+        rows.append(
+            (
+                info.name,
+                info.family,
+                info.source,
+                f"{info.params:,}",
+                f"{info.mflop_per_voxel_forward:.4f}",
+                f"{info.mflop_per_voxel_train:.4f}",
+                str(info.divisor),
+            )
+        )
+    click.echo(_format_table(COLUMNS, rows))
+    for message in broken:
+        click.echo(f"warning: {message}", err=True)
+
+
+def _format_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    """Plain-text table: text columns left-aligned, numeric columns right-aligned."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
+    numeric = [index >= 3 for index in range(len(header))]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(
+            cell.rjust(width) if right else cell.ljust(width)
+            for cell, width, right in zip(cells, widths, numeric, strict=True)
+        ).rstrip()
+
+    return "\n".join([line(header), line(tuple("-" * w for w in widths)), *map(line, rows)])
