@@ -1,0 +1,437 @@
+"""`segbench report`: leaderboard, paired statistics, figures and provenance of a run directory.
+
+Entry point :func:`write_report`. It reads a run directory (docs/run-directory.md) and writes::
+
+    REPORT_DIR/
+      report.md        Markdown, figures linked from figures/
+      report.html      one self-contained page (inline CSS, base64 figures, no scripts)
+      summary.csv      the leaderboard as numbers
+      figures/*.png
+
+Everything is deterministic (seeded bootstraps, fixed figure sizes, no timestamps), so regenerating a
+report from the same run directory gives identical files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from segbench.atomic import atomic_write_bytes, atomic_write_text
+from segbench.errors import ConfigError, RunDirectoryError
+from segbench.report import figures, stats, tables
+from segbench.report.render import (
+    Bullets,
+    Code,
+    FigureBlock,
+    Paragraph,
+    Report,
+    Section,
+    TableBlock,
+    render_html,
+    render_markdown,
+)
+from segbench.results import (
+    jobs_table,
+    load_jobs,
+    load_learning_curves,
+    load_manifest,
+    load_metrics,
+    metrics_table,
+    scan_results,
+)
+
+__all__ = ["write_report", "METRIC_DEFINITIONS"]
+
+log = logging.getLogger(__name__)
+
+METRIC_DEFINITIONS = (
+    "Surfaces are boundary voxels: foreground voxels with a 6-connected background neighbour (outside the image "
+    "counts as background). Distances are in millimetres using the voxel spacing.",
+    "HD95 = the larger of the two directed 95th percentiles of surface distances (linear interpolation); "
+    "ASSD = mean of all surface distances in both directions.",
+    "NSD = share of boundary voxels of both masks within the tolerance (tolerance_mm) of the other boundary.",
+    "Empty masks: both empty → Dice 1, distances 0, NSD 1. Exactly one empty (a miss) → Dice 0, NSD 0, distances "
+    "infinite. Medians keep the infinity; means marked * replace it by the stated penalty, the case's image "
+    "diagonal in mm.",
+    "Multi-label tasks: each case's value is the mean over its foreground labels; a case is a miss when any label is.",
+    "Statistics: 95% confidence intervals are percentile bootstraps over cases (10,000 resamples, seed 0). Each "
+    "model is compared with the best one (highest mean Dice) by a two-sided Wilcoxon signed-rank test on the cases "
+    "both have, Holm-corrected over the comparisons of one metric; p < 0.05 counts as significant.",
+)
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    manifest: dict[str, Any]
+    splits: list[dict[str, Any]] | None
+    metrics: pd.DataFrame
+    jobs: pd.DataFrame
+    curves: pd.DataFrame
+    notes: tuple[str, ...]
+
+
+def _read_inputs(run_dir: Path) -> _Inputs:
+    if not (run_dir / "manifest.json").is_file():
+        raise RunDirectoryError(
+            f"{run_dir / 'manifest.json'} not found; pass the RUN_DIR folder written by `segbench run`"
+        )
+    try:
+        manifest = load_manifest(run_dir)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunDirectoryError(
+            f"{run_dir / 'manifest.json'} is not valid JSON ({exc}); rerun `segbench run` to rewrite it"
+        ) from None
+    notes: list[str] = []
+    splits = None
+    try:
+        splits = json.loads((run_dir / "splits.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        notes.append("splits.json is missing: the expected fold count comes from the manifest config.")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        notes.append(f"splits.json is unreadable ({exc}): the expected fold count comes from the manifest config.")
+    scan = None
+    if (run_dir / "metrics.csv").is_file():
+        metrics = load_metrics(run_dir)
+    else:
+        scan = scan_results(run_dir)
+        metrics = metrics_table(scan.results)
+        notes.append("metrics.csv is missing: per-case metrics were read from the jobs' result.json files.")
+    if (run_dir / "jobs.csv").is_file():
+        jobs = load_jobs(run_dir)
+    else:
+        scan = scan or scan_results(run_dir)
+        jobs = jobs_table(scan.results)
+        notes.append("jobs.csv is missing: job statuses were read from the jobs' result.json files.")
+    if scan is not None:
+        notes += scan.problems
+    if not jobs.empty:
+        jobs["model"] = jobs["model"].astype(str)
+        jobs["reason"] = jobs["reason"].fillna("").astype(str) if "reason" in jobs else ""
+    return _Inputs(manifest, splits, metrics, jobs, load_learning_curves(run_dir), tuple(notes))
+
+
+def _expected_folds(inputs: _Inputs) -> int:
+    if isinstance(inputs.splits, list):
+        return len(inputs.splits)
+    folds = (inputs.manifest.get("config") or {}).get("folds")
+    if isinstance(folds, int):
+        return folds
+    return int(inputs.jobs["fold"].max()) + 1 if not inputs.jobs.empty else 0
+
+
+def _expected_models(inputs: _Inputs) -> list[str]:
+    models = inputs.manifest.get("models") or (inputs.manifest.get("config") or {}).get("models") or []
+    if isinstance(models, str):
+        models = [m for m in models.split(",") if m]
+    return [str(m) for m in models]
+
+
+def _wide(per_case: pd.DataFrame, column: str, models: list[str]) -> pd.DataFrame:
+    # Cases as rows, models as columns; the fold is dropped (each case is out-of-fold exactly once per model).
+    wide = per_case.pivot_table(index="case_id", columns="model", values=column, aggfunc="mean")
+    return wide.reindex(columns=[m for m in models if m in wide.columns])
+
+
+def _comparisons(per_case: pd.DataFrame, best: str, models: list[str], seed: int) -> list[stats.Comparison]:
+    results = []
+    for column, metric, higher, unit in (("dice", "Dice", True, ""), ("hd95_pen", "HD95", False, "mm")):
+        wide = _wide(per_case, column, models)
+        family = [
+            stats.paired_comparison(
+                wide[best],
+                wide[other],
+                metric=metric,
+                reference_name=best,
+                other_name=other,
+                higher_is_better=higher,
+                unit=unit,
+                seed=seed,
+            )  # fmt: skip
+            for other in wide.columns
+            if other != best
+        ]
+        results += stats.with_holm(family)
+    return results
+
+
+def _comparison_table(comparisons: list[stats.Comparison]) -> tables.Table:
+    rows = tuple(
+        (
+            c.metric,
+            c.reference,
+            c.other,
+            str(c.n_cases),
+            tables.fmt(c.mean_diff, 3 if not c.unit else 2),
+            f"{tables.fmt(c.ci_low, 3)} to {tables.fmt(c.ci_high, 3)}",
+            tables.fmt(c.statistic, 1),
+            tables.fmt(c.p_value, 4),
+            tables.fmt(c.p_holm, 4),
+        )  # fmt: skip
+        for c in comparisons
+    )
+    columns = ("metric", "best", "other", "cases", "advantage of best", "95% CI", "W", "p", "p (Holm)")
+    return tables.Table(columns, rows)
+
+
+def _median_case(per_case: pd.DataFrame, model: str) -> tuple[str, int, float] | None:
+    cases = per_case[(per_case["model"] == model) & per_case["dice"].notna()]
+    if cases.empty:
+        return None
+    ordered = cases.sort_values(["dice", "case_id"], kind="stable").reset_index(drop=True)
+    row = ordered.iloc[(len(ordered) - 1) // 2]  # lower median: an actual case, never an average of two
+    return str(row["case_id"]), int(row["fold"]), float(row["dice"])
+
+
+def _prediction_path(run_dir: Path, model: str, fold: int, case_id: str) -> Path:
+    folder = (run_dir / "jobs" / model / f"fold_{fold}" / "predictions").resolve()
+    path = (folder / f"{case_id}.nii.gz").resolve()
+    if folder not in path.parents:
+        raise ValueError(f"case id {case_id!r} does not name a file inside {folder}")
+    return path
+
+
+def _qualitative(
+    run_dir: Path, manifest: dict[str, Any], per_case: pd.DataFrame, best: str, models: list[str]
+) -> tuple[bytes | None, str]:
+    """The panel PNG and a caption, or ``None`` and the reason it was skipped."""
+    chosen = _median_case(per_case, best)
+    if chosen is None:
+        return None, f"Qualitative panel skipped: {best} has no evaluated case."
+    case_id, _, dice = chosen
+    dataset_path = (manifest.get("dataset") or {}).get("path")
+    # The panel is an illustration: any failure to read the data (moved dataset, reader missing, damaged
+    # file) becomes a note in the report instead of aborting the whole report.
+    try:
+        from segbench.data.dataset import load_case, load_dataset
+        from segbench.data.nifti import read_label
+
+        spec = load_dataset(dataset_path)
+        case = next((c for c in spec.training if str(c.case_id) == case_id), None)
+        if case is None:
+            return None, f"Qualitative panel skipped: case {case_id} is not in the dataset at {dataset_path}."
+        image, label = load_case(case)
+        predictions, missing = {}, []
+        for model in models:
+            rows = per_case[(per_case["model"] == model) & (per_case["case_id"] == case_id)]
+            path = _prediction_path(run_dir, model, int(rows["fold"].iloc[0]), case_id) if len(rows) else None
+            if path is not None and path.is_file():
+                predictions[model] = read_label(path).array
+            else:
+                missing.append(model)
+        png = figures.qualitative_panel(image.array[0], label.array, predictions, spacing=image.spacing,
+                                        title=f"{case_id} (median {best} Dice {dice:.3f})", models=models)  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - see comment above
+        return None, f"Qualitative panel skipped: the dataset at {dataset_path} could not be read ({exc})."
+    caption = f"Median case of {best} by Dice ({case_id}, Dice {dice:.3f}): reference (white) and each model's contour"
+    if missing:
+        caption += f"; no prediction file for {', '.join(missing)}"
+    return png, caption + "."
+
+
+def _read_benchmarks(path: Path) -> pd.DataFrame:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return tables.speed_table(data)
+    except FileNotFoundError:
+        raise ConfigError(f"--benchmarks {path} does not exist; pass a pytest-benchmark JSON file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(
+            f"--benchmarks {path} is not a pytest-benchmark JSON file ({exc}); create one with "
+            "`pytest benchmarks --benchmark-json FILE.json`"
+        ) from None
+
+
+def _provenance(inputs: _Inputs) -> list[Any]:
+    manifest = inputs.manifest
+    dataset = manifest.get("dataset") or {}
+    environment = manifest.get("environment") or {}
+    blocks: list[Any] = [
+        Bullets(
+            (
+                f"command: {manifest.get('command', '–')}",
+                f"segbench version: {manifest.get('segbench_version', '–')}",
+                f"created at: {manifest.get('created_at', '–')}",
+                f"dataset: {dataset.get('name', '–')} ({dataset.get('format', '–')}) at {dataset.get('path', '–')}, "
+                f"{dataset.get('num_training', '–')} training cases, fingerprint {dataset.get('fingerprint', '–')}",
+                f"labels: {json.dumps(dataset.get('labels', {}), sort_keys=True, ensure_ascii=False)}",
+            )
+        ),
+        TableBlock(
+            tables.Table(("key", "value"), tuple((str(k), _plain(v)) for k, v in sorted(environment.items()))),
+            "Environment",
+        ),
+        Paragraph("Configuration (manifest.json `config`):"),
+        Code(json.dumps(manifest.get("config", {}), indent=2, sort_keys=True, ensure_ascii=False, default=str)),
+    ]
+    if isinstance(inputs.splits, list):
+        rows = []
+        for fold, split in enumerate(inputs.splits):
+            val = [str(v) for v in (split.get("val") or [])] if isinstance(split, dict) else []
+            train = split.get("train") or [] if isinstance(split, dict) else []
+            rows.append((str(fold), str(len(train)), str(len(val)), ", ".join(val)))
+        blocks.append(TableBlock(tables.Table(("fold", "train cases", "val cases", "val case ids"), tuple(rows)),
+                                 "Splits (splits.json)"))  # fmt: skip
+    blocks.append(Paragraph("Metric definitions:"))
+    blocks.append(Bullets(METRIC_DEFINITIONS))
+    return blocks
+
+
+def _plain(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+    return str(value)
+
+
+def write_report(
+    run_dir: str | Path,
+    *,
+    out_dir: str | Path | None = None,
+    benchmark_json: str | Path | None = None,
+    seed: int = 0,
+) -> Path:
+    """Write ``report.md``, ``report.html``, ``summary.csv`` and ``figures/*.png`` for a run directory.
+
+    Args:
+        run_dir: folder written by ``segbench run`` (manifest.json, splits.json, metrics.csv, jobs.csv, jobs/).
+        out_dir: report folder (created); default ``RUN_DIR/report``.
+        benchmark_json: optional pytest-benchmark JSON to include as a speed table.
+        seed: seed of every bootstrap (CIs, rank stability).
+
+    Returns:
+        Path of the written ``report.html``.
+
+    Raises:
+        RunDirectoryError: ``run_dir`` has no readable manifest.json.
+        ConfigError: ``benchmark_json`` is missing or not pytest-benchmark JSON.
+        OSError: a report file could not be written (nothing half-written is left).
+    """
+    run_dir = Path(run_dir)
+    out = Path(out_dir) if out_dir is not None else run_dir / "report"
+    speed = _read_benchmarks(Path(benchmark_json)) if benchmark_json is not None else None
+    inputs = _read_inputs(run_dir)
+    notes = list(inputs.notes)
+
+    per_case = tables.per_case_table(inputs.metrics)
+    expected_models = _expected_models(inputs)
+    n_folds = _expected_folds(inputs)
+    grid = tables.job_grid(inputs.jobs, models=expected_models, n_folds=n_folds)
+    models = list(dict.fromkeys(list(grid["model"]) + sorted(set(per_case["model"]))))
+    board = tables.leaderboard(per_case, inputs.jobs, models=models, seed=seed)
+    ranked = board[board["dice_mean"].notna()]["model"].tolist() if not board.empty else []
+    best = ranked[0] if ranked else None
+
+    figure_blocks: list[FigureBlock] = []
+    for column, label, _, _ in tables.BOX_METRICS:
+        png = figures.box_strip(per_case, column=column, label=label, models=models)
+        figure_blocks.append(FigureBlock(f"box_{column}.png", png, f"{label}: every out-of-fold case"))
+    for column, label, higher, name in (
+        ("peak_mem_mb", "peak memory (MB)", False, "pareto_memory.png"),
+        ("train_iters_per_s", "training throughput (it/s)", True, "pareto_throughput.png"),
+    ):
+        front = stats.pareto_front(board[column].to_numpy(float), board["dice_mean"].to_numpy(float),
+                                   cost_higher_is_better=higher) if not board.empty else np.zeros(0, bool)  # fmt: skip
+        png = figures.pareto(board, cost_column=column, cost_label=label, front=front, models=models)
+        on_front = ", ".join(board["model"][front]) if front.any() else "none"
+        figure_blocks.append(FigureBlock(name, png, f"Mean Dice vs {label}; Pareto front: {on_front}"))
+    figure_blocks.append(
+        FigureBlock(
+            "learning_curves.png",
+            figures.learning_curves(inputs.curves, models=models),
+            "Training loss, mean over folds ± 1 sd",
+        )  # fmt: skip
+    )
+    if best is not None:
+        panel, caption = _qualitative(run_dir, inputs.manifest, per_case, best, models)
+        if panel is not None:
+            figure_blocks.append(FigureBlock("qualitative.png", panel, caption))
+        else:
+            notes.append(caption)
+
+    leaderboard_blocks: list[Any] = [
+        Paragraph(
+            f"{len(models)} models × {n_folds} folds; values pooled over each model's out-of-fold cases. "
+            "Best value per column in bold. * = mean with misses replaced by the image diagonal (mm). "
+            "misses = cases where exactly one of prediction and reference is empty. "
+            "peak mem: gpu = CUDA peak allocated, rss = process peak resident memory (CPU runs)."
+        ),
+        TableBlock(tables.format_leaderboard(board)),
+    ]
+    fold_blocks = []
+    for column, label in (("dice", "Dice"), ("hd95_pen", "HD95* (mm)")):
+        table = tables.fold_table(per_case, models=models, n_folds=n_folds, metric=column)
+        fold_blocks.append(TableBlock(tables.format_fold_table(table, grid, digits=3 if column == "dice" else 2),
+                                      f"{label}: per-fold means, mean of fold means, pooled-case mean"))  # fmt: skip
+
+    stat_blocks: list[Any] = []
+    if best is not None and len(ranked) > 1:
+        comparisons = _comparisons(per_case, best, models, seed)
+        stat_blocks += [
+            Paragraph(f"Every model against the best by mean Dice ({best}); paired on case id."),
+            Bullets(tuple(stats.comparison_sentence(c) for c in comparisons)),
+            TableBlock(_comparison_table(comparisons), "Wilcoxon signed-rank tests (two-sided), Holm per metric"),
+        ]
+        rank_rows = []
+        dice_rank = stats.rank_stability(_wide(per_case, "dice", models), higher_is_better=True, seed=seed)
+        hd_rank = stats.rank_stability(_wide(per_case, "hd95_pen", models), higher_is_better=False, seed=seed)
+        for model in dice_rank.index:
+            rank_rows.append((model, tables.fmt(dice_rank[model], 3), tables.fmt(hd_rank.get(model, math.nan), 3)))
+        stat_blocks.append(
+            TableBlock(
+                tables.Table(("model", "P(first) by Dice", "P(first) by HD95*"), tuple(rank_rows)),
+                f"Rank stability: share of {stats.RANK_RESAMPLES} case-bootstrap resamples (cases all models "
+                "have) in which the model ranks first",
+            )  # fmt: skip
+        )
+    else:
+        stat_blocks.append(Paragraph("Paired statistics need at least two models with evaluated cases."))
+
+    sections = [
+        Section("Leaderboard", tuple(leaderboard_blocks)),
+        Section("Per-fold results", tuple(fold_blocks)),
+        Section("Statistics", tuple(stat_blocks)),
+        Section("Figures", tuple(figure_blocks)),
+    ]
+    if speed is not None:
+        sections.append(
+            Section(
+                "Speed (pytest-benchmark)",
+                (
+                    Paragraph(f"From {Path(benchmark_json).name}: median time per call; best per column in bold."),
+                    TableBlock(tables.format_speed(speed)),
+                ),
+            )  # fmt: skip
+        )
+    not_done = grid[grid["status"] != "done"]
+    job_blocks: list[Any] = [
+        Paragraph(
+            f"Expected grid: {len(expected_models)} models × {n_folds} folds = {len(expected_models) * n_folds} jobs; "
+            f"{int((grid['status'] == 'done').sum())} done, {len(not_done)} not done (listed below)."
+        ),
+        TableBlock(tables.format_jobs(grid)),
+    ]
+    if notes:
+        job_blocks += [Paragraph("Notes:"), Bullets(tuple(notes))]
+    sections.append(Section("Jobs", tuple(job_blocks)))
+    sections.append(Section("Provenance", tuple(_provenance(inputs))))
+
+    dataset_name = (inputs.manifest.get("dataset") or {}).get("name") or run_dir.name
+    report = Report(f"segbench report — {dataset_name}", tuple(sections))
+
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    for block in figure_blocks:
+        atomic_write_bytes(out / "figures" / block.name, block.png)
+    atomic_write_text(out / "summary.csv", board.to_csv(index=False, float_format="%.6g"))
+    atomic_write_text(out / "report.md", render_markdown(report))
+    html_path = atomic_write_text(out / "report.html", render_html(report))
+    log.info("report written to %s", out)
+    return html_path

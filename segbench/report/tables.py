@@ -1,0 +1,383 @@
+"""Report tables: from the tidy run-directory tables to numeric wide tables, then to formatted cells.
+
+Numeric builders (``per_case_table``, ``leaderboard``, ``fold_table``, ``job_grid``, ``speed_table``) return
+DataFrames; ``format_*`` functions turn them into :class:`Table` objects (strings plus which cells are the
+best of their column) that :mod:`segbench.report.render` writes as Markdown or HTML.
+
+Multi-label tasks: every per-case value is the **mean over the task's foreground labels** of that case (one
+leaderboard, not one per label); a case counts as a miss when any of its labels is a miss. With one label
+(Task02) this is the label's value.
+
+Misses (exactly one of prediction and reference empty) have infinite distances. Medians use them as they
+are (an infinite median is shown as ``inf``); means replace them by the stated penalty, the case's image
+diagonal in millimetres (``diagonal_mm``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from segbench.report.stats import bootstrap_ci
+
+# (column in per-case table, label, higher is better, unit)
+BOX_METRICS = (
+    ("dice", "Dice", True, ""),
+    ("hd95_pen", "HD95 (mm, misses = diagonal)", False, "mm"),
+    ("assd_pen", "ASSD (mm, misses = diagonal)", False, "mm"),
+    ("nsd", "NSD", True, ""),
+)
+
+MISSING = "missing"
+
+
+@dataclass(frozen=True)
+class Table:
+    """Formatted table cells; ``best`` holds (row, column) indices to highlight."""
+
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    best: frozenset[tuple[int, int]] = field(default_factory=frozenset)
+
+
+def _penalised(values: pd.Series, diagonal: pd.Series) -> pd.Series:
+    # inf (a miss) -> the case's image diagonal: the penalty the report states for means.
+    return values.where(np.isfinite(values) | values.isna(), diagonal)
+
+
+def per_case_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, fold, case_id), values averaged over labels.
+
+    Args:
+        metrics: ``metrics.csv`` rows (see docs/run-directory.md).
+
+    Returns:
+        Columns ``model, fold, case_id, dice, hd95, hd95_pen, assd, assd_pen, nsd, miss, labels`` sorted by
+        model, fold, case_id. ``hd95``/``assd`` keep ``inf`` for misses; ``*_pen`` replace it by ``diagonal_mm``.
+    """
+    columns = ["model", "fold", "case_id", "dice", "hd95", "hd95_pen", "assd", "assd_pen", "nsd", "miss", "labels"]
+    if metrics.empty:
+        return pd.DataFrame(columns=columns)
+    frame = metrics.copy()
+    frame["case_id"] = frame["case_id"].astype(str)
+    frame["model"] = frame["model"].astype(str)
+    for name in ("dice", "hd95", "assd", "nsd", "diagonal_mm"):
+        frame[name] = pd.to_numeric(frame[name], errors="coerce")
+    frame["hd95_pen"] = _penalised(frame["hd95"], frame["diagonal_mm"])
+    frame["assd_pen"] = _penalised(frame["assd"], frame["diagonal_mm"])
+    frame["miss"] = frame["miss"].map(_as_bool).fillna(False).astype(bool)
+    grouped = frame.groupby(["model", "fold", "case_id"], sort=True)
+    out = grouped[["dice", "hd95", "hd95_pen", "assd", "assd_pen", "nsd"]].mean()
+    out["miss"] = grouped["miss"].any()
+    out["labels"] = grouped.size()
+    return out.reset_index()[columns]
+
+
+def _as_bool(value: Any) -> Any:
+    if isinstance(value, str):
+        return {"true": True, "false": False, "1": True, "0": False}.get(value.strip().lower())
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return bool(value)
+
+
+def job_grid(jobs: pd.DataFrame, *, models: list[str], n_folds: int) -> pd.DataFrame:
+    """The expected (model × fold) grid with each job's status; never drops a job.
+
+    Args:
+        jobs: ``jobs.csv`` rows.
+        models: expected models (manifest order); models only present in ``jobs`` are appended.
+        n_folds: number of folds in splits.json; folds beyond it found in ``jobs`` are kept too.
+
+    Returns:
+        Columns ``model, fold, status, reason``; ``status`` is ``"missing"`` where no result exists.
+    """
+    seen = {(str(m), int(f)): (str(s), str(r)) for m, f, s, r in _job_rows(jobs)}
+    all_models = list(models) + sorted({m for m, _ in seen} - set(models))
+    folds = sorted(set(range(n_folds)) | {f for _, f in seen})
+    rows = []
+    for model in all_models:
+        for fold in folds:
+            status, reason = seen.get((model, fold), (MISSING, "no result.json: the job never finished"))
+            rows.append({"model": model, "fold": fold, "status": status, "reason": reason})
+    return pd.DataFrame(rows, columns=["model", "fold", "status", "reason"])
+
+
+def _job_rows(jobs: pd.DataFrame) -> list[tuple[Any, Any, Any, Any]]:
+    if jobs.empty:
+        return []
+    reasons = jobs["reason"].fillna("") if "reason" in jobs else pd.Series("", index=jobs.index)
+    return list(zip(jobs["model"], jobs["fold"], jobs["status"], reasons, strict=True))
+
+
+def _done_jobs(jobs: pd.DataFrame, model: str) -> pd.DataFrame:
+    if jobs.empty:
+        return jobs
+    return jobs[(jobs["model"].astype(str) == model) & (jobs["status"] == "done")]
+
+
+def _job_mean(done: pd.DataFrame, column: str) -> float:
+    if column not in done or done.empty:
+        return math.nan
+    values = pd.to_numeric(done[column], errors="coerce").dropna()
+    return float(values.mean()) if len(values) else math.nan
+
+
+def _job_max(done: pd.DataFrame, column: str) -> float:
+    if column not in done or done.empty:
+        return math.nan
+    values = pd.to_numeric(done[column], errors="coerce").dropna()
+    return float(values.max()) if len(values) else math.nan
+
+
+def leaderboard(per_case: pd.DataFrame, jobs: pd.DataFrame, *, models: list[str], seed: int = 0) -> pd.DataFrame:
+    """One row per model, pooled over its out-of-fold cases, best mean Dice first.
+
+    Columns: ``model, cases, dice_mean, dice_sd, dice_ci_low, dice_ci_high`` (95 % percentile bootstrap CI of the
+    mean), ``hd95_median, hd95_mean, assd_mean`` (means with the miss penalty), ``nsd_mean, misses, params,
+    mflop_per_voxel, peak_mem_mb, peak_mem_kind`` (``gpu`` = CUDA peak allocated, ``rss`` = process peak RSS),
+    ``train_iters_per_s, inference_s_per_case, train_s_per_fold`` (means over done jobs), ``jobs_done, jobs``.
+    """
+    all_models = list(models) + sorted(set(per_case["model"].astype(str)) - set(models))
+    rows = []
+    for model in all_models:
+        cases = per_case[per_case["model"] == model]
+        dice = cases["dice"].dropna().to_numpy(float)
+        low, high = bootstrap_ci(dice, seed=seed) if dice.size else (math.nan, math.nan)
+        done = _done_jobs(jobs, model)
+        gpu_peak = _job_max(done, "peak_gpu_mem_allocated_mb")
+        model_jobs = jobs[jobs["model"].astype(str) == model] if not jobs.empty else jobs
+        rows.append(
+            {
+                "model": model,
+                "cases": int(len(cases)),
+                "dice_mean": float(dice.mean()) if dice.size else math.nan,
+                "dice_sd": float(dice.std(ddof=1)) if dice.size > 1 else math.nan,
+                "dice_ci_low": low,
+                "dice_ci_high": high,
+                "hd95_median": float(cases["hd95"].median()) if len(cases) else math.nan,
+                "hd95_mean": float(cases["hd95_pen"].mean()) if len(cases) else math.nan,
+                "assd_mean": float(cases["assd_pen"].mean()) if len(cases) else math.nan,
+                "nsd_mean": float(cases["nsd"].mean()) if len(cases) else math.nan,
+                "misses": int(cases["miss"].sum()),
+                "params": _job_max(done, "params"),
+                "mflop_per_voxel": _job_mean(done, "mflop_per_voxel_forward"),
+                "peak_mem_mb": gpu_peak if not math.isnan(gpu_peak) else _job_max(done, "peak_rss_mb"),
+                "peak_mem_kind": "gpu" if not math.isnan(gpu_peak) else "rss",
+                "train_iters_per_s": _job_mean(done, "train_iters_per_s"),
+                "inference_s_per_case": _job_mean(done, "inference_seconds_per_case"),
+                "train_s_per_fold": _job_mean(done, "train_seconds"),
+                "jobs_done": int(len(done)),
+                "jobs": int(len(model_jobs)),
+            }
+        )
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    # Best mean Dice first; models without cases last; ties by name so the order is deterministic.
+    frame["_key"] = frame["dice_mean"].fillna(-math.inf)
+    frame = frame.sort_values(["_key", "model"], ascending=[False, True], kind="stable").drop(columns="_key")
+    # Counts stay integers in summary.csv (nullable: a model without a done job has no parameter count).
+    frame["params"] = frame["params"].round().astype("Int64")
+    return frame.reset_index(drop=True)
+
+
+def fold_table(per_case: pd.DataFrame, *, models: list[str], n_folds: int, metric: str) -> pd.DataFrame:
+    """Per-fold means of ``metric`` for each model, the mean of fold means and the pooled-case mean.
+
+    Returns:
+        Index = model; columns ``fold_0 … fold_{k-1}`` (NaN where the fold has no case), ``mean_of_folds``
+        (over folds that have cases) and ``pooled`` (over all cases).
+    """
+    all_models = list(models) + sorted(set(per_case["model"].astype(str)) - set(models))
+    folds = sorted(set(range(n_folds)) | set(int(f) for f in per_case["fold"].unique()))
+    rows = {}
+    for model in all_models:
+        cases = per_case[per_case["model"] == model]
+        means = cases.groupby("fold")[metric].mean()
+        row = {f"fold_{fold}": float(means.get(fold, math.nan)) for fold in folds}
+        row["mean_of_folds"] = float(means.mean()) if len(means) else math.nan
+        row["pooled"] = float(cases[metric].mean()) if len(cases) else math.nan
+        rows[model] = row
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+_BENCH_NAME = re.compile(r"^(?P<test>[^\[]+)\[(?P<model>.+)\]$")
+
+
+def speed_table(benchmark: dict[str, Any]) -> pd.DataFrame:
+    """Per-model speed table from a pytest-benchmark JSON (``--benchmark-json`` / autosave).
+
+    Benchmarks named ``<test>[<model>]`` are kept; ``test_forward`` and ``test_train_step`` become the
+    ``forward_ms`` / ``train_step_ms`` columns (median time), others ``<test>_ms``. ``extra_info`` keys
+    ``params`` and ``flops_per_s`` give ``params`` and ``<kind>_gflop_per_s``.
+
+    Raises:
+        ValueError: the JSON has no ``benchmarks`` list.
+    """
+    entries = benchmark.get("benchmarks") if isinstance(benchmark, dict) else None
+    if not isinstance(entries, list):
+        raise ValueError("no 'benchmarks' list (expected pytest-benchmark JSON)")
+    rows: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        match = _BENCH_NAME.match(str(entry.get("name", "")))
+        if not match:
+            continue
+        kind = match["test"].removeprefix("test_")
+        row = rows.setdefault(match["model"], {"model": match["model"]})
+        median = (entry.get("stats") or {}).get("median")
+        row[f"{kind}_ms"] = float(median) * 1000 if median is not None else math.nan
+        extra = entry.get("extra_info") or {}
+        if extra.get("params") is not None:
+            row["params"] = float(extra["params"])
+        if extra.get("flops_per_s") is not None:
+            row[f"{kind}_gflop_per_s"] = float(extra["flops_per_s"]) / 1e9
+    frame = pd.DataFrame(sorted(rows.values(), key=lambda r: r["model"]))
+    if frame.empty:
+        return frame
+    # forward / train_step first, in a fixed order; other kinds after.
+    ordered = ["model", "params"] + sorted(c for c in frame.columns if c not in ("model", "params"))
+    return frame[[c for c in ordered if c in frame.columns]]
+
+
+# ---------------------------------------------------------------------------------------------- formatting
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """A number with fixed decimals; ``–`` for NaN, ``inf`` for infinity, text as is."""
+    if value is None:
+        return "–"
+    if isinstance(value, str):
+        return value
+    value = float(value)
+    if math.isnan(value):
+        return "–"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:.{digits}f}"
+
+
+def fmt_count(value: Any) -> str:
+    """Large counts with thousands separators (parameters)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{int(round(float(value))):,}"
+
+
+def _best_rows(values: pd.Series, higher_is_better: bool) -> list[int]:
+    numeric = pd.to_numeric(values, errors="coerce").astype(float)
+    finite = numeric[np.isfinite(numeric)]
+    if len(finite) < 2:
+        return []  # nothing to compare against
+    target = finite.max() if higher_is_better else finite.min()
+    return [i for i, v in enumerate(numeric) if v == target]
+
+
+# (header, column, digits or "count", higher is better or None = not highlighted)
+_LEADERBOARD_COLUMNS = (
+    ("Dice mean ± sd", "dice_mean", 3, True),
+    ("Dice 95% CI", None, 3, None),
+    ("HD95 median (mm)", "hd95_median", 2, False),
+    ("HD95 mean* (mm)", "hd95_mean", 2, False),
+    ("ASSD mean* (mm)", "assd_mean", 2, False),
+    ("NSD mean", "nsd_mean", 3, True),
+    ("misses", "misses", "count", False),
+    ("params", "params", "count", False),
+    ("MFLOP/voxel", "mflop_per_voxel", 2, False),
+    ("peak mem (MB)", "peak_mem_mb", 0, False),
+    ("train it/s", "train_iters_per_s", 2, True),
+    ("infer s/case", "inference_s_per_case", 2, False),
+    ("train s/fold", "train_s_per_fold", 0, False),
+)
+
+
+def format_leaderboard(board: pd.DataFrame) -> Table:
+    """Leaderboard cells; best value per column marked (ties all marked)."""
+    columns = ("model", "cases", "jobs done") + tuple(header for header, *_ in _LEADERBOARD_COLUMNS)
+    rows = []
+    for _, r in board.iterrows():
+        cells = [str(r["model"]), str(int(r["cases"])), f"{int(r['jobs_done'])}/{int(r['jobs'])}"]
+        for header, column, digits, _ in _LEADERBOARD_COLUMNS:
+            if header == "Dice mean ± sd":
+                cells.append(f"{fmt(r['dice_mean'])} ± {fmt(r['dice_sd'])}")
+            elif header == "Dice 95% CI":
+                cells.append(f"{fmt(r['dice_ci_low'])}–{fmt(r['dice_ci_high'])}")
+            elif header == "peak mem (MB)":
+                value = r["peak_mem_mb"]
+                cells.append(fmt(value, 0) + ("" if pd.isna(value) else f" ({r['peak_mem_kind']})"))
+            elif digits == "count":
+                cells.append(fmt_count(r[column]))
+            else:
+                cells.append(fmt(r[column], digits))
+        rows.append(tuple(cells))
+    best = set()
+    for offset, (_, column, _, higher) in enumerate(_LEADERBOARD_COLUMNS):
+        if column is None or higher is None or board.empty:
+            continue
+        for row in _best_rows(board[column], higher):
+            best.add((row, 3 + offset))
+    return Table(columns, tuple(rows), frozenset(best))
+
+
+def format_fold_table(table: pd.DataFrame, grid: pd.DataFrame, *, digits: int = 3) -> Table:
+    """Per-fold cells; a fold without cases shows its job status (``failed``, ``missing``, …) instead."""
+    fold_columns = [c for c in table.columns if c.startswith("fold_")]
+    columns = ("model",) + tuple(c.replace("_", " ") for c in fold_columns) + ("mean of fold means", "pooled mean")
+    status = {(m, int(f)): s for m, f, s in zip(grid["model"], grid["fold"], grid["status"], strict=True)}
+    rows = []
+    for model, r in table.iterrows():
+        cells = [str(model)]
+        for column in fold_columns:
+            fold = int(column.removeprefix("fold_"))
+            value = r[column]
+            job_status = status.get((str(model), fold), MISSING)
+            if pd.isna(value):
+                cells.append(job_status if job_status != "done" else "no cases")
+            else:
+                cells.append(fmt(value, digits) + ("" if job_status == "done" else f" ({job_status})"))
+        cells += [fmt(r["mean_of_folds"], digits), fmt(r["pooled"], digits)]
+        rows.append(tuple(cells))
+    return Table(columns, tuple(rows))
+
+
+def format_jobs(grid: pd.DataFrame) -> Table:
+    """Jobs that are not ``done`` (failed, diverged, oom, killed, timeout, missing) with their reason."""
+    bad = grid[grid["status"] != "done"]
+    rows = tuple((str(m), str(int(f)), str(s), str(r)) for m, f, s, r in bad.itertuples(index=False))
+    return Table(("model", "fold", "status", "reason"), rows)
+
+
+def format_speed(speed: pd.DataFrame) -> Table:
+    """pytest-benchmark speed table: median ms per step and achieved GFLOP/s per model."""
+    if speed.empty:
+        return Table(("model",), ())
+    headers = []
+    for column in speed.columns:
+        if column.endswith("_ms"):
+            headers.append(f"{column.removesuffix('_ms').replace('_', ' ')} median (ms)")
+        elif column.endswith("_gflop_per_s"):
+            headers.append(f"{column.removesuffix('_gflop_per_s').replace('_', ' ')} GFLOP/s")
+        else:
+            headers.append(column)
+    rows = []
+    for _, r in speed.iterrows():
+        cells = []
+        for column in speed.columns:
+            if column == "model":
+                cells.append(str(r[column]))
+            elif column == "params":
+                cells.append(fmt_count(r[column]))
+            else:
+                cells.append(fmt(r[column], 2))
+        rows.append(tuple(cells))
+    best = set()
+    for index, column in enumerate(speed.columns):
+        if column.endswith("_ms") or column.endswith("_gflop_per_s"):
+            for row in _best_rows(speed[column], column.endswith("_gflop_per_s")):
+                best.add((row, index))
+    return Table(tuple(headers), tuple(rows), frozenset(best))
