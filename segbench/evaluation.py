@@ -1,0 +1,219 @@
+"""Score a folder of predicted NIfTI label maps against a folder of reference label maps.
+
+Files are matched by case id: the file name without ``.nii.gz`` / ``.nii`` (and without an optional
+prediction suffix such as MONAI's ``_seg``). Other files (``summary.json``, ``plans.json``, macOS ``._*``
+resource forks, hidden files) are ignored. Every prediction must have a reference and vice versa; the
+geometry (shape, spacing, affine) of each pair must agree, because predictions are scored in the reference
+geometry. Metrics come from :func:`segbench.metrics.compute_case_metrics` with the reference spacing.
+
+The library never prints: the CLI iterates :func:`evaluate_pair` over :func:`match_cases` with its own
+progress bar, then calls :func:`complete_labels` and :func:`summarize`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from segbench.data.nifti import Volume, read_label
+from segbench.errors import DatasetError
+from segbench.metrics import METRIC_KEYS, both_empty_metrics, compute_case_metrics, image_diagonal_mm
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+CSV_COLUMNS = ("case_id", *METRIC_KEYS)
+DISTANCE_METRICS = ("hd", "hd95", "assd")
+SUMMARY_METRICS = ("dice", "nsd", *DISTANCE_METRICS)
+# Predictions written by other tools may store the affine in float32: allow that much disagreement.
+AFFINE_ATOL_MM = 1e-3
+SPACING_RTOL = 1e-4
+_MAX_LISTED = 10
+
+
+@dataclass(frozen=True)
+class CasePair:
+    """A prediction file and its reference file, matched by ``case_id``."""
+
+    case_id: str
+    pred_path: Path
+    ref_path: Path
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """The metric rows of one case (each with ``case_id``) and the geometry needed to add missing labels."""
+
+    case_id: str
+    rows: list[dict]
+    diagonal_mm: float
+
+
+def case_id_from_name(name: str, *, suffix: str = "") -> str | None:
+    """Case id of a NIfTI file name, or ``None`` for a file that is not a (visible) NIfTI file.
+
+    ``la_003.nii.gz`` → ``la_003``; with ``suffix="_seg"``, ``la_003_seg.nii.gz`` → ``la_003``. A NIfTI name
+    without the suffix keeps its full stem (and will then show up as unmatched).
+    """
+    if name.startswith("."):  # hidden files and macOS "._la_003.nii.gz" resource forks in MSD archives
+        return None
+    for extension in NIFTI_SUFFIXES:
+        if name.endswith(extension):
+            stem = name[: -len(extension)]
+            if suffix and stem.endswith(suffix) and len(stem) > len(suffix):
+                stem = stem[: -len(suffix)]
+            return stem
+    return None
+
+
+def _list_cases(folder: Path, *, suffix: str, role: str) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise DatasetError(f"{role} folder {folder} does not exist or is not a folder")
+    cases: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        case_id = case_id_from_name(path.name, suffix=suffix)
+        if case_id is None or not path.is_file():
+            continue
+        if case_id in cases:
+            raise DatasetError(
+                f"{role} folder {folder} has two files for case {case_id} ({cases[case_id].name}, {path.name}); "
+                "keep one"
+            )
+        cases[case_id] = path
+    if not cases:
+        raise DatasetError(f"{role} folder {folder} contains no .nii.gz or .nii files")
+    return cases
+
+
+def _listing(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:_MAX_LISTED])
+    return shown if len(names) <= _MAX_LISTED else f"{shown} and {len(names) - _MAX_LISTED} more"
+
+
+def match_cases(pred_dir: str | Path, gt_dir: str | Path, *, pred_suffix: str = "") -> list[CasePair]:
+    """Pair every prediction in ``pred_dir`` with the reference of the same case id in ``gt_dir``.
+
+    Args:
+        pred_dir: folder of predicted label maps (``<case_id><pred_suffix>.nii.gz`` or ``.nii``).
+        gt_dir: folder of reference label maps (``<case_id>.nii.gz`` or ``.nii``).
+        pred_suffix: text between the case id and the extension in prediction names (e.g. ``_seg``).
+
+    Returns:
+        Pairs sorted by case id.
+
+    Raises:
+        DatasetError: a folder is missing or holds no NIfTI files, a case has two files, or some predictions
+            have no reference or some references no prediction (the message lists them).
+    """
+    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    preds = _list_cases(pred_dir, suffix=pred_suffix, role="prediction")
+    refs = _list_cases(gt_dir, suffix="", role="reference")
+    no_ref = sorted(preds.keys() - refs.keys())
+    no_pred = sorted(refs.keys() - preds.keys())
+    if no_ref or no_pred:
+        problems = []
+        if no_ref:
+            problems.append(f"{len(no_ref)} prediction(s) in {pred_dir} have no reference in {gt_dir}: "
+                            f"{_listing([preds[c].name for c in no_ref])}")  # fmt: skip
+        if no_pred:
+            problems.append(f"{len(no_pred)} reference(s) in {gt_dir} have no prediction in {pred_dir}: "
+                            f"{_listing([refs[c].name for c in no_pred])}")  # fmt: skip
+        hint = "name predictions <case_id>.nii.gz like the references, or give --pred-suffix (e.g. _seg)"
+        raise DatasetError("; ".join(problems) + f"; {hint}")
+    return [CasePair(case_id, preds[case_id], refs[case_id]) for case_id in sorted(preds)]
+
+
+def check_geometry(case_id: str, pred: Volume, ref: Volume) -> None:
+    """Raise :class:`DatasetError` naming the case when shape, spacing or affine of the pair disagree."""
+    fix = "predictions must be in the reference geometry (resample them back before evaluating)"
+    if pred.array.shape != ref.array.shape:
+        raise DatasetError(
+            f"case {case_id}: prediction shape {pred.array.shape} differs from reference shape {ref.array.shape}; {fix}"
+        )
+    if not np.allclose(pred.spacing, ref.spacing, rtol=SPACING_RTOL, atol=0.0):
+        raise DatasetError(
+            f"case {case_id}: prediction spacing {tuple(round(s, 6) for s in pred.spacing)} mm differs from "
+            f"reference spacing {tuple(round(s, 6) for s in ref.spacing)} mm; {fix}"
+        )
+    if not np.allclose(pred.affine, ref.affine, rtol=0.0, atol=AFFINE_ATOL_MM):
+        worst = float(np.max(np.abs(pred.affine - ref.affine)))
+        raise DatasetError(
+            f"case {case_id}: prediction affine differs from the reference affine by up to {worst:.4g} mm; {fix}"
+        )
+
+
+def evaluate_pair(pair: CasePair, *, labels: Sequence[int] | None = None, tolerance_mm: float = 2.0) -> CaseResult:
+    """Read one pair, check its geometry and compute its metric rows (reference spacing).
+
+    Args:
+        pair: from :func:`match_cases`.
+        labels: label values to score; ``None``: every nonzero value in the prediction or reference.
+        tolerance_mm: NSD tolerance in mm.
+
+    Raises:
+        DatasetError: unreadable files or a geometry mismatch (naming the case).
+    """
+    ref = read_label(pair.ref_path)
+    pred = read_label(pair.pred_path)
+    check_geometry(pair.case_id, pred, ref)
+    rows = compute_case_metrics(pred.array, ref.array, ref.spacing, labels=labels, tolerance_mm=tolerance_mm)
+    return CaseResult(
+        case_id=pair.case_id,
+        rows=[{"case_id": pair.case_id, **row} for row in rows],
+        diagonal_mm=image_diagonal_mm(ref.array.shape, ref.spacing),
+    )
+
+
+def complete_labels(results: Iterable[CaseResult], *, tolerance_mm: float) -> pd.DataFrame:
+    """Per-case table with one row per (case, label) for every label seen anywhere.
+
+    When labels were inferred per case, a label absent from both masks of a case still gets its row
+    (dice 1, distances 0, flagged empty), so every case counts for every label.
+
+    Returns:
+        DataFrame with columns :data:`CSV_COLUMNS`, sorted by case id and label.
+    """
+    results = list(results)
+    all_labels = sorted({row["label"] for result in results for row in result.rows})
+    rows = []
+    for result in results:
+        present = {row["label"] for row in result.rows}
+        rows.extend(result.rows)
+        for label in all_labels:
+            if label not in present:
+                empty = both_empty_metrics(label, diagonal_mm=result.diagonal_mm, tolerance_mm=tolerance_mm)
+                rows.append({"case_id": result.case_id, **empty})
+    frame = pd.DataFrame(rows, columns=list(CSV_COLUMNS))
+    return frame.sort_values(["case_id", "label"], kind="stable").reset_index(drop=True)
+
+
+def summarize(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean and median of each metric per label, with misses counted and penalised.
+
+    A miss (exactly one mask empty) has infinite distances; for ``hd``, ``hd95`` and ``assd`` it is replaced
+    by the case's ``diagonal_mm`` (the stated penalty) before averaging, so misses are never dropped silently.
+
+    Returns:
+        One row per (label, metric): ``label, metric, mean, median, cases, misses``.
+    """
+    records = []
+    for label, group in frame.groupby("label", sort=True):
+        misses = int(group["miss"].astype(bool).sum())
+        for metric in SUMMARY_METRICS:
+            values = group[metric].astype(float).to_numpy()
+            if metric in DISTANCE_METRICS:
+                values = np.where(np.isinf(values), group["diagonal_mm"].astype(float).to_numpy(), values)
+            records.append(
+                {
+                    "label": int(label),
+                    "metric": metric,
+                    "mean": float(np.mean(values)) if values.size else math.nan,
+                    "median": float(np.median(values)) if values.size else math.nan,
+                    "cases": int(values.size),
+                    "misses": misses,
+                }
+            )
+    return pd.DataFrame(records, columns=["label", "metric", "mean", "median", "cases", "misses"])
