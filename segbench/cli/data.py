@@ -18,7 +18,11 @@ def data() -> None:
 @data.command()
 @click.argument("data_dir", metavar="DATA", type=click.Path(path_type=Path))
 def check(data_dir: Path) -> None:
-    """Read every file of the MSD / nnU-Net dataset DATA fully; exit 1 listing each problem."""
+    """Preflight: read every file of DATA fully.
+
+    DATA is an MSD task or nnU-Net v2 raw folder. Prints a summary and exits 0, or exits 1 listing every
+    problem with the file at fault.
+    """
     from segbench.data.validate import validate_dataset
 
     report = validate_dataset(data_dir, progress=True)
