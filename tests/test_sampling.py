@@ -1,0 +1,139 @@
+"""Patch sampling: purity per (seed, index), foreground oversampling, padding, augmentation, resumable loader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from segbench.data.dataset import Case
+from segbench.data.preprocess import PreprocessConfig, prepare_case
+from segbench.data.sampling import PatchDataset, crop_with_padding, make_loader
+from segbench.errors import ConfigError
+
+
+def _prepared(tmp_path: Path, image: np.ndarray, label: np.ndarray, name: str = "case"):
+    affine = np.eye(4)
+    paths = []
+    for suffix, array in (("img", image), ("lab", label)):
+        path = tmp_path / f"{name}_{suffix}.nii.gz"
+        nib.save(nib.Nifti1Image(array, affine), str(path))
+        paths.append(path)
+    return prepare_case(Case(name, (paths[0],), paths[1]), config=PreprocessConfig(), cache_dir=tmp_path / "cache")
+
+
+@pytest.fixture
+def cases(tmp_path):
+    rng = np.random.default_rng(0)
+    out = []
+    for k, shape in enumerate([(24, 24, 16), (20, 24, 16), (24, 16, 24)]):
+        label = np.zeros(shape, np.uint8)
+        label[5:9, 6:10, 4:8] = 1
+        image = (rng.standard_normal(shape) + 3 * label).astype(np.float32)
+        out.append(_prepared(tmp_path, image, label, f"c{k}"))
+    return out
+
+
+@pytest.fixture
+def sparse_case(tmp_path):
+    # One 2³ foreground cube in a 48³ volume: an 8³ patch placed uniformly hits it with p ≈ 0.4 %,
+    # so the share of patches with foreground measures the oversampling rate.
+    label = np.zeros((48, 48, 48), np.uint8)
+    label[40:42, 3:5, 30:32] = 1
+    image = np.random.default_rng(1).standard_normal(label.shape).astype(np.float32)
+    return _prepared(tmp_path, image, label, "sparse")
+
+
+def test_sample_is_a_pure_function_of_seed_and_index(cases):
+    a = PatchDataset(cases, patch_size=(16, 16, 8), length=20, seed=5)
+    b = PatchDataset(cases, patch_size=(16, 16, 8), length=20, seed=5)
+    for index in (0, 7, 19):
+        x, y = a[index], b[index]
+        assert torch.equal(x["image"], y["image"]) and torch.equal(x["label"], y["label"])
+        assert x["case_id"] == y["case_id"]
+    # Order of access does not matter, and another seed gives other samples.
+    assert torch.equal(a[3]["image"], PatchDataset(cases, patch_size=(16, 16, 8), length=20, seed=5)[3]["image"])
+    other = PatchDataset(cases, patch_size=(16, 16, 8), length=20, seed=6)
+    assert not all(torch.equal(a[i]["image"], other[i]["image"]) for i in range(5))
+
+
+def test_shapes_and_dtypes(cases):
+    dataset = PatchDataset(cases, patch_size=(16, 16, 8), length=10, seed=0)
+    sample = dataset[0]
+    assert sample["image"].shape == (1, 16, 16, 8) and sample["image"].dtype == torch.float32
+    assert sample["label"].shape == (16, 16, 8) and sample["label"].dtype == torch.int64
+    assert sample["case_id"] in {"c0", "c1", "c2"}
+    assert len(dataset) == 10
+    with pytest.raises(IndexError):
+        dataset[10]
+
+
+def test_foreground_is_forced_in_about_a_third_of_samples(sparse_case):
+    dataset = PatchDataset([sparse_case], patch_size=(8, 8, 8), length=600, seed=0, augment=False)
+    share = np.mean([dataset[i]["label"].any().item() for i in range(600)])
+    assert share == pytest.approx(1 / 3, abs=0.07)
+    always = PatchDataset([sparse_case], patch_size=(8, 8, 8), length=50, seed=0, fg_fraction=1.0, augment=False)
+    assert all(always[i]["label"].any() for i in range(50))
+    never = PatchDataset([sparse_case], patch_size=(8, 8, 8), length=100, seed=0, fg_fraction=0.0, augment=False)
+    assert np.mean([never[i]["label"].any().item() for i in range(100)]) < 0.1
+
+
+def test_volumes_smaller_than_the_patch_are_padded_with_zero(tmp_path):
+    label = np.ones((6, 5, 4), np.uint8)
+    image = np.random.default_rng(2).standard_normal((6, 5, 4)).astype(np.float32)
+    small = _prepared(tmp_path, image, label, "small")
+    dataset = PatchDataset([small], patch_size=(8, 8, 8), length=5, seed=0, augment=False)
+    for i in range(5):
+        sample = dataset[i]
+        assert sample["label"].sum() == 6 * 5 * 4  # the whole volume is inside the patch
+        assert (sample["image"][0][sample["label"] == 0] == 0).all()  # padding is 0 in the image
+
+
+def test_crop_with_padding_places_the_overlap():
+    array = np.arange(4 * 4 * 4).reshape(4, 4, 4)
+    out = crop_with_padding(array, (-1, 2, 0), (3, 3, 4), fill=-1)
+    assert out.shape == (3, 3, 4)
+    assert (out[0] == -1).all() and (out[:, 2:] == -1).all()
+    np.testing.assert_array_equal(out[1:, :2], array[:2, 2:4])
+
+
+def test_augmentation_flips_image_and_label_together(cases):
+    plain = PatchDataset(cases, patch_size=(16, 16, 8), length=30, seed=3, fg_fraction=1.0, augment=False)
+    augmented = PatchDataset(cases, patch_size=(16, 16, 8), length=30, seed=3, fg_fraction=1.0, augment=True)
+    changed = 0
+    for i in range(30):
+        p, a = plain[i], augmented[i]
+        # Same location (drawn before augmentation): the label is a flip of the plain one.
+        candidates = [p["label"].flip(dims) for dims in _all_flips()]
+        assert any(torch.equal(a["label"], c) for c in candidates)
+        changed += not torch.equal(a["image"], p["image"])
+        # The image stays aligned with its label: foreground is still the brighter part.
+        if a["label"].any() and (a["label"] == 0).any():
+            assert a["image"][0][a["label"] == 1].mean() > a["image"][0][a["label"] == 0].mean()
+    assert changed == 30
+
+
+def _all_flips():
+    return [tuple(d for d, bit in zip((0, 1, 2), bits, strict=True) if bit) for bits in np.ndindex(2, 2, 2)]
+
+
+def test_resumed_loader_yields_the_same_batches(cases):
+    dataset = PatchDataset(cases, patch_size=(8, 8, 8), length=12, seed=1)
+    full = [batch["image"] for batch in make_loader(dataset, batch_size=2, num_workers=0)]
+    resumed = [batch["image"] for batch in make_loader(dataset, batch_size=2, start_iteration=4, num_workers=1)]
+    assert len(full) == 6 and len(resumed) == 2
+    assert all(torch.equal(x, y) for x, y in zip(full[4:], resumed, strict=True))
+    with pytest.raises(ConfigError, match="iteration 7"):
+        make_loader(dataset, batch_size=2, start_iteration=7)
+
+
+def test_invalid_arguments_are_config_errors(cases, tmp_path):
+    with pytest.raises(ConfigError, match="no training cases"):
+        PatchDataset([], patch_size=(8, 8, 8), length=1, seed=0)
+    with pytest.raises(ConfigError, match="foreground fraction"):
+        PatchDataset(cases, patch_size=(8, 8, 8), length=1, seed=0, fg_fraction=1.5)
+    with pytest.raises(ConfigError, match="--batch-size"):
+        make_loader(PatchDataset(cases, patch_size=(8, 8, 8), length=1, seed=0), batch_size=0)
