@@ -428,6 +428,11 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...], *, train_step: b
     Returns:
         The total FLOP count.
     """
+    return _measure_flops(model, input_shape, train_step=train_step)[1]
+
+
+def _measure_flops(model: nn.Module, input_shape: tuple[int, ...], *, train_step: bool) -> tuple[int, int]:
+    """(FLOPs of the forward pass, FLOPs of the whole step); both equal when ``train_step`` is False."""
     from torch.utils.flop_counter import FlopCounterMode
 
     param = next(iter(model.parameters()), None)
@@ -439,16 +444,16 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...], *, train_step: b
     try:
         model.train(train_step)
         with FlopCounterMode(display=False) as counter:
+            with torch.set_grad_enabled(train_step):
+                logits = model(x)
+            forward = counter.get_total_flops()
             if train_step:
-                model(x).sum().backward()
-            else:
-                with torch.no_grad():
-                    model(x)
+                logits.sum().backward()
     finally:
         model.train(was_training)
         for p, grad in grads.items():
             p.grad = grad
-    return int(counter.get_total_flops())
+    return int(forward), int(counter.get_total_flops())
 
 
 def _flop_input_side(divisor: int) -> int:
@@ -461,10 +466,10 @@ def _flop_input_side(divisor: int) -> int:
 def model_info(name: str, *, in_channels: int = 1, out_channels: int = 1) -> ModelInfo:
     """Family, source, parameter count, divisor and MFLOP per voxel of model ``name`` (default options).
 
-    FLOPs are counted on a (1, C_in, s, s, s) input, ``s`` the smallest multiple of the divisor that is ≥ 16 and ≥ twice
-    the divisor, on the
-    ``meta`` device when the model supports it (no memory, no compute) and on the CPU otherwise. Results are
-    cached per process.
+    FLOPs are counted in one training step (forward FLOPs read off before the backward pass; normalisation and
+    dropout modes do not change the counted convolutions) on a (1, C_in, s, s, s) input, ``s`` the smallest
+    multiple of the divisor that is ≥ 16 and ≥ twice the divisor, on the ``meta`` device when the model
+    supports it (no memory, no compute) and on the CPU otherwise. Results are cached per process.
 
     Raises:
         ModelError: as :func:`build_model`.
@@ -475,12 +480,12 @@ def model_info(name: str, *, in_channels: int = 1, out_channels: int = 1) -> Mod
     try:
         with torch.device("meta"):
             model = build_model(name, in_channels=in_channels, out_channels=out_channels)
-        flops = (count_flops(model, shape, train_step=False), count_flops(model, shape, train_step=True))
+        flops = _measure_flops(model, shape, train_step=True)
     except (NotImplementedError, RuntimeError) as exc:
         # Some third-party layers compute on data at build or run time, which the meta device cannot do.
         logger.debug("counting FLOPs of %s on the CPU: the meta device failed (%s)", name, exc)
         model = build_model(name, in_channels=in_channels, out_channels=out_channels)
-        flops = (count_flops(model, shape, train_step=False), count_flops(model, shape, train_step=True))
+        flops = _measure_flops(model, shape, train_step=True)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     voxels = side**3
     return ModelInfo(
