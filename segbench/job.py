@@ -33,6 +33,7 @@ from segbench.data.preprocess import PreparedCase, PreprocessConfig, load_prepar
 from segbench.data.sampling import PatchDataset, make_loader
 from segbench.inference import logits_to_labels, sliding_window_predict
 from segbench.metrics import compute_case_metrics
+from segbench.paths import preprocessed_cache
 from segbench.profiling import cuda_peak_mb, reset_cuda_peak
 from segbench.registry import build_model, model_info
 from segbench.splits import load_splits
@@ -56,7 +57,7 @@ class JobSpec:
     model: str
     fold: int
     device: str = "cpu"  # resolved device ("cpu", "cuda", "cuda:0")
-    cache_dir: str | None = None  # preprocessing cache root; None = the default cache
+    cache_dir: str | None = None  # preprocessing cache folder; None = the default (segbench.paths)
     progress: bool = False  # show iteration / case progress bars (in-process runs)
 
 
@@ -161,7 +162,7 @@ def _train_and_evaluate(spec: JobSpec, folder: Path, record: dict, started: floa
     model = build_model(spec.model, in_channels=in_channels, out_channels=out_channels).to(device)
     optimizer = make_optimizer(model, train_cfg)
 
-    cache_dir = Path(spec.cache_dir) if spec.cache_dir else None
+    cache_dir = Path(spec.cache_dir) if spec.cache_dir else preprocessed_cache()
     prepared = prepare_dataset(
         dataset,
         config=PreprocessConfig(target_spacing=config.target_spacing),

@@ -33,6 +33,7 @@ from segbench.data.validate import validate_dataset
 from segbench.errors import ConfigError, DatasetError, RunDirectoryError
 from segbench.job import SPLITS_FILE, JobSpec
 from segbench.locking import RunLock
+from segbench.paths import preprocessed_cache
 from segbench.profiling import environment_info
 from segbench.registry import model_info, resolve_models
 from segbench.splits import resolve_splits, save_splits
@@ -231,10 +232,11 @@ def run_comparison(
         manifest = build_manifest(config, dataset, models, dataset_path)
         _prepare_run_dir(run_dir, manifest, splits, resume=resume)
 
+        preprocess_dir = preprocessed_cache(cache_dir)
         prepare_dataset(
             dataset,
             config=PreprocessConfig(target_spacing=config.target_spacing),
-            cache_dir=cache_dir,
+            cache_dir=preprocess_dir,
             progress=progress,
         )
         todo, problems = plan_jobs(run_dir, models, len(splits))
@@ -247,7 +249,7 @@ def run_comparison(
                 model=model,
                 fold=fold,
                 device=device,
-                cache_dir=str(cache_dir) if cache_dir else None,
+                cache_dir=str(preprocess_dir),
                 progress=progress,
             )
             for model, fold in todo

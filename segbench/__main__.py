@@ -1,0 +1,5 @@
+"""``python -m segbench`` is the ``segbench`` console script."""
+
+from segbench.cli import main
+
+main()
