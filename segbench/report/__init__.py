@@ -114,7 +114,7 @@ def _read_inputs(run_dir: Path) -> _Inputs:
         notes += scan.problems
     if not jobs.empty:
         jobs["model"] = jobs["model"].astype(str)
-        jobs["reason"] = jobs["reason"].fillna("").astype(str) if "reason" in jobs else ""
+        jobs["reason"] = jobs["reason"].astype(object).fillna("").astype(str) if "reason" in jobs else ""
     return _Inputs(manifest, splits, metrics, jobs, load_learning_curves(run_dir), tuple(notes))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -62,8 +63,11 @@ def box_strip(per_case: pd.DataFrame, *, column: str, label: str, models: Sequen
     if order:
         colors = model_colors(models)
         palette = {m: colors[m] for m in order}
-        sns.boxplot(data=data, x="model", y=column, hue="model", order=order, hue_order=order, palette=palette,
-                    ax=ax, showfliers=False, legend=False, boxprops={"alpha": 0.5})  # fmt: skip
+        with warnings.catch_warnings():
+            # seaborn 0.13 passes matplotlib's deprecated `vert` to boxplot; nothing a caller can act on.
+            warnings.simplefilter("ignore", category=DeprecationWarning)
+            sns.boxplot(data=data, x="model", y=column, hue="model", order=order, hue_order=order, palette=palette,
+                        ax=ax, showfliers=False, legend=False, boxprops={"alpha": 0.5})  # fmt: skip
         # seaborn jitters with numpy's global generator: seed it and restore the caller's state afterwards.
         state = np.random.get_state()
         try:

@@ -207,6 +207,7 @@ def fold_table(per_case: pd.DataFrame, *, models: list[str], n_folds: int, metri
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
+_BENCH_KINDS = ("forward", "train_step")  # shown first, in this order
 _BENCH_NAME = re.compile(r"^(?P<test>[^\[]+)\[(?P<model>.+)\]$")
 
 
@@ -241,7 +242,9 @@ def speed_table(benchmark: dict[str, Any]) -> pd.DataFrame:
     if frame.empty:
         return frame
     # forward / train_step first, in a fixed order; other kinds after.
-    ordered = ["model", "params"] + sorted(c for c in frame.columns if c not in ("model", "params"))
+    found = {c.removesuffix("_ms") for c in frame.columns if c.endswith("_ms")}
+    kinds = [k for k in _BENCH_KINDS if k in found] + sorted(found - set(_BENCH_KINDS))
+    ordered = ["model", "params"] + [f"{k}{suffix}" for k in kinds for suffix in ("_ms", "_gflop_per_s")]
     return frame[[c for c in ordered if c in frame.columns]]
 
 
