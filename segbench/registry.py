@@ -285,7 +285,7 @@ def _lookup(name: str) -> _Entry:
     plugins = _plugins().get(name, ())
     builtin = _MODELS.get(name)
     member = _family_match(name) if builtin is None else None
-    providers = [p.distribution for p in plugins]
+    providers = sorted(p.distribution for p in plugins)
     if builtin is not None or member is not None:
         if plugins:
             source = builtin.source if builtin is not None else _FAMILIES[member[0]].source
