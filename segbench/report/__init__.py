@@ -181,6 +181,10 @@ def _comparison_table(comparisons: list[stats.Comparison]) -> tables.Table:
     return tables.Table(columns, rows)
 
 
+def _p_cell(p: float) -> str:
+    return "< 0.0001" if p < 1e-4 else tables.fmt(p, 4)
+
+
 def _median_case(per_case: pd.DataFrame, model: str) -> tuple[str, int, float] | None:
     cases = per_case[(per_case["model"] == model) & per_case["dice"].notna()]
     if cases.empty:
