@@ -188,7 +188,7 @@ def load_jobs(run_dir: str | Path) -> pd.DataFrame:
     """``jobs.csv`` as a DataFrame (``reason`` empty string for done jobs)."""
     frame = pd.read_csv(Path(run_dir) / "jobs.csv")
     if "reason" in frame:
-        frame["reason"] = frame["reason"].fillna("")
+        frame["reason"] = frame["reason"].astype(object).fillna("")
     return frame
 
 
