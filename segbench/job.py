@@ -32,6 +32,7 @@ from segbench.data.nifti import read_label, write_nifti
 from segbench.data.preprocess import PreparedCase, PreprocessConfig, load_prepared, prepare_dataset, restore_to_original
 from segbench.data.sampling import PatchDataset, make_loader
 from segbench.inference import logits_to_labels, sliding_window_predict
+from segbench.locking import RunLock
 from segbench.metrics import compute_case_metrics
 from segbench.paths import preprocessed_cache
 from segbench.profiling import cuda_peak_mb, reset_cuda_peak
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 
 SPLITS_FILE = "splits.json"
+JOB_LOCK_FILE = "job.lock"
 
 
 class JobTimeout(RuntimeError):
@@ -87,6 +89,12 @@ def run_job(spec: JobSpec) -> results.JobResult:
     """
     folder = results.job_dir(spec.run_dir, spec.model, spec.fold)
     folder.mkdir(parents=True, exist_ok=True)
+    # One writer per job folder, even across executors and a resubmitting driver: a second process refuses here.
+    with RunLock(folder, name=JOB_LOCK_FILE, what=f"job {spec.model} fold {spec.fold} (pid/host)"):
+        return _run_locked(spec, folder)
+
+
+def _run_locked(spec: JobSpec, folder: Path) -> results.JobResult:
     started = time.perf_counter()
     record: dict[str, Any] = {}
     metrics: list[dict[str, Any]] = []

@@ -21,14 +21,15 @@ LOCK_FILE = "run.lock"
 
 
 class RunLock:
-    """Context manager holding the exclusive lock of a run directory.
+    """Context manager holding the exclusive lock of a run directory (or, with ``name="job.lock"``, of a job folder).
 
     Raises:
         RunDirectoryError: another live process holds it (the message names that process).
     """
 
-    def __init__(self, run_dir: str | Path) -> None:
-        self.path = Path(run_dir) / LOCK_FILE
+    def __init__(self, run_dir: str | Path, *, name: str = LOCK_FILE, what: str = "segbench run") -> None:
+        self.path = Path(run_dir) / name
+        self.what = what
         self._handle: IO[str] | None = None
 
     def acquire(self) -> RunLock:
@@ -40,12 +41,12 @@ class RunLock:
             holder = handle.read().strip() or "an unknown process"
             handle.close()
             raise RunDirectoryError(
-                f"{self.path.parent} is in use by {holder}; wait for that run to finish or choose another --out"
+                f"{self.path.parent} is in use by {holder}; wait for it to finish or choose another --out"
             ) from None
         info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         handle.seek(0)
         handle.truncate()
-        handle.write("segbench run " + json.dumps(info))
+        handle.write(f"{self.what} " + json.dumps(info))
         handle.flush()
         self._handle = handle
         return self
