@@ -152,9 +152,9 @@ def sliding_window_predict(
                     )
                 if logits is None:
                     logits = torch.zeros((pred.shape[1], *padded.shape[1:]), device=device)
-                pred = pred * weight  # out of place: the model may return a tensor it keeps
                 for w, p in zip(windows, pred, strict=True):
-                    logits[(slice(None), *w)] += p
+                    # addcmul_ fuses weighting and accumulation: no temporary, the model's output untouched.
+                    logits[(slice(None), *w)].addcmul_(p, weight)
                     weight_sum[w] += weight
             assert logits is not None  # at least one window always exists
             logits /= weight_sum
