@@ -156,7 +156,7 @@ def _prepare(args: tuple[str, str]) -> str:
 
 def test_two_processes_preparing_the_same_case_agree(tmp_path):
     image = _write(tmp_path / "race.nii.gz", np.random.default_rng(1).random((16, 16, 16), dtype=np.float32))
-    with multiprocessing.get_context("spawn").Pool(2) as pool:
+    with multiprocessing.get_context("fork").Pool(2) as pool:
         paths = pool.map(_prepare, [(str(image), str(tmp_path / "cache"))] * 2)
     assert paths[0] == paths[1]
     assert np.load(paths[0]).shape == (1, 16, 16, 16)

@@ -139,7 +139,7 @@ def _create(root: str) -> str:
 
 
 def test_two_processes_creating_the_cache_at_once_both_get_a_complete_folder(tmp_path):
-    with multiprocessing.get_context("spawn").Pool(2) as pool:
+    with multiprocessing.get_context("fork").Pool(2) as pool:
         results = pool.map(_create, [str(tmp_path)] * 2)
     assert results[0] == results[1]
     folder = Path(results[0])
