@@ -16,6 +16,9 @@ Run::
 
     pytest benchmarks/test_bench_metrics.py --benchmark-only --benchmark-autosave
 
+Measured on the 2-core development machine (CPU, medians): segbench 33 ms in both scenarios; MONAI hd95
+655 ms (clean) / 791 ms (far_fp) → segbench takes 5% / 4% of it; medpy hd95 8.7 s / 7.4 s → 261× / 222×.
+
 The values of each tool go to ``extra_info`` and are checked where the definitions agree: hd (all three),
 hd95 (segbench = MONAI: max of directed 95th percentiles), medpy's hd95 = the 95th percentile of the union of
 segbench's two directed distance arrays.
@@ -29,6 +32,9 @@ import torch
 from scipy import ndimage
 
 from segbench.metrics import compute_case_metrics, surface_distances
+
+# MONAI 1.5+ warns about a deprecated argument inside its own get_mask_edges; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 SHAPE = (320, 320, 110)
 SPACING = (1.25, 1.25, 1.37)
