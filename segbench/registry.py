@@ -57,6 +57,7 @@ __all__ = [
     "register_family",
     "register_model",
     "resolve_models",
+    "unregister_model",
 ]
 
 logger = logging.getLogger(__name__)
@@ -146,6 +147,7 @@ def register_model(name: str, *, family: str, divisor: int, source: str = "segbe
         raise ModelError(f"model {name!r} declares divisor={divisor!r}; it must be a positive integer")
 
     def decorator(builder: Builder) -> Builder:
+        _ensure_builtins()  # so a clash with a built-in name is reported now, not when the built-ins load
         if name in _MODELS:
             raise ModelError(f"model {name!r} is already registered (by {_MODELS[name].source}); choose another name")
         _MODELS[name] = _Entry(builder=builder, family=family, divisor=divisor, source=source)
@@ -172,6 +174,7 @@ def register_family(
         raise ModelError(f"family name {family!r} must be lower-case letters and digits (it becomes {family}_w20_d2)")
 
     def decorator(builder: Builder) -> Builder:
+        _ensure_builtins()
         if family in _FAMILIES:
             raise ModelError(f"model family {family!r} is already registered; choose another name")
         _FAMILIES[family] = _Family(builder=builder, source=source)
@@ -182,6 +185,19 @@ def register_family(
         return builder
 
     return decorator
+
+
+def unregister_model(name: str) -> None:
+    """Remove a model registered with :func:`register_model` (e.g. one a test or notebook added).
+
+    Raises:
+        ModelError: if ``name`` is not a registered model (plugins are removed by uninstalling them).
+    """
+    _ensure_builtins()
+    if name not in _MODELS:
+        raise ModelError(f"cannot unregister {name!r}: it is not a registered model (plugins: uninstall them)")
+    del _MODELS[name]
+    model_info.cache_clear()
 
 
 def _family_member(family_builder: Builder, *, width: int, depth: int) -> Builder:

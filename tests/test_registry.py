@@ -21,6 +21,7 @@ from segbench.registry import (
     register_family,
     register_model,
     resolve_models,
+    unregister_model,
 )
 
 torch.set_num_threads(1)
@@ -68,6 +69,17 @@ def test_register_and_build(scratch_registry):
         "tiny", "toy", "segbench", params, 1, pytest.approx(forward / 1e6), pytest.approx(train / 1e6)
     )
     assert "tiny" in list_models("t*")
+
+
+def test_unregister(scratch_registry):
+    register_model("tiny", family="toy", divisor=1)(_tiny)
+    assert model_info("tiny").params > 0
+    unregister_model("tiny")
+    assert "tiny" not in list_models()
+    with pytest.raises(ModelError, match="unknown model 'tiny'"):
+        model_info("tiny")  # the cached description is gone too
+    with pytest.raises(ModelError, match="not a registered model"):
+        unregister_model("tiny")
 
 
 def test_duplicate_name_is_an_error(scratch_registry):
