@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import textwrap
@@ -138,6 +139,22 @@ def test_model_info_falls_back_to_cpu_when_meta_fails(scratch_registry):
 
     register_model("datadep", family="toy", divisor=2)(data_dependent)
     assert model_info("datadep").params == 5 * 27 + 5 + 5 + 1
+
+
+def test_model_info_of_a_model_whose_forward_fails(scratch_registry, caplog):
+    class Broken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.zeros(3))
+
+        def forward(self, x):
+            raise RuntimeError("broken on purpose")
+
+    register_model("broken", family="toy", divisor=4)(lambda *, in_channels, out_channels: Broken())
+    info = model_info("broken")  # described (the runner needs the divisor); its job is where it fails
+    assert (info.params, info.divisor) == (3, 4)
+    assert math.isnan(info.mflop_per_voxel_forward) and math.isnan(info.mflop_per_voxel_train)
+    assert "broken on purpose" in caplog.text
 
 
 def test_monai_registration_skips_without_monai(monkeypatch):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import click
 
 from segbench.cli import main
@@ -44,14 +46,19 @@ def models_command(pattern: str | None, in_channels: int, out_channels: int) -> 
                 info.family,
                 info.source,
                 f"{info.params:,}",
-                f"{info.mflop_per_voxel_forward:.4f}",
-                f"{info.mflop_per_voxel_train:.4f}",
+                _mflop(info.mflop_per_voxel_forward),
+                _mflop(info.mflop_per_voxel_train),
                 str(info.divisor),
             )
         )
     click.echo(_format_table(COLUMNS, rows))
     for message in broken:
         click.echo(f"warning: {message}", err=True)
+
+
+def _mflop(value: float) -> str:
+    # NaN: the model builds but its forward pass failed while counting (see the logged warning).
+    return f"{value:.4f}" if math.isfinite(value) else "?"
 
 
 def _format_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
