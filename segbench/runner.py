@@ -277,9 +277,15 @@ def run_in_process(specs: list[JobSpec]) -> None:
         for spec in specs:
             if bar is not None:
                 bar.set_postfix_str(f"{spec.model} fold {spec.fold}")
-            result = run_job(spec)
-            if result.status != "done":
-                log.warning("%s fold %d ended as %s: %s", spec.model, spec.fold, result.status, result.reason)
+            try:
+                result = run_job(spec)
+            except OSError as exc:
+                # result.json itself could not be written (e.g. disk full): run_job left a "failed" marker when it
+                # could; either way the job is not reported as done and the next job still runs.
+                log.error("%s fold %d: could not record its result (%s)", spec.model, spec.fold, exc)
+            else:
+                if result.status != "done":
+                    log.warning("%s fold %d ended as %s: %s", spec.model, spec.fold, result.status, result.reason)
             if bar is not None:
                 bar.update(1)
     finally:

@@ -1,0 +1,328 @@
+"""A comparison survives kills, faults and bad input without losing a finished result.
+
+Faults are real: SIGKILL of subprocesses (at chosen points, by monkeypatching a function to kill its own process),
+truncated files, a patched step raising CUDA OOM, a patched write raising ENOSPC.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from segbench import job as job_module
+from segbench import results
+from segbench.checkpoints import LATEST, PREVIOUS, load_latest_checkpoint, save_checkpoint
+from segbench.config import RunConfig, TrainConfig
+from segbench.errors import RunDirectoryError
+from segbench.locking import RunLock
+from segbench.runner import run_comparison
+
+TRAIN = TrainConfig(iterations=6, patch_size=(16, 16, 16), num_workers=0, checkpoint_every=2, log_every=1)
+
+
+def tiny_config(data: Path, **changes) -> RunConfig:
+    fields = {"data": str(data), "models": ("fcn", "unet"), "folds": 2, "train": TRAIN, **changes}
+    return RunConfig(**fields)
+
+
+def run(config: RunConfig, run_dir: Path, **kwargs):
+    return run_comparison(config, run_dir=run_dir, progress=False, report=False, **kwargs)
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "job.lock"}  # fmt: skip
+
+
+def run_script(body: str, *, env_cache: Path) -> subprocess.CompletedProcess:
+    """Run python code in a fresh process (so SIGKILL hits it, not pytest)."""
+    env = {**os.environ, "SEGBENCH_CACHE": str(env_cache)}
+    return subprocess.run([sys.executable, "-c", body], capture_output=True, text=True, timeout=300, env=env)
+
+
+KILL_AFTER_SAVES = """
+import os, signal, sys
+import torch
+torch.set_num_threads(1)
+from segbench import job
+from segbench.config import RunConfig, TrainConfig
+from segbench.runner import run_comparison
+calls = {{"n": 0}}
+real_save = job.save_checkpoint
+def save_then_maybe_die(folder, payload):
+    calls["n"] += 1
+    {before}
+    real_save(folder, payload)
+    {after}
+job.save_checkpoint = save_then_maybe_die
+train = TrainConfig(iterations=6, patch_size=(16, 16, 16), num_workers=0, checkpoint_every=2, log_every=1)
+config = RunConfig(data={data!r}, models={models!r}, folds=2, train=train)
+run_comparison(config, run_dir={run_dir!r}, progress=False, report=False)
+"""
+
+
+def test_sigkill_after_some_jobs_then_resume_keeps_finished_files_byte_identical(tiny_task, tmp_path):
+    run_dir = tmp_path / "run"
+    # Die on the first checkpoint of the third job: jobs 1 and 2 (fcn fold 0 and 1) are finished by then.
+    body = KILL_AFTER_SAVES.format(
+        data=str(tiny_task), models=("fcn", "unet"), run_dir=str(run_dir),
+        before="if calls['n'] == 9: os.kill(os.getpid(), signal.SIGKILL)", after="",
+    )  # fmt: skip
+    proc = run_script(body, env_cache=Path(os.environ["SEGBENCH_CACHE"]))
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    finished = {r.model + str(r.fold) for r in results.scan_results(run_dir).results}
+    assert finished == {"fcn0", "fcn1"}
+    before = {name: file_digests(results.job_dir(run_dir, "fcn", fold)) for name, fold in (("f0", 0), ("f1", 1))}
+
+    outcome = run(tiny_config(tiny_task), run_dir, resume=True)
+    assert outcome.all_done
+    after = {name: file_digests(results.job_dir(run_dir, "fcn", fold)) for name, fold in (("f0", 0), ("f1", 1))}
+    assert after == before
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    assert not metrics.duplicated(["model", "fold", "case_id", "label"]).any()
+    assert len(metrics) == 2 * 6  # 2 models × 6 cases, each exactly once
+    assert len(pd.read_csv(run_dir / "jobs.csv")) == 4
+
+
+def test_sigkill_in_the_middle_of_a_checkpoint_write_falls_back_to_the_previous_one(tiny_task, tmp_path):
+    run_dir = tmp_path / "run"
+    # Second save of the first job: rotation done, new latest half-written (temp file), then SIGKILL.
+    body = KILL_AFTER_SAVES.format(
+        data=str(tiny_task), models=("fcn",), run_dir=str(run_dir),
+        before="""if calls["n"] == 2:
+        import os as _os, signal as _signal
+        from segbench.checkpoints import LATEST, PREVIOUS
+        _os.replace(os.path.join(folder, LATEST), os.path.join(folder, PREVIOUS))
+        open(os.path.join(folder, "." + LATEST + ".partial.tmp"), "wb").write(b"PK\\x03\\x04 half a zip")
+        _os.kill(_os.getpid(), _signal.SIGKILL)""",
+        after="",
+    )  # fmt: skip
+    proc = run_script(body, env_cache=Path(os.environ["SEGBENCH_CACHE"]))
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    folder = results.job_dir(run_dir, "fcn", 0)
+    assert not (folder / LATEST).exists() and (folder / PREVIOUS).exists()
+    assert load_latest_checkpoint(folder)["iteration"] == 2
+
+    outcome = run(tiny_config(tiny_task, models=("fcn",)), run_dir, resume=True)
+    assert outcome.all_done
+    curve = pd.read_csv(folder / results.LEARNING_CURVE_FILE)
+    assert curve["iteration"].tolist() == [1, 2, 3, 4, 5, 6]  # continued from 2, no restart, no duplicates
+
+
+def test_sigkill_mid_training_resumes_to_the_same_result_as_an_uninterrupted_run(tiny_task, tmp_path):
+    reference = run(tiny_config(tiny_task, models=("unet",), folds=2), tmp_path / "reference")
+    assert reference.all_done
+
+    run_dir = tmp_path / "killed"
+    # Checkpoint at iteration 4 of the first job written, then killed while training iteration 5.
+    body = KILL_AFTER_SAVES.format(
+        data=str(tiny_task), models=("unet",), run_dir=str(run_dir),
+        before="", after="if calls['n'] == 2: os.kill(os.getpid(), signal.SIGKILL)",
+    )  # fmt: skip
+    proc = run_script(body, env_cache=Path(os.environ["SEGBENCH_CACHE"]))
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    folder = results.job_dir(run_dir, "unet", 0)
+    assert load_latest_checkpoint(folder)["iteration"] == 4
+    assert not (folder / results.RESULT_FILE).exists()
+
+    resumed = run(tiny_config(tiny_task, models=("unet",), folds=2), run_dir, resume=True)
+    assert resumed.all_done
+    curve = pd.read_csv(folder / results.LEARNING_CURVE_FILE)
+    assert curve["iteration"].tolist() == list(range(1, 7))
+    expected_curve = pd.read_csv(results.job_dir(tmp_path / "reference", "unet", 0) / results.LEARNING_CURVE_FILE)
+    pd.testing.assert_series_equal(curve["loss"], expected_curve["loss"], rtol=1e-4)
+    got = pd.read_csv(run_dir / "metrics.csv").sort_values(["fold", "case_id"]).reset_index(drop=True)
+    want = pd.read_csv(tmp_path / "reference" / "metrics.csv").sort_values(["fold", "case_id"]).reset_index(drop=True)
+    pd.testing.assert_series_equal(got["dice"], want["dice"], atol=1e-3)
+
+
+def test_truncated_latest_checkpoint_falls_back_with_a_warning(tmp_path, caplog):
+    save_checkpoint(tmp_path, {"iteration": 2, "weights": torch.ones(3)})
+    save_checkpoint(tmp_path, {"iteration": 4, "weights": torch.ones(3)})
+    latest = tmp_path / LATEST
+    latest.write_bytes(latest.read_bytes()[:40])
+    with caplog.at_level(logging.WARNING):
+        payload = load_latest_checkpoint(tmp_path)
+    assert payload["iteration"] == 2
+    assert "truncated" in caplog.text and LATEST in caplog.text
+    # The bad file leaves the rotation so the next save cannot push it over the good one.
+    save_checkpoint(tmp_path, {"iteration": 6, "weights": torch.ones(3)})
+    assert load_latest_checkpoint(tmp_path)["iteration"] == 6
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"train": replace(TRAIN, iterations=1, lr=0.01)}, "config train.lr: 0.003 -> 0.01"),
+        ({"models": ("fcn",)}, "models: fcn, unet -> fcn"),
+    ],
+)
+def test_resume_with_a_changed_config_or_model_list_is_refused(tiny_task, tmp_path, change, expected):
+    run_dir = tmp_path / "run"
+    run(
+        tiny_config(tiny_task, models=("fcn", "unet"), train=replace(TRAIN, iterations=1)),
+        run_dir,
+    )
+    base = tiny_config(tiny_task, train=replace(TRAIN, iterations=1))
+    changed = RunConfig(**{**base.__dict__, **change})
+    if "train" in change:
+        changed = RunConfig(
+            **{**base.__dict__, "train": TrainConfig(**{**TRAIN.__dict__, "iterations": 1, "lr": 0.01})}
+        )
+    with pytest.raises(RunDirectoryError, match="cannot resume") as info:
+        run(changed, run_dir, resume=True)
+    assert expected in str(info.value)
+
+
+def test_resume_with_a_changed_dataset_is_refused(tiny_task, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_task, data)
+    config = tiny_config(data, models=("fcn",), train=replace(TRAIN, iterations=1))
+    run(config, tmp_path / "run")
+    label = next((data / "labelsTr").glob("la_*.nii.gz"))
+    import nibabel as nib
+
+    img = nib.load(label)
+    array = img.get_fdata().astype("uint8")
+    array[0, 0, 0] = 1 - array[0, 0, 0]
+    nib.save(nib.Nifti1Image(array, img.affine, img.header), label)
+    with pytest.raises(RunDirectoryError, match="dataset .* changed"):
+        run(config, tmp_path / "run", resume=True)
+
+
+def test_a_new_run_into_an_existing_run_directory_is_refused(tiny_task, tmp_path):
+    config = tiny_config(tiny_task, models=("fcn",), train=replace(TRAIN, iterations=1))
+    run(config, tmp_path / "run")
+    with pytest.raises(RunDirectoryError, match="--resume"):
+        run(config, tmp_path / "run")
+
+
+def test_cuda_oom_raising_model_and_disk_full_get_their_statuses(tiny_task, tmp_path, monkeypatch):
+    from segbench import registry
+
+    real_build = registry.build_model
+
+    def patched_build(name, **kwargs):
+        model = real_build(name, **kwargs)
+        if name == "unet":
+
+            def out_of_memory(*args, **kw):
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+            model.forward = out_of_memory
+        return model
+
+    monkeypatch.setattr(job_module, "build_model", patched_build)
+    real_write = results.atomic_write_json
+
+    def disk_full_for_fcn_fold_1(path, obj):
+        if Path(path).name == results.RESULT_FILE and Path(path).parent.name == "fold_1" and obj["model"] == "fcn":
+            if obj["status"] == "done":
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(path, obj)
+
+    monkeypatch.setattr(results, "atomic_write_json", disk_full_for_fcn_fold_1)
+    outcome = run(tiny_config(tiny_task), tmp_path / "run")
+    assert not outcome.all_done
+    jobs = results.load_jobs(tmp_path / "run").set_index(["model", "fold"])
+    assert jobs.loc[("fcn", 0), "status"] == "done"
+    assert jobs.loc[("fcn", 1), "status"] == "failed"
+    assert "No space left on device" in jobs.loc[("fcn", 1), "reason"]
+    assert set(jobs.loc["unet", "status"]) == {"oom"}
+    assert "batch size 2" in jobs.loc[("unet", 0), "reason"]
+
+
+def test_sigterm_marks_the_running_job_killed_and_resume_finishes_it(tiny_task, tmp_path):
+    run_dir = tmp_path / "run"
+    body = KILL_AFTER_SAVES.format(
+        data=str(tiny_task), models=("fcn",), run_dir=str(run_dir),
+        before="", after="if calls['n'] == 1: raise KeyboardInterrupt",
+    )  # fmt: skip
+    proc = run_script(body, env_cache=Path(os.environ["SEGBENCH_CACHE"]))
+    assert proc.returncode != 0
+    result = results.read_job_result(results.job_dir(run_dir, "fcn", 0) / results.RESULT_FILE)
+    assert result.status == "killed"
+    outcome = run(tiny_config(tiny_task, models=("fcn",)), run_dir, resume=True)
+    assert outcome.all_done
+
+
+def test_job_timeout_gives_a_timeout_status(tiny_task, tmp_path):
+    outcome = run(tiny_config(tiny_task, models=("fcn",), job_timeout_s=1e-6), tmp_path / "run")
+    assert {r.status for r in outcome.results} == {"timeout"}
+    assert "time limit" in outcome.results[0].reason
+
+
+def test_two_concurrent_runs_on_one_directory_the_second_refuses(tiny_task, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with RunLock(run_dir):  # held by this (live) process, as a running `segbench run` would
+        proc = subprocess.run(
+            [sys.executable, "-m", "segbench", "run", "--data", str(tiny_task), "--folds", "2", "--out", str(run_dir)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert proc.returncode == 1
+    assert "in use by segbench run" in proc.stderr and f'pid": {os.getpid()}' in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_truncated_result_json_is_reported_and_the_job_redone_on_resume(tiny_task, tmp_path, caplog):
+    run_dir = tmp_path / "run"
+    config = tiny_config(tiny_task, models=("fcn",))
+    run(config, run_dir)
+    path = results.job_dir(run_dir, "fcn", 1) / results.RESULT_FILE
+    path.write_text(path.read_text()[:50])
+    (run_dir / "jobs" / "fcn" / "stray.txt").write_text("not a job")
+    with caplog.at_level(logging.WARNING):
+        scan = results.rebuild_tables(run_dir)
+    assert any("fcn fold_1" in problem and "truncated" in problem for problem in scan.problems)
+    assert len(pd.read_csv(run_dir / "metrics.csv")) == 3  # fold 0 still there
+    from segbench.report import write_report
+
+    assert write_report(run_dir).exists()  # the report still works for the rest
+
+    outcome = run(config, run_dir, resume=True)
+    assert outcome.all_done
+    assert json.loads(path.read_text())["status"] == "done"
+    assert len(pd.read_csv(run_dir / "metrics.csv")) == 6
+
+
+def test_unwritable_output_folder_is_one_sentence_before_any_work(tiny_task, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    proc = subprocess.run([sys.executable, "-m", "segbench", "run", "--data", str(tiny_task), "--folds", "2",
+                           "--out", str(blocker / "run")], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 1
+    assert "cannot write to the output folder" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bad_dataset_is_refused_before_any_job(tmp_path):
+    import shutil
+
+    from segbench.data.synth import make_synthetic_task
+
+    data = make_synthetic_task(tmp_path / "data", cases=4, test_cases=0, seed=1, shape=(16, 16, 16))
+    victim = next((data / "imagesTr").glob("la_*.nii.gz"))
+    victim.write_bytes(victim.read_bytes()[:-200])
+    del shutil
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-m", "segbench", "run", "--data", str(data), "--folds", "2",
+                           "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 1
+    assert victim.name in proc.stderr and "failed preflight" in proc.stderr
+    assert not (tmp_path / "run" / "jobs").exists()
+    assert time.time() - start < 120
