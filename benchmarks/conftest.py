@@ -1,0 +1,28 @@
+"""Benchmark-wide fixtures.
+
+``SEGBENCH_BENCH_SMOKE=1`` (used by CI together with ``--benchmark-disable``) shrinks every benchmark to tiny
+shapes so the suite only proves that it still runs; real figures come from a run without it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+
+def smoke_mode() -> bool:
+    return os.environ.get("SEGBENCH_BENCH_SMOKE", "").strip() not in ("", "0")
+
+
+@pytest.fixture(scope="session")
+def smoke() -> bool:
+    """True in smoke mode: tiny shapes, no performance assertions."""
+    return smoke_mode()
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    """CUDA when available (Task02-sized shapes), else CPU (small shapes)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
