@@ -72,7 +72,20 @@ def _interrupt_on_sigterm() -> None:
     help="Run directory. Default: ./segbench-runs/run-<date>-<time>.",
 )
 @click.option("--resume", is_flag=True, help="Continue the run in --out (finished jobs are kept as they are).")
-@click.option("--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True)
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "slurm"]),
+    default="local",
+    show_default=True,
+    help="local: this machine (one job per GPU when there are several); slurm: one Slurm job per (model, fold).",
+)
+@click.option("--gpus", default=None, help="local: GPU ids to use, one job each at a time, e.g. 0,1. Default: all.")
+@click.option("--slurm-partition", default=None, help="slurm: partition. Default: the cluster's default.")
+@click.option("--slurm-time", type=int, default=None, help="slurm: time limit per job in minutes (requeued at it).")
+@click.option("--slurm-gpus", type=int, default=None, help="slurm: GPUs per job (0 = CPU jobs).")
+@click.option("--slurm-cpus", type=int, default=None, help="slurm: CPUs per job.")
+@click.option("--slurm-mem", type=float, default=None, help="slurm: memory per job in GB.")
+@click.option("--slurm-array-parallelism", type=int, default=None, help="slurm: jobs running at the same time.")
 @click.option("--no-report", is_flag=True, help="Skip writing the report at the end.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def run(**options) -> None:  # fmt: skip
@@ -87,8 +100,7 @@ def run(**options) -> None:  # fmt: skip
 
     if options["resume"] and options["out"] is None:
         raise ConfigError("--resume needs --out RUN_DIR naming the run to continue")
-    if options["executor"] == "slurm":
-        raise ConfigError("--executor slurm is not available yet in this version; use --executor local")
+    executor = _build_executor(options)
     train_overrides = {
         "iterations": options["iterations"],
         "time_budget_s": options["time_budget"],
@@ -116,10 +128,40 @@ def run(**options) -> None:  # fmt: skip
     click.echo(f"segbench run → {run_dir}", err=True)
     outcome = run_comparison(
         config, run_dir=run_dir, resume=options["resume"], progress=not options["quiet"],
-        report=not options["no_report"],
+        report=not options["no_report"], executor=executor,
     )  # fmt: skip
     _print_summary(outcome)
     raise SystemExit(0 if outcome.all_done else 1)
+
+
+# --slurm-* flag (click's name) -> SlurmOptions field.
+_SLURM_FLAGS = {
+    "slurm_partition": "partition",
+    "slurm_time": "time_min",
+    "slurm_gpus": "gpus_per_job",
+    "slurm_cpus": "cpus_per_job",
+    "slurm_mem": "mem_gb",
+    "slurm_array_parallelism": "array_parallelism",
+}
+
+
+def _build_executor(options: dict):
+    """The executor for --executor and its options (validated before any work starts)."""
+    from segbench.errors import ConfigError
+    from segbench.executors import LocalOptions, SlurmOptions, make_executor, parse_gpu_ids
+
+    slurm = {field: options[flag] for flag, field in _SLURM_FLAGS.items() if options[flag] is not None}
+    if options["executor"] == "slurm":
+        if options["gpus"] is not None:
+            raise ConfigError("--gpus applies to --executor local; use --slurm-gpus for GPUs per Slurm job")
+        return make_executor("slurm", options=SlurmOptions(**slurm))
+    if slurm:
+        flags = ", ".join("--" + flag.replace("_", "-") for flag in _SLURM_FLAGS if options[flag] is not None)
+        raise ConfigError(f"{flags} only apply to --executor slurm; add --executor slurm or drop them")
+    if options["gpus"] is not None and options["device"] == "cpu":
+        raise ConfigError("--gpus needs GPU jobs; drop --device cpu (or --gpus)")
+    gpus = parse_gpu_ids(options["gpus"]) if options["gpus"] is not None else None
+    return make_executor("local", options=LocalOptions(gpus=gpus))
 
 
 def _print_summary(outcome) -> None:
