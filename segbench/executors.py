@@ -118,7 +118,7 @@ def job_lock_held(folder: str | Path) -> bool:
 
 
 def read_record(folder: str | Path) -> dict[str, Any] | None:
-    """The job's ``submitit.json`` (backend, job_id, folder, submitted_at), or ``None`` when absent or unreadable."""
+    """The job's ``submitit.json`` (backend, job_id, folder, submission time), or ``None`` when absent or unreadable."""
     try:
         record = json.loads((Path(folder) / RECORD_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -330,7 +330,14 @@ def _start_worker(spec: JobSpec, gpu_id: str, *, slots: int) -> tuple[subprocess
     log_file = open(folder / WORKER_LOG, "a", encoding="utf-8")  # noqa: SIM115 - closed when the worker ends
     started = time.time()
     process = subprocess.Popen(
-        worker_command(child), env=worker_env(gpu_id, slots=slots), stdout=log_file, stderr=subprocess.STDOUT
+        worker_command(child),
+        env=worker_env(gpu_id, slots=slots),
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        # Its own session: a terminal Ctrl-C reaches the driver only, which forwards exactly one SIGINT (a second
+        # one could cut the worker's `killed` record short); and a worker outlives a killed driver, holding its
+        # job.lock, so that a resumed driver waits for it instead of starting a second writer.
+        start_new_session=True,
     )
     log.info("%s fold %d started on GPU %s (pid %d)", spec.model, spec.fold, gpu_id, process.pid)
     return process, spec, started, log_file
@@ -461,6 +468,7 @@ class Tracked:
     is_active: Callable[[], bool]
     job: Any = None  # the submitit Job; None when re-attached to a job of an earlier driver
     since: float = 0.0  # submission time: a result.json older than this is from an earlier attempt
+    record: dict[str, Any] | None = None  # the submitit.json of a re-attached job
 
 
 class SubmititExecutor:
@@ -502,7 +510,8 @@ class SubmititExecutor:
                 log.info(
                     "%s fold %d: re-attaching to %s job %s", spec.model, spec.fold, record["backend"], record["job_id"]
                 )
-                tracked.append(Tracked(spec, lambda r=record: _recorded_job_alive(r)))
+                since = float(record.get("submitted_at_s", time.time()))
+                tracked.append(Tracked(spec, lambda r=record: _recorded_job_alive(r), since=since, record=record))
             elif job_lock_held(job_folder):
                 lock_only.append(spec)
             else:
@@ -526,7 +535,8 @@ class SubmititExecutor:
                 "backend": self.backend,
                 "job_id": str(job.job_id),
                 "folder": str(folder),
-                "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(since)),
+                "submitted_at_s": since,
             }
             job_folder = results.job_dir(spec.run_dir, spec.model, spec.fold)
             job_folder.mkdir(parents=True, exist_ok=True)
@@ -591,10 +601,16 @@ class SubmititExecutor:
     def _settle(self, item: Tracked) -> None:
         """Give a job that ended without a fresh ``result.json`` a status naming its scheduler state and log."""
         spec, job, since = item.spec, item.job, item.since
-        if job is None:  # re-attached: whatever it wrote is its outcome; a lost one is redone on the next resume
-            return
         path = results.job_dir(spec.run_dir, spec.model, spec.fold) / results.RESULT_FILE
         if path.exists() and path.stat().st_mtime >= since:
+            return
+        if job is None:  # re-attached to an earlier driver's job: only its record is known
+            record = item.record or {}
+            reason = (
+                f"{record.get('backend')} job {record.get('job_id')} ended without a result; see its log in "
+                f"{record.get('folder')}; continue with --resume"
+            )
+            _write_missing_result(spec, since, "killed", reason)
             return
         state = str(job.state)
         try:

@@ -279,6 +279,12 @@ def test_make_executor_refuses_mixed_options_and_unknown_names():
         make_executor("slurm", options=LocalOptions(gpus=("0",)))
 
 
+def test_slurm_without_submitit_installed_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "submitit", None)  # what Python does when the package is absent: ImportError
+    with pytest.raises(ConfigError, match=r"pip install 'segbench\[slurm\]'"):
+        make_executor("slurm")
+
+
 @pytest.mark.skipif(bool(__import__("shutil").which("srun")), reason="this machine has a Slurm client")
 def test_cli_slurm_without_a_cluster_is_one_clear_error(tmp_path: Path):
     command = [sys.executable, "-m", "segbench", "run", "--executor", "slurm", "--out", str(tmp_path / "run")]
