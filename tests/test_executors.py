@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -285,10 +286,14 @@ def test_slurm_without_submitit_installed_says_how_to_install_it(monkeypatch):
         make_executor("slurm")
 
 
-@pytest.mark.skipif(bool(__import__("shutil").which("srun")), reason="this machine has a Slurm client")
-def test_cli_slurm_without_a_cluster_is_one_clear_error(tmp_path: Path):
+@pytest.mark.skipif(shutil.which("srun") is not None, reason="this machine has a Slurm client")
+def test_cli_slurm_misuse_is_one_clear_error_before_any_work(tmp_path: Path):
     command = [sys.executable, "-m", "segbench", "run", "--executor", "slurm", "--out", str(tmp_path / "run")]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --executor slurm needs Slurm's srun")
     assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()  # refused before any work
+
+    command = [sys.executable, "-m", "segbench", "run", "--slurm-time", "30", "--out", str(tmp_path / "run")]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "--slurm-time: Slurm options need --executor slurm" in proc.stderr

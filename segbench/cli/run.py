@@ -81,11 +81,18 @@ def _interrupt_on_sigterm() -> None:
 )
 @click.option("--gpus", default=None, help="local: GPU ids to use, one job each at a time, e.g. 0,1. Default: all.")
 @click.option("--slurm-partition", default=None, help="slurm: partition. Default: the cluster's default.")
-@click.option("--slurm-time", type=int, default=None, help="slurm: time limit per job in minutes (requeued at it).")
-@click.option("--slurm-gpus", type=int, default=None, help="slurm: GPUs per job (0 = CPU jobs).")
-@click.option("--slurm-cpus", type=int, default=None, help="slurm: CPUs per job.")
-@click.option("--slurm-mem", type=float, default=None, help="slurm: memory per job in GB.")
-@click.option("--slurm-array-parallelism", type=int, default=None, help="slurm: jobs running at the same time.")
+@click.option(
+    "--slurm-time",
+    type=int,
+    default=None,
+    help="slurm: time limit per job in minutes; a job reaching it is requeued and resumes. Default: 120.",
+)
+@click.option("--slurm-gpus", type=int, default=None, help="slurm: GPUs per job (0 = CPU jobs). Default: 1.")
+@click.option("--slurm-cpus", type=int, default=None, help="slurm: CPUs per job. Default: 8.")
+@click.option("--slurm-mem", type=float, default=None, help="slurm: memory per job in GB. Default: the partition's.")
+@click.option(
+    "--slurm-array-parallelism", type=int, default=None, help="slurm: jobs running at the same time. Default: 16."
+)
 @click.option("--no-report", is_flag=True, help="Skip writing the report at the end.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def run(**options) -> None:  # fmt: skip
@@ -157,7 +164,7 @@ def _build_executor(options: dict):
         return make_executor("slurm", options=SlurmOptions(**slurm))
     if slurm:
         flags = ", ".join("--" + flag.replace("_", "-") for flag in _SLURM_FLAGS if options[flag] is not None)
-        raise ConfigError(f"{flags} only apply to --executor slurm; add --executor slurm or drop them")
+        raise ConfigError(f"{flags}: Slurm options need --executor slurm; add it or drop them")
     if options["gpus"] is not None and options["device"] == "cpu":
         raise ConfigError("--gpus needs GPU jobs; drop --device cpu (or --gpus)")
     gpus = parse_gpu_ids(options["gpus"]) if options["gpus"] is not None else None
