@@ -186,7 +186,7 @@ def test_debug_executor_runs_the_grid_through_submitit_with_the_same_tables(
 
 def test_preempted_job_checkpoints_requeues_and_continues_where_it_stopped(tiny_task: Path, tmp_path: Path):
     # A time budget makes the job long enough to interrupt however fast this machine is.
-    run_dir = prepared_run(tiny_task, tmp_path / "run", time_budget_s=6.0, checkpoint_every=2, log_every=2)
+    run_dir = prepared_run(tiny_task, tmp_path / "run", time_budget_s=4.0, checkpoint_every=2, log_every=2)
     executor = SubmititExecutor("local")
     [tracked] = executor.submit([spec(run_dir, "fcn", 0)])
     folder = results.job_dir(run_dir, "fcn", 0)
