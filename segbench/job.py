@@ -118,6 +118,9 @@ def _run_locked(spec: JobSpec, folder: Path) -> results.JobResult:
         _write_result(spec, status, reason, record, metrics)
         raise
     except Exception as exc:  # a raising model or any bug must not take the other jobs down
+        if type(exc).__name__ == "UncompletedJobError":  # submitit gave up requeueing: the time limit won
+            status, reason = "timeout", f"job ran out of requeues at its time limit ({exc})".splitlines()[0][:500]
+            return _write_result(spec, status, reason, record, metrics)
         status, reason = "failed", f"{exc.__class__.__name__}: {exc}".splitlines()[0][:500]
         atomic_write_text(folder / "error.txt", traceback.format_exc())
     record["job_seconds"] = round(time.perf_counter() - started, 3)

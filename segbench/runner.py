@@ -52,13 +52,15 @@ class RunOutcome:
     """What a finished ``run_comparison`` call produced."""
 
     run_dir: Path
+    expected_jobs: int  # models × folds
     results: list[results.JobResult]
     problems: list[str]  # unreadable job results met while rebuilding the tables
     report_dir: Path | None
 
     @property
     def all_done(self) -> bool:
-        return not self.problems and bool(self.results) and all(r.status == "done" for r in self.results)
+        done = {(r.model, r.fold) for r in self.results if r.status == "done"}
+        return not self.problems and len(done) == self.expected_jobs == len(self.results)
 
 
 def resolve_device(requested: str) -> str:
@@ -261,7 +263,13 @@ def run_comparison(
         report_dir = None
         if report:
             report_dir = _write_report(run_dir)
-    return RunOutcome(run_dir=run_dir, results=scan.results, problems=scan.problems, report_dir=report_dir)
+    return RunOutcome(
+        run_dir=run_dir,
+        expected_jobs=len(models) * len(splits),
+        results=scan.results,
+        problems=scan.problems,
+        report_dir=report_dir,
+    )
 
 
 def run_in_process(specs: list[JobSpec]) -> None:

@@ -22,4 +22,6 @@ def tiny_task(tmp_path_factory) -> Path:
     """A 6-case synthetic Task02-like MSD folder of 24×24×16 volumes (shared, read-only by convention)."""
     from segbench.data.synth import make_synthetic_task
 
-    return make_synthetic_task(tmp_path_factory.mktemp("data") / "Task", cases=6, test_cases=1, seed=3, shape=TINY_SHAPE)
+    return make_synthetic_task(
+        tmp_path_factory.mktemp("data") / "Task", cases=6, test_cases=1, seed=3, shape=TINY_SHAPE
+    )

@@ -119,11 +119,16 @@ def test_exit_code_is_non_zero_when_a_job_fails(tiny_task: Path, tmp_path: Path)
     # A model whose forward raises: registered through a plugin-free route inside a subprocess.
     script = f"""
 import sys
+import torch
 from torch import nn
 from segbench import registry
 from segbench.cli import main
 
 class Broken(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+
     def forward(self, x):
         raise RuntimeError("this model is broken on purpose")
 
