@@ -19,7 +19,7 @@ from segbench.errors import ConfigError
 class TrainConfig:
     """Training recipe shared by every (model, fold) job."""
 
-    iterations: int = 150  # budget per job in optimiser steps (ignored when time_budget_s is set)
+    iterations: int = 120  # budget per job in optimiser steps (ignored when time_budget_s is set)
     time_budget_s: float | None = None  # alternative budget: seconds of training per job, same for every model
     batch_size: int = 2
     patch_size: tuple[int, int, int] = (32, 32, 24)  # voxels, array-axis order; must suit every model's divisor
