@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 import traceback
 import zlib
@@ -45,6 +46,11 @@ log = logging.getLogger(__name__)
 
 SPLITS_FILE = "splits.json"
 JOB_LOCK_FILE = "job.lock"
+
+
+# Set by the CLI's SIGTERM/SIGINT handler: whatever exception the interruption surfaces as inside a job, the job is
+# recorded as killed (not failed) and no further job starts.
+STOP_REQUESTED = threading.Event()
 
 
 class JobTimeout(RuntimeError):
@@ -118,6 +124,9 @@ def _run_locked(spec: JobSpec, folder: Path) -> results.JobResult:
         _write_result(spec, status, reason, record, metrics)
         raise
     except Exception as exc:  # a raising model or any bug must not take the other jobs down
+        if STOP_REQUESTED.is_set():
+            _write_result(spec, "killed", "interrupted (SIGINT/SIGTERM); continue with --resume", record, metrics)
+            raise KeyboardInterrupt from exc
         if type(exc).__name__ == "UncompletedJobError":  # submitit gave up requeueing: the time limit won
             status, reason = "timeout", f"job ran out of requeues at its time limit ({exc})".splitlines()[0][:500]
             return _write_result(spec, status, reason, record, metrics)

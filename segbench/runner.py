@@ -31,7 +31,7 @@ from segbench.data.dataset import DatasetSpec, dataset_fingerprint, load_dataset
 from segbench.data.preprocess import PreprocessConfig, prepare_dataset
 from segbench.data.validate import validate_dataset
 from segbench.errors import ConfigError, DatasetError, RunDirectoryError
-from segbench.job import SPLITS_FILE, JobSpec
+from segbench.job import SPLITS_FILE, STOP_REQUESTED, JobSpec
 from segbench.locking import RunLock
 from segbench.paths import preprocessed_cache
 from segbench.profiling import environment_info
@@ -283,6 +283,8 @@ def run_in_process(specs: list[JobSpec]) -> None:
         bar = tqdm(total=len(specs), desc="jobs", unit="job")
     try:
         for spec in specs:
+            if STOP_REQUESTED.is_set():
+                raise KeyboardInterrupt
             if bar is not None:
                 bar.set_postfix_str(f"{spec.model} fold {spec.fold}")
             try:

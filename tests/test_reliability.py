@@ -326,3 +326,24 @@ def test_bad_dataset_is_refused_before_any_job(tmp_path):
     assert victim.name in proc.stderr and "failed preflight" in proc.stderr
     assert not (tmp_path / "run" / "jobs").exists()
     assert time.time() - start < 120
+
+
+def test_sigterm_to_the_whole_process_group_records_killed_and_stops(tiny_task, tmp_path):
+    """`kill`/Slurm signal every process of the group, DataLoader workers included."""
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "segbench", "run", "--data", str(tiny_task), "--models", "fcn,unet",
+               "--folds", "2", "--iterations", "400", "--patch", "16", "16", "16", "--num-workers", "1",
+               "--out", str(run_dir), "--quiet", "--no-report"]  # fmt: skip
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    log = results.job_dir(run_dir, "fcn", 0) / results.LEARNING_CURVE_FILE
+    deadline = time.time() + 120
+    while not log.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert log.exists(), proc.communicate()[1]
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "--resume" in stderr
+    result = results.read_job_result(results.job_dir(run_dir, "fcn", 0) / results.RESULT_FILE)
+    assert result.status == "killed"
+    assert not results.job_dir(run_dir, "fcn", 1).exists()  # no further job was started

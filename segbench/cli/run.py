@@ -14,9 +14,13 @@ def _interrupt_on_sigterm() -> None:
     # Slurm and `kill` send SIGTERM: treat it like Ctrl-C so the running job records `killed` and finished
     # results stay as they are.
     def handler(signum, frame):  # noqa: ARG001
+        from segbench.job import STOP_REQUESTED
+
+        STOP_REQUESTED.set()
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
 
 
 @main.command()

@@ -12,6 +12,7 @@ then the augmentation (a flip per axis, per-channel intensity scale and shift, g
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -228,4 +229,13 @@ def make_loader(
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
         pin_memory=pin_memory,
+        worker_init_fn=_ignore_termination if num_workers > 0 else None,
     )
+
+
+def _ignore_termination(worker_id: int) -> None:
+    # `kill`, Slurm and pkill signal the whole process group. The main process turns SIGTERM into an orderly stop
+    # (the job is recorded as killed) and shuts its workers down itself; a worker dying first would instead surface
+    # as a confusing "DataLoader worker killed" failure. Workers still exit when their parent dies.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
