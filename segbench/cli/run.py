@@ -208,4 +208,4 @@ def _print_summary(outcome) -> None:
         click.echo(f"warning: {problem}", err=True)
     click.echo(f"\nTables: {outcome.run_dir / 'metrics.csv'}, {outcome.run_dir / 'jobs.csv'}")
     if outcome.report_dir is not None:
-        click.echo(f"Report: {outcome.report_dir / 'report.html'}")
+        click.echo(f"Report: {outcome.report_dir}")
