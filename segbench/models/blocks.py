@@ -100,3 +100,33 @@ class Upsample(nn.Module):
 
     def extra_repr(self) -> str:
         return f"factor={self.factor}, mode={self.mode!r}"
+
+
+class Encoder(nn.Module):
+    """The contracting path shared by the FCN and U-Net families: a double conv per level, 2× max-pool between.
+
+    Args:
+        in_channels: input channels.
+        widths: channels per level, e.g. ``channel_widths(20, 2) == (20, 40, 80)``.
+        norm: ``"batch"`` or ``"instance"``.
+
+    Shapes:
+        (B, C_in, D, H, W) → list of per-level features, level ``l`` of shape (B, widths[l], D/2**l, H/2**l, W/2**l).
+    """
+
+    def __init__(self, in_channels: int, widths: tuple[int, ...], *, norm: str = "batch") -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            double_conv(c_in, c_out, c_out, norm=norm)
+            for c_in, c_out in zip((in_channels, *widths[:-1]), widths, strict=True)
+        )
+        self.pool = nn.MaxPool3d(2, 2)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features = []
+        for level, block in enumerate(self.blocks):
+            if level > 0:
+                x = self.pool(x)
+            x = block(x)
+            features.append(x)
+        return features

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from segbench.models.blocks import Upsample, channel_widths, double_conv, pointwise_head
+from segbench.models.blocks import Encoder, Upsample, channel_widths, pointwise_head
 from segbench.registry import register_family, register_model
 
 # Grid members listed by `segbench models`; any other fcn_w{W}_d{D} is built on demand by name.
@@ -54,20 +54,13 @@ class FCN(nn.Module):
     ) -> None:
         super().__init__()
         widths = channel_widths(width, depth)
-        self.encoder = nn.ModuleList(
-            double_conv(c_in, c_out, c_out, norm=norm)
-            for c_in, c_out in zip((in_channels, *widths[:-1]), widths, strict=True)
-        )
-        self.pool = nn.MaxPool3d(2, 2)
+        self.encoder = Encoder(in_channels, widths, norm=norm)
         self.upsample = Upsample(widths[-1], 2**depth, upsample)
         self.head = pointwise_head(widths[-1], widths[-2], out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for level, block in enumerate(self.encoder):
-            if level > 0:
-                x = self.pool(x)
-            x = block(x)
-        return self.head(self.upsample(x))
+        bottom = self.encoder(x)[-1]
+        return self.head(self.upsample(bottom))
 
 
 @register_family("fcn", grid=DEFAULT_GRID)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from segbench.models.blocks import Upsample, channel_widths, double_conv, pointwise_head
+from segbench.models.blocks import Encoder, Upsample, channel_widths, double_conv, pointwise_head
 from segbench.registry import register_family, register_model
 
 # Grid members listed by `segbench models`; any other unet_w{W}_d{D} is built on demand by name.
@@ -53,11 +53,7 @@ class UNet(nn.Module):
     ) -> None:
         super().__init__()
         widths = channel_widths(width, depth)
-        self.encoder = nn.ModuleList(
-            double_conv(c_in, c_out, c_out, norm=norm)
-            for c_in, c_out in zip((in_channels, *widths[:-1]), widths, strict=True)
-        )
-        self.pool = nn.MaxPool3d(2, 2)
+        self.encoder = Encoder(in_channels, widths, norm=norm)
         # decoder[i] brings level depth-i back to level depth-i-1 (bottom first, as data flows).
         levels = range(depth - 1, -1, -1)
         self.upsample = nn.ModuleList(Upsample(widths[level + 1], 2, upsample) for level in levels)
@@ -68,13 +64,8 @@ class UNet(nn.Module):
         self.head = pointwise_head(width, max(1, width // 2), out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = []
-        for level, block in enumerate(self.encoder):
-            if level > 0:
-                x = self.pool(x)
-            x = block(x)
-            skips.append(x)
-        skips.pop()  # the bottom level feeds the decoder directly
+        skips = self.encoder(x)
+        x = skips.pop()  # the bottom level feeds the decoder directly
         for upsample, block in zip(self.upsample, self.decoder, strict=True):
             x = block(torch.cat([upsample(x), skips.pop()], dim=1))
         return self.head(x)
