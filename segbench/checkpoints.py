@@ -107,4 +107,8 @@ def load_latest_checkpoint(folder: str | Path, *, map_location: str | torch.devi
         if failures:
             log.warning("resuming from %s (iteration %s)", path.name, payload.get("iteration"))
         return payload
-    raise CheckpointError(f"no checkpoint in {folder} can be loaded: " + "; ".join(message for _, message in failures))
+    raise CheckpointError(
+        f"no checkpoint in {folder} can be loaded ("
+        + "; ".join(message for _, message in failures)
+        + "); delete them to restart this job from scratch"
+    )

@@ -83,6 +83,13 @@ def validate_config(config: RunConfig) -> None:
         (train.lr > 0, f"learning rate must be positive (got {train.lr})"),
         (0 <= train.fg_fraction <= 1, "fg_fraction must lie in [0, 1]"),
         (0 <= config.inference.overlap < 1, "inference overlap must lie in [0, 1)"),
+        (config.inference.batch_size > 0, "inference batch_size must be positive"),
+        (train.num_workers >= 0, f"--num-workers must not be negative (got {train.num_workers})"),
+        (train.log_every > 0 and train.checkpoint_every > 0, "log_every and checkpoint_every must be positive"),
+        # A checkpoint mid-window would lose the partial loss window on resume: the curve would differ.
+        (train.checkpoint_every % train.log_every == 0, "checkpoint_every must be a multiple of log_every"),
+        (train.grad_clip >= 0 and train.weight_decay >= 0, "grad_clip and weight_decay must not be negative"),
+        (config.job_timeout_s is None or config.job_timeout_s > 0, "--job-timeout must be positive"),
         (config.tolerance_mm >= 0, "--tolerance-mm must not be negative"),
     ]
     for ok, message in checks:

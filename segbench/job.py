@@ -9,8 +9,11 @@ with a one-sentence reason, so one bad job never stops the others.
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
+import os
+import socket
 import threading
 import time
 import traceback
@@ -102,19 +105,30 @@ def run_job(spec: JobSpec) -> results.JobResult:
 
 def _run_locked(spec: JobSpec, folder: Path) -> results.JobResult:
     started = time.perf_counter()
-    record: dict[str, Any] = {}
+    # Markers of an earlier attempt must not outlive this one (a crash now would otherwise leave a stale status).
+    for name in (results.RESULT_FILE, "error.txt"):
+        if (folder / name).exists():
+            os.replace(folder / name, folder / f"{name}.previous")
+    device = torch.device(spec.device)
+    if device.type == "cuda":
+        # Blocks cached by an earlier job in this process (e.g. one that ran out of memory) would inflate this
+        # job's reserved-memory peak.
+        gc.collect()
+        torch.cuda.empty_cache()
+    record: dict[str, Any] = {"host": socket.gethostname()}
     metrics: list[dict[str, Any]] = []
     status, reason = "done", ""
     try:
         metrics = _train_and_evaluate(spec, folder, record, started)
     except TrainingDiverged as exc:
         status, reason = "diverged", f"training diverged: {exc}; the last good checkpoint is kept"
-    except torch.OutOfMemoryError:
-        allocated, reserved = cuda_peak_mb(torch.device(spec.device))
+    except (torch.OutOfMemoryError, MemoryError) as exc:
+        allocated, reserved = cuda_peak_mb(device)
         status = "oom"
+        memory = "GPU" if isinstance(exc, torch.OutOfMemoryError) else "host"
         reason = (
-            f"out of GPU memory at batch size {record.get('batch_size')} and patch {record.get('patch_size')} "
-            f"(peak allocated {allocated} MB, reserved {reserved} MB)"
+            f"out of {memory} memory during {record.get('phase', 'setup')} at batch size {record.get('batch_size')} "
+            f"and patch {record.get('patch_size')} (peak allocated {allocated} MB, reserved {reserved} MB)"
         )
         record.update(peak_gpu_mem_allocated_mb=allocated, peak_gpu_mem_reserved_mb=reserved)
     except JobTimeout as exc:
@@ -127,11 +141,10 @@ def _run_locked(spec: JobSpec, folder: Path) -> results.JobResult:
         if STOP_REQUESTED.is_set():
             _write_result(spec, "killed", "interrupted (SIGINT/SIGTERM); continue with --resume", record, metrics)
             raise KeyboardInterrupt from exc
-        if type(exc).__name__ == "UncompletedJobError":  # submitit gave up requeueing: the time limit won
-            status, reason = "timeout", f"job ran out of requeues at its time limit ({exc})".splitlines()[0][:500]
-            return _write_result(spec, status, reason, record, metrics)
         status, reason = "failed", f"{exc.__class__.__name__}: {exc}".splitlines()[0][:500]
         atomic_write_text(folder / "error.txt", traceback.format_exc())
+    if status == "done":
+        record.pop("phase", None)  # only meaningful for a job that stopped somewhere
     record["job_seconds"] = round(time.perf_counter() - started, 3)
     return _write_result(spec, status, reason, record, metrics)
 
@@ -167,7 +180,6 @@ def _train_and_evaluate(spec: JobSpec, folder: Path, record: dict, started: floa
     out_channels = out_channels_for(foreground)
     in_channels = len(dataset.channels)
     seed = job_seed(config.seed, spec.model, spec.fold)
-    torch.manual_seed(seed)
 
     info = model_info(spec.model, in_channels=in_channels, out_channels=out_channels)
     record.update(
@@ -179,6 +191,9 @@ def _train_and_evaluate(spec: JobSpec, folder: Path, record: dict, started: floa
         batch_size=train_cfg.batch_size,
         patch_size="x".join(str(s) for s in train_cfg.patch_size),
     )
+    if device.type == "cuda":
+        record["gpu"] = torch.cuda.get_device_name(device)
+    torch.manual_seed(seed)  # right before building: initial weights depend only on (seed, model, fold)
     model = build_model(spec.model, in_channels=in_channels, out_channels=out_channels).to(device)
     optimizer = make_optimizer(model, train_cfg)
 
@@ -195,10 +210,13 @@ def _train_and_evaluate(spec: JobSpec, folder: Path, record: dict, started: floa
     if device.type == "cuda" and train_cfg.amp:
         state.scaler = torch.amp.GradScaler("cuda")
     curve: list[dict[str, float]] = []
-    checkpoint = load_latest_checkpoint(folder, map_location=device)
+    saved_throughput: dict[str, float] = {}
+    checkpoint = load_latest_checkpoint(folder, map_location="cpu")  # load_state_dict moves to the model's device
     if checkpoint is not None:
         _restore(checkpoint, state)
+        saved_throughput = dict(checkpoint.get("throughput") or {})
         curve = [row for row in _read_curve(folder) if row["iteration"] <= state.iteration]
+        record["resumed_at_iteration"] = state.iteration
         log.info("%s fold %d: resuming at iteration %d", spec.model, spec.fold, state.iteration)
 
     # --- train --------------------------------------------------------------------------------------------------
@@ -217,6 +235,7 @@ def _train_and_evaluate(spec: JobSpec, folder: Path, record: dict, started: floa
         batch_size=train_cfg.batch_size,
         start_iteration=state.iteration,
         num_workers=train_cfg.num_workers,
+        pin_memory=device.type == "cuda",
     )
     lut = class_lookup(foreground)
     batches = ({**batch, "label": lut[batch["label"].long()]} for batch in loader)
@@ -224,7 +243,9 @@ def _train_and_evaluate(spec: JobSpec, folder: Path, record: dict, started: floa
     process = psutil.Process()
     peak_rss = [process.memory_info().rss]
     window: list[float] = []
+    last_saved = [state.iteration]
     bar = _progress_bar(spec, train_cfg, state.iteration)
+    record["phase"] = "training"
 
     def on_step(loop: LoopState) -> None:
         peak_rss[0] = max(peak_rss[0], process.memory_info().rss)
@@ -239,8 +260,10 @@ def _train_and_evaluate(spec: JobSpec, folder: Path, record: dict, started: floa
             )
             window.clear()
             _write_curve(folder, curve)
-        if loop.iteration % train_cfg.checkpoint_every == 0 or loop.finished:
+        due = loop.iteration % train_cfg.checkpoint_every == 0 or loop.finished
+        if due and loop.iteration != last_saved[0]:
             save_checkpoint(folder, _snapshot(loop))
+            last_saved[0] = loop.iteration
         if config.job_timeout_s is not None and time.perf_counter() - started > config.job_timeout_s:
             raise JobTimeout(f"job exceeded its time limit of {config.job_timeout_s:g} s at iteration {loop.iteration}")
 
@@ -259,6 +282,9 @@ def _train_and_evaluate(spec: JobSpec, folder: Path, record: dict, started: floa
         if bar is not None:
             bar.close()
     throughput = state.meter.summary()
+    if throughput.get("steady_iterations", 0) == 0 and saved_throughput:
+        # Resumed after training had finished (e.g. killed while predicting): keep the measured figures.
+        throughput = saved_throughput
     train_flops = info.mflop_per_voxel_train * 1e6 * throughput["voxels_per_s"]
     record.update(
         iterations=state.iteration,
@@ -271,6 +297,7 @@ def _train_and_evaluate(spec: JobSpec, folder: Path, record: dict, started: floa
     )
 
     # --- predict and evaluate the fold's validation cases -------------------------------------------------------
+    record["phase"] = "prediction"
     rows, seconds = _evaluate(spec, config, folder, model, device, prepared, split["val"], dataset, foreground, started)
     allocated, reserved = cuda_peak_mb(device)
     peak_rss[0] = max(peak_rss[0], process.memory_info().rss)
@@ -352,6 +379,7 @@ def _snapshot(loop: LoopState) -> dict[str, Any]:
         "scaler": loop.scaler.state_dict() if loop.scaler is not None else None,
         "torch_rng": torch.get_rng_state(),
         "loss": loop.loss,
+        "throughput": {key: float(value) for key, value in loop.meter.summary().items()},
     }
 
 
@@ -361,11 +389,11 @@ def _restore(checkpoint: dict[str, Any], state: LoopState) -> None:
         state.optimizer.load_state_dict(checkpoint["optimizer"])
         if state.scaler is not None and checkpoint.get("scaler"):
             state.scaler.load_state_dict(checkpoint["scaler"])
-        torch.set_rng_state(checkpoint["torch_rng"])
+        torch.set_rng_state(checkpoint["torch_rng"].cpu())
         state.iteration = int(checkpoint["iteration"])
         state.elapsed_s = float(checkpoint["elapsed_s"])
         state.loss = float(checkpoint.get("loss", math.nan))
-    except (KeyError, RuntimeError, ValueError) as exc:
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
         raise CheckpointError(f"checkpoint does not match model {type(state.model).__name__}: {exc}") from None
 
 

@@ -41,7 +41,8 @@ class RunLock:
             holder = handle.read().strip() or "an unknown process"
             handle.close()
             raise RunDirectoryError(
-                f"{self.path.parent} is in use by {holder}; wait for it to finish or choose another --out"
+                f"{self.path.parent} is in use by {holder}; wait for it to finish"
+                + (" or choose another --out" if self.path.name == LOCK_FILE else "")
             ) from None
         info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         handle.seek(0)

@@ -33,6 +33,11 @@ JOBS_COLUMNS = (
     "peak_rss_mb", "inference_seconds_per_case", "final_loss", "num_val_cases",
 )  # fmt: skip
 
+# Columns that are identifiers or free text, never numbers (a case id "001" must not become 1).
+TEXT_COLUMNS = ("model", "case_id", "label_name", "status", "reason", "family", "device", "patch_size", "host",
+                "gpu", "phase")  # fmt: skip
+TEXT_DTYPES = {column: str for column in TEXT_COLUMNS}
+
 RESULT_FILE = "result.json"
 LEARNING_CURVE_FILE = "training_log.csv"
 
@@ -144,9 +149,9 @@ def _frame(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> pd.DataFrame
             frame[column] = pd.NA
     extra = [c for c in frame.columns if c not in columns]
     frame = frame[list(columns) + extra]
-    # "inf"/"nan" strings from result.json back to floats.
+    # "inf"/"nan" strings from result.json back to floats — only in numeric columns: ids such as "001" stay text.
     for column in frame.columns:
-        if frame[column].dtype == object:
+        if column not in TEXT_COLUMNS and frame[column].dtype == object:
             converted = pd.to_numeric(frame[column], errors="coerce")
             if converted.notna().sum() == frame[column].notna().sum() and frame[column].notna().any():
                 frame[column] = converted
@@ -181,12 +186,12 @@ def rebuild_tables(run_dir: str | Path) -> ScanResult:
 
 def load_metrics(run_dir: str | Path) -> pd.DataFrame:
     """``metrics.csv`` as a DataFrame (``inf`` distances preserved)."""
-    return pd.read_csv(Path(run_dir) / "metrics.csv")
+    return pd.read_csv(Path(run_dir) / "metrics.csv", dtype=TEXT_DTYPES, keep_default_na=False, na_values=[""])
 
 
 def load_jobs(run_dir: str | Path) -> pd.DataFrame:
     """``jobs.csv`` as a DataFrame (``reason`` empty string for done jobs)."""
-    frame = pd.read_csv(Path(run_dir) / "jobs.csv")
+    frame = pd.read_csv(Path(run_dir) / "jobs.csv", dtype=TEXT_DTYPES, keep_default_na=False, na_values=[""])
     if "reason" in frame:
         frame["reason"] = frame["reason"].astype(object).fillna("")
     return frame

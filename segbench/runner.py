@@ -64,13 +64,23 @@ class RunOutcome:
 
 
 def resolve_device(requested: str) -> str:
-    """``auto`` → ``cuda`` when available else ``cpu``; ``cuda`` without a GPU is a :class:`ConfigError`."""
+    """``auto`` → ``cuda`` when available else ``cpu``; an unavailable or malformed device is a :class:`ConfigError`."""
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {requested} requested but no CUDA GPU is available; use --device cpu")
-    if requested != "cpu" and not requested.startswith("cuda"):
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N (got {requested!r})") from None
+    if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N (got {requested!r})")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {requested} requested but no CUDA GPU is available; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"--device {requested}: this machine has {torch.cuda.device_count()} GPU(s) (cuda:0 … "
+                f"cuda:{torch.cuda.device_count() - 1})"
+            )
     return requested
 
 
@@ -156,6 +166,16 @@ def manifest_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return differences
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RunDirectoryError(
+            f"{path} is missing or unreadable ({exc.__class__.__name__}); this run directory cannot be resumed, "
+            "start a new run with another --out"
+        ) from None
+
+
 def _prepare_run_dir(run_dir: Path, manifest: dict, splits: list, *, resume: bool) -> None:
     manifest_path = run_dir / MANIFEST_FILE
     if manifest_path.exists() and not resume:
@@ -163,10 +183,9 @@ def _prepare_run_dir(run_dir: Path, manifest: dict, splits: list, *, resume: boo
             f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out for a new run"
         )
     if resume and manifest_path.exists():
-        old = json.loads(manifest_path.read_text(encoding="utf-8"))
+        old = _read_json(manifest_path)
         differences = manifest_differences(old, manifest)
-        old_splits = json.loads((run_dir / SPLITS_FILE).read_text(encoding="utf-8"))
-        if old_splits != splits:
+        if _read_json(run_dir / SPLITS_FILE) != splits:
             differences.append("splits differ from the stored splits.json")
         if differences:
             raise RunDirectoryError(
@@ -174,9 +193,17 @@ def _prepare_run_dir(run_dir: Path, manifest: dict, splits: list, *, resume: boo
                 + "; ".join(differences)
                 + "); rerun with the original settings, or start a new run with another --out"
             )
+        # Operational settings (device, time limit, workers) may change on resume; jobs read them from here.
+        updated = {**old, "config": manifest["config"]}
+        updated["resumes"] = [
+            *old.get("resumes", []),
+            {"at": manifest["created_at"], "environment": manifest["environment"]},
+        ]
+        atomic_write_json(manifest_path, updated)
         return
-    atomic_write_json(manifest_path, manifest)
+    # splits first, manifest last: a run directory with a manifest is always complete.
     save_splits(run_dir / SPLITS_FILE, splits)
+    atomic_write_json(manifest_path, manifest)
 
 
 def plan_jobs(run_dir: Path, models: list[str], folds: int) -> tuple[list[tuple[str, int]], list[str]]:
@@ -212,6 +239,7 @@ def run_comparison(
         SegbenchError subclasses for any preflight problem, before anything is trained.
     """
     run_dir = Path(run_dir)
+    STOP_REQUESTED.clear()  # a previous interrupted call in this process must not stop this one
     check_writable(run_dir)
     with RunLock(run_dir):
         if config.data is None:

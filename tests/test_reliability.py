@@ -347,3 +347,33 @@ def test_sigterm_to_the_whole_process_group_records_killed_and_stops(tiny_task, 
     result = results.read_job_result(results.job_dir(run_dir, "fcn", 0) / results.RESULT_FILE)
     assert result.status == "killed"
     assert not results.job_dir(run_dir, "fcn", 1).exists()  # no further job was started
+
+
+def test_resume_needs_only_the_run_directory_and_may_change_operational_flags(tiny_task, tmp_path):
+    run_dir = tmp_path / "run"
+    first = subprocess.run([sys.executable, "-m", "segbench", "run", "--data", str(tiny_task), "--models", "fcn",
+                            "--folds", "2", "--iterations", "2", "--patch", "16", "16", "16", "--num-workers", "0",
+                            "--out", str(run_dir), "--quiet", "--no-report"],
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    (results.job_dir(run_dir, "fcn", 1) / results.RESULT_FILE).unlink()
+    resumed = subprocess.run([sys.executable, "-m", "segbench", "run", "--resume", "--out", str(run_dir),
+                              "--job-timeout", "600", "--quiet", "--no-report"],
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    manifest = results.load_manifest(run_dir)
+    assert manifest["config"]["job_timeout_s"] == 600 and manifest["config"]["train"]["iterations"] == 2
+    assert len(manifest["resumes"]) == 1
+    refused = subprocess.run([sys.executable, "-m", "segbench", "run", "--resume", "--out", str(run_dir),
+                              "--iterations", "5", "--quiet"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert refused.returncode == 1 and "train.iterations: 2 -> 5" in refused.stderr
+
+
+def test_numeric_looking_case_ids_stay_text_in_the_tables(tmp_path):
+    row = {"model": "unet", "fold": 0, "case_id": "001", "label": 1, "label_name": "1", "dice": 0.5,
+           "hd": float("inf"), "miss": True}  # fmt: skip
+    results.write_job_result(tmp_path, results.JobResult("unet", 0, "done", "", {"params": 5}, [row]))
+    results.rebuild_tables(tmp_path)
+    metrics = results.load_metrics(tmp_path)
+    assert metrics["case_id"].tolist() == ["001"] and metrics["label_name"].tolist() == ["1"]
+    assert metrics["hd"].tolist() == [float("inf")]

@@ -99,7 +99,7 @@ def nan_model():
 def test_nan_loss_gives_a_diverged_row_and_the_other_jobs_finish(tiny_task: Path, tmp_path: Path, nan_model: str):
     config = RunConfig(
         data=str(tiny_task), models=("fcn", nan_model), folds=2,
-        train=TrainConfig(iterations=4, patch_size=(16, 16, 16), num_workers=0, checkpoint_every=1),
+        train=TrainConfig(iterations=4, patch_size=(16, 16, 16), num_workers=0, checkpoint_every=1, log_every=1),
     )  # fmt: skip
     outcome = run_comparison(config, run_dir=tmp_path / "run", progress=False, report=False)
     assert not outcome.all_done

@@ -105,35 +105,13 @@ def run(**options) -> None:  # fmt: skip
     Writes RUN_DIR/metrics.csv (per case), RUN_DIR/jobs.csv (per job: status, memory, speed) and a report.
     Exit status 0 only if every job is done.
     """
-    from segbench.config import InferenceConfig, RunConfig, TrainConfig
     from segbench.errors import ConfigError
     from segbench.runner import default_run_dir, run_comparison
 
     if options["resume"] and options["out"] is None:
         raise ConfigError("--resume needs --out RUN_DIR naming the run to continue")
     executor = _build_executor(options)
-    train_overrides = {
-        "iterations": options["iterations"],
-        "time_budget_s": options["time_budget"],
-        "patch_size": tuple(options["patch"]) if options["patch"] else None,
-        "batch_size": options["batch_size"],
-        "lr": options["lr"],
-        "optimizer": options["optimizer"],
-        "num_workers": options["num_workers"],
-    }
-    inference_overrides = {"mirror": options["mirror"], "overlap": options["overlap"]}
-    config = RunConfig(
-        data=str(options["data"]) if options["data"] else None,
-        models=tuple(m.strip() for m in options["models"].split(",") if m.strip()),
-        folds=options["folds"],
-        splits=options["splits"],
-        seed=options["seed"],
-        device=options["device"],
-        target_spacing=tuple(options["target_spacing"]) if options["target_spacing"] else None,
-        job_timeout_s=options["job_timeout"],
-        train=TrainConfig(**{k: v for k, v in train_overrides.items() if v is not None}),
-        inference=InferenceConfig(**{k: v for k, v in inference_overrides.items() if v is not None}),
-    )
+    config = _config_from_options(options, click.get_current_context())
     run_dir = options["out"] or default_run_dir()
     _interrupt_on_sigterm()
     click.echo(f"segbench run → {run_dir}", err=True)
@@ -143,6 +121,62 @@ def run(**options) -> None:  # fmt: skip
     )  # fmt: skip
     _print_summary(outcome)
     raise SystemExit(0 if outcome.all_done else 1)
+
+
+# flag (click's name) -> (config section or "", field, conversion of the flag's value)
+_CONFIG_FLAGS = {
+    "data": ("", "data", lambda v: str(v) if v else None),
+    "models": ("", "models", lambda v: tuple(m.strip() for m in v.split(",") if m.strip())),
+    "folds": ("", "folds", int),
+    "splits": ("", "splits", str),
+    "seed": ("", "seed", int),
+    "device": ("", "device", str),
+    "target_spacing": ("", "target_spacing", lambda v: tuple(v) if v else None),
+    "job_timeout": ("", "job_timeout_s", lambda v: v),
+    "iterations": ("train", "iterations", int),
+    "time_budget": ("train", "time_budget_s", float),
+    "patch": ("train", "patch_size", tuple),
+    "batch_size": ("train", "batch_size", int),
+    "lr": ("train", "lr", float),
+    "optimizer": ("train", "optimizer", str),
+    "num_workers": ("train", "num_workers", int),
+    "mirror": ("inference", "mirror", bool),
+    "overlap": ("inference", "overlap", float),
+}
+
+
+def _config_from_options(options: dict, ctx: click.Context):
+    """The run config: defaults (or, with --resume, the stored config) plus the flags given on the command line.
+
+    With --resume only flags the user actually typed override the stored run, so `segbench run --resume --out DIR`
+    continues a run without repeating its original flags.
+    """
+    import dataclasses
+
+    from click.core import ParameterSource
+
+    from segbench.config import RunConfig, config_from_dict
+    from segbench.runner import MANIFEST_FILE
+
+    manifest = options["out"] / MANIFEST_FILE if options["out"] else None
+    if options["resume"] and manifest is not None and manifest.exists():
+        import json
+
+        base = config_from_dict(json.loads(manifest.read_text(encoding="utf-8"))["config"])
+        given = {name for name in _CONFIG_FLAGS if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
+    else:
+        base = RunConfig()
+        given = {name for name in _CONFIG_FLAGS if options[name] is not None}
+    changes: dict[str, dict] = {"": {}, "train": {}, "inference": {}}
+    for name in given:
+        section, field, convert = _CONFIG_FLAGS[name]
+        changes[section][field] = convert(options[name])
+    return dataclasses.replace(
+        base,
+        **changes[""],
+        train=dataclasses.replace(base.train, **changes["train"]),
+        inference=dataclasses.replace(base.inference, **changes["inference"]),
+    )
 
 
 # --slurm-* flag (click's name) -> SlurmOptions field.
@@ -176,7 +210,6 @@ def _build_executor(options: dict):
 
 
 def _print_summary(outcome) -> None:
-    import numpy as np
     import pandas as pd
 
     from segbench import results
@@ -184,10 +217,8 @@ def _print_summary(outcome) -> None:
     metrics = results.load_metrics(outcome.run_dir)
     jobs = results.load_jobs(outcome.run_dir)
     if not metrics.empty:
-        hd95 = metrics["hd95"].replace([np.inf], np.nan)
         table = (
-            metrics.assign(hd95_finite=hd95)
-            .groupby("model")
+            metrics.groupby("model")
             .agg(
                 cases=("case_id", "nunique"),
                 dice_mean=("dice", "mean"),
