@@ -500,6 +500,11 @@ class SubmititExecutor:
         self.backend = backend
         self.options = options
 
+    @property
+    def resolves_device(self) -> bool:
+        """True for Slurm: the driver's machine (a login node) says nothing about the GPUs jobs will get."""
+        return self.backend == "slurm"
+
     def __call__(self, specs: list[JobSpec]) -> None:
         """Submit the lost jobs of ``specs``, re-attach to the running ones, and wait for all of them."""
         tracked, to_submit, lock_only = [], [], []
@@ -596,7 +601,9 @@ class SubmititExecutor:
         if self.backend != "slurm":
             return spec.device
         # The driver (login node) has no GPU to detect: the job runs where Slurm puts it, on what it allocated.
-        return "cuda" if self.options.gpus_per_job else "cpu"
+        if spec.device == "auto":
+            return "cuda" if self.options.gpus_per_job else "cpu"
+        return spec.device
 
     def _settle(self, item: Tracked) -> None:
         """Give a job that ended without a fresh ``result.json`` a status naming its scheduler state and log."""

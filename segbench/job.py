@@ -378,6 +378,7 @@ def _snapshot(loop: LoopState) -> dict[str, Any]:
         "optimizer": loop.optimizer.state_dict(),
         "scaler": loop.scaler.state_dict() if loop.scaler is not None else None,
         "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(_device_of(loop.model)) if _device_of(loop.model).type == "cuda" else None,
         "loss": loop.loss,
         "throughput": {key: float(value) for key, value in loop.meter.summary().items()},
     }
@@ -390,11 +391,19 @@ def _restore(checkpoint: dict[str, Any], state: LoopState) -> None:
         if state.scaler is not None and checkpoint.get("scaler"):
             state.scaler.load_state_dict(checkpoint["scaler"])
         torch.set_rng_state(checkpoint["torch_rng"].cpu())
+        device = _device_of(state.model)
+        if device.type == "cuda" and checkpoint.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(checkpoint["cuda_rng"].cpu(), device)
         state.iteration = int(checkpoint["iteration"])
         state.elapsed_s = float(checkpoint["elapsed_s"])
         state.loss = float(checkpoint.get("loss", math.nan))
     except (KeyError, RuntimeError, ValueError, TypeError) as exc:
         raise CheckpointError(f"checkpoint does not match model {type(state.model).__name__}: {exc}") from None
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
 
 
 def _write_curve(folder: Path, curve: list[dict[str, float]]) -> None:

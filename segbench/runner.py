@@ -256,7 +256,8 @@ def run_comparison(
         from segbench.job import out_channels_for
 
         check_patch(models, tuple(config.train.patch_size), len(dataset.channels), out_channels_for(foreground))
-        device = resolve_device(config.device)
+        # A remote executor (Slurm) resolves the device where the job runs, not on this (login) node.
+        device = config.device if getattr(executor, "resolves_device", False) else resolve_device(config.device)
         case_ids = [case.case_id for case in dataset.training]
         splits = resolve_splits(config.splits, case_ids, folds=config.folds, seed=config.seed)
         manifest = build_manifest(config, dataset, models, dataset_path)

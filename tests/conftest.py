@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,11 +13,19 @@ import torch
 TINY_SHAPE = (24, 24, 16)
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    # Never touch the user's ~/.cache/segbench from tests.
-    monkeypatch.setenv("SEGBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "segbench-cache"))
+_CACHE = tempfile.mkdtemp(prefix="segbench-test-cache-")
+
+
+def pytest_configure(config):
+    # Set before any fixture runs (module- and session-scoped fixtures come before function-scoped autouse ones):
+    # tests never touch the user's ~/.cache/segbench, and runs compared with each other use identical numerics
+    # (one thread, which also keeps the 2-core machine responsive).
+    os.environ["SEGBENCH_CACHE"] = _CACHE
     torch.set_num_threads(1)
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

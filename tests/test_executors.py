@@ -297,3 +297,21 @@ def test_cli_slurm_misuse_is_one_clear_error_before_any_work(tmp_path: Path):
     command = [sys.executable, "-m", "segbench", "run", "--slurm-time", "30", "--out", str(tmp_path / "run")]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "--slurm-time: Slurm options need --executor slurm" in proc.stderr
+
+
+def test_slurm_jobs_resolve_the_device_where_they_run_not_on_the_login_node(tmp_path, monkeypatch):
+    from segbench.executors import SlurmOptions, SubmititExecutor
+    from segbench.job import JobSpec
+
+    fake_srun = tmp_path / "bin" / "srun"  # a login node has the Slurm client, not necessarily a GPU
+    fake_srun.parent.mkdir()
+    fake_srun.write_text("#!/bin/sh\nexit 0\n")
+    fake_srun.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_srun.parent}:{os.environ['PATH']}")
+    with_gpu = SubmititExecutor("slurm", SlurmOptions(gpus_per_job=1))
+    cpu_only = SubmititExecutor("slurm", SlurmOptions(gpus_per_job=0))
+    assert with_gpu.resolves_device and cpu_only.resolves_device
+    spec = JobSpec(run_dir=str(tmp_path), model="fcn", fold=0, device="auto")
+    assert with_gpu._job_device(spec) == "cuda"
+    assert cpu_only._job_device(spec) == "cpu"
+    assert with_gpu._job_device(JobSpec(run_dir=str(tmp_path), model="fcn", fold=0, device="cpu")) == "cpu"

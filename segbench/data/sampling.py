@@ -230,6 +230,9 @@ def make_loader(
         persistent_workers=num_workers > 0,
         pin_memory=pin_memory,
         worker_init_fn=_ignore_termination if num_workers > 0 else None,
+        # Samples draw from their own (seed, index) generators; a private generator keeps creating the loader from
+        # consuming the global torch RNG, so a resumed job's model sees the same random stream as an uninterrupted one.
+        generator=torch.Generator().manual_seed(0),
     )
 
 
