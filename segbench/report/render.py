@@ -71,6 +71,7 @@ _MD_PATTERNS = (
     (re.compile(r"<(?=[A-Za-z/!?])"), "&lt;"),
     (re.compile(r">"), "&gt;"),
     (re.compile(r"\|"), "\\|"),
+    (re.compile(r"\*"), "\\*"),  # "HD95*" (the penalised mean) must not open emphasis
     (re.compile(r"[\r\n]+"), " "),
 )
 
