@@ -54,6 +54,7 @@ JOB_LOCK_FILE = "job.lock"
 # Set by the CLI's SIGTERM/SIGINT handler: whatever exception the interruption surfaces as inside a job, the job is
 # recorded as killed (not failed) and no further job starts.
 STOP_REQUESTED = threading.Event()
+KILLED_REASON = "interrupted (SIGINT/SIGTERM); continue with --resume"
 
 
 class JobTimeout(RuntimeError):
@@ -134,12 +135,12 @@ def _run_locked(spec: JobSpec, folder: Path) -> results.JobResult:
     except JobTimeout as exc:
         status, reason = "timeout", str(exc)
     except KeyboardInterrupt:
-        status, reason = "killed", "interrupted (SIGINT/SIGTERM); continue with --resume"
+        status, reason = "killed", KILLED_REASON
         _write_result(spec, status, reason, record, metrics)
         raise
     except Exception as exc:  # a raising model or any bug must not take the other jobs down
         if STOP_REQUESTED.is_set():
-            _write_result(spec, "killed", "interrupted (SIGINT/SIGTERM); continue with --resume", record, metrics)
+            _write_result(spec, "killed", KILLED_REASON, record, metrics)
             raise KeyboardInterrupt from exc
         status, reason = "failed", f"{exc.__class__.__name__}: {exc}".splitlines()[0][:500]
         atomic_write_text(folder / "error.txt", traceback.format_exc())

@@ -38,6 +38,7 @@ TEXT_COLUMNS = ("model", "case_id", "label_name", "status", "reason", "family", 
                 "gpu", "phase")  # fmt: skip
 TEXT_DTYPES = {column: str for column in TEXT_COLUMNS}
 
+MANIFEST_FILE = "manifest.json"
 RESULT_FILE = "result.json"
 LEARNING_CURVE_FILE = "training_log.csv"
 
@@ -199,7 +200,7 @@ def load_jobs(run_dir: str | Path) -> pd.DataFrame:
 
 def load_manifest(run_dir: str | Path) -> dict[str, Any]:
     """``manifest.json`` as a dict."""
-    return json.loads((Path(run_dir) / "manifest.json").read_text(encoding="utf-8"))
+    return json.loads((Path(run_dir) / MANIFEST_FILE).read_text(encoding="utf-8"))
 
 
 def load_learning_curves(run_dir: str | Path) -> pd.DataFrame:

@@ -40,7 +40,7 @@ from segbench.splits import resolve_splits, save_splits
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FILE = "manifest.json"
+MANIFEST_FILE = results.MANIFEST_FILE
 # Outcomes that a resume keeps: they are what this config produces, rerunning would give the same.
 FINAL_STATUSES = ("done", "diverged", "oom")
 # Config fields that do not change results; a resume may change them freely.

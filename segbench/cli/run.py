@@ -155,14 +155,12 @@ def _config_from_options(options: dict, ctx: click.Context):
 
     from click.core import ParameterSource
 
+    from segbench import results
     from segbench.config import RunConfig, config_from_dict
-    from segbench.runner import MANIFEST_FILE
 
-    manifest = options["out"] / MANIFEST_FILE if options["out"] else None
+    manifest = options["out"] / results.MANIFEST_FILE if options["out"] else None
     if options["resume"] and manifest is not None and manifest.exists():
-        import json
-
-        base = config_from_dict(json.loads(manifest.read_text(encoding="utf-8"))["config"])
+        base = config_from_dict(results.load_manifest(options["out"])["config"])
         given = {name for name in _CONFIG_FLAGS if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
     else:
         base = RunConfig()

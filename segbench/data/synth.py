@@ -33,6 +33,7 @@ from scipy import ndimage
 from segbench.atomic import atomic_write_json
 from segbench.data.nifti import write_nifti
 from segbench.errors import ConfigError, DatasetError
+from segbench.paths import cache_root
 
 logger = logging.getLogger(__name__)
 
@@ -344,13 +345,6 @@ def make_synthetic_task(
     return out
 
 
-def _cache_root(cache_dir: Path | None) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir)
-    env = os.environ.get("SEGBENCH_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "segbench"
-
-
 def cached_synthetic_task(cache_root: Path, *, cases: int, test_cases: int, seed: int, shape=None) -> Path:
     """Return ``cache_root/<name>``, generating it first if missing; safe when several processes race.
 
@@ -398,4 +392,4 @@ def default_dataset_path(*, cache_dir: Path | None = None) -> Path:
         DatasetError: an incomplete folder of that name exists.
         OSError: the cache root is not writable.
     """
-    return cached_synthetic_task(_cache_root(cache_dir), cases=20, test_cases=10, seed=0)
+    return cached_synthetic_task(cache_root(cache_dir), cases=20, test_cases=10, seed=0)
