@@ -1,0 +1,168 @@
+"""Exact tensor memory of one training step, measured or estimated without allocating anything.
+
+"How much GPU memory does it need?" is answered by the peak bytes of *live tensors* during one training step
+(forward, loss, backward, optimiser step) at the run's patch, batch size, precision and memory format. PyTorch's own
+tracker (:class:`torch.distributed._tools.mem_tracker.MemTracker`) attributes every tensor storage to parameters,
+buffers, gradients, optimiser state, activations (saved for backward) or temporaries, and records the breakdown at the
+moment of the peak. The figure does not depend on the process's history, on the allocator or on the device, so it
+is the memory figure the leaderboard and the Pareto plot use. Allocator overhead comes on top: on CUDA compare with
+``torch.cuda.max_memory_allocated`` (``jobs.csv`` has both).
+
+Two modes:
+
+* :func:`training_step_memory` with ``fake=False`` runs one real step on random inputs of the right shape (CPU or
+  CUDA), on a freshly built copy of the model, with the global RNG state forked so training is not disturbed.
+* ``fake=True`` runs the same step under :class:`torch._subclasses.fake_tensor.FakeTensorMode`: tensors carry only
+  shapes and dtypes, nothing is allocated or computed, so a Task02-sized 128×128×64 patch is estimated in about a
+  second on a laptop CPU without a GPU (``segbench models --memory``).
+
+The step first runs once untracked, so that the optimiser state exists (Adam's two moments): the tracked step is a
+steady-state step, as every step after the first one in real training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from segbench.precision import autocast, to_memory_format
+
+__all__ = ["StepMemory", "training_step_memory"]
+
+_MIB = 2**20
+
+
+@dataclass(frozen=True)
+class StepMemory:
+    """Peak live-tensor memory of one training step and its parts at that moment, in MiB (2**20 bytes).
+
+    ``peak_mb`` is the sum of the parts. ``activations_mb`` are tensors saved for backward, ``temporaries_mb``
+    everything else created during the step (outputs, loss terms, autocast copies of weights, workspace tensors).
+    """
+
+    peak_mb: float
+    parameters_mb: float
+    buffers_mb: float
+    gradients_mb: float
+    optimizer_mb: float
+    activations_mb: float
+    temporaries_mb: float
+    other_mb: float
+
+    def as_row(self, prefix: str = "tensor_") -> dict[str, float]:
+        """Flat dict for tables, e.g. ``{"tensor_peak_mb": 83.1, "tensor_parameters_mb": 2.9, ...}``."""
+        return {f"{prefix}{name}": round(value, 3) for name, value in self.__dict__.items()}
+
+
+def training_step_memory(
+    model_name: str,
+    *,
+    in_channels: int,
+    out_channels: int,
+    patch_size: Sequence[int],
+    batch_size: int,
+    precision: str = "fp32",
+    memory_format: str = "contiguous",
+    optimizer: str = "adam",
+    device: torch.device | str = "cpu",
+    fake: bool = False,
+) -> StepMemory:
+    """Peak tensor memory of one steady-state training step of a registered model.
+
+    Args:
+        model_name: registry name, e.g. ``"unet"`` or ``"unet_w16_d4"``.
+        in_channels: image channels; out_channels: logit channels (1 = sigmoid + BCE, else softmax + CE).
+        patch_size: ``(D, H, W)`` voxels; each side must suit the model's divisor.
+        batch_size: patches per step.
+        precision: resolved precision (``"fp32"``, ``"bf16"``, ``"fp16"``); see :mod:`segbench.precision`.
+        memory_format: ``"channels_last"`` or ``"contiguous"``.
+        optimizer: ``"adam"`` or ``"sgd"`` (optimiser state differs: two moments vs one momentum buffer).
+        device: where a real measurement runs; ignored by ``fake`` estimates (they are device-independent).
+        fake: estimate under ``FakeTensorMode`` instead of running.
+
+    Returns:
+        A :class:`StepMemory`.
+
+    Raises:
+        ModelError: unknown model. Any exception of the model's forward or backward propagates.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from segbench.registry import build_model
+    from segbench.training import segmentation_loss
+
+    device = torch.device("cpu") if fake else torch.device(device)
+    kind = "dice_bce" if out_channels == 1 else "dice_ce"
+    shape = (batch_size, in_channels, *(int(s) for s in patch_size))
+    mode = FakeTensorMode() if fake else contextlib.nullcontext()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), mode:
+        model = build_model(model_name, in_channels=in_channels, out_channels=out_channels)
+        if device.type != "cpu":
+            model = model.to(device)
+        _to_memory_format(model, memory_format)
+        model.train()
+        opt = _optimizer(model, optimizer)
+        image = to_memory_format(torch.randn(shape, device=device), memory_format)
+        label = torch.randint(0, max(out_channels, 2), (shape[0], *shape[2:]), device=device)
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            with autocast(precision, device):
+                logits = model(image)
+            segmentation_loss(logits, label, kind=kind).backward()
+            opt.step()
+
+        step()  # creates the optimiser state: the tracked step is a steady-state one
+        return _tracked(step, model, opt, device)
+
+
+def _to_memory_format(model: nn.Module, memory_format: str) -> None:
+    # Parameter by parameter: under FakeTensorMode, Module.to(memory_format=...) fails to swap parameters.
+    if memory_format != "channels_last":
+        return
+    for parameter in model.parameters():
+        if parameter.dim() == 5:
+            parameter.data = parameter.data.contiguous(memory_format=torch.channels_last_3d)
+
+
+def _optimizer(model: nn.Module, name: str) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.99, nesterov=True)
+    return torch.optim.Adam(model.parameters(), lr=1e-3)
+
+
+def _tracked(step, model: nn.Module, opt: torch.optim.Optimizer, device: torch.device) -> StepMemory:
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    tracker = MemTracker()
+    tracker.track_external(model, opt)
+    with tracker:
+        step()
+    snapshot = tracker.get_tracker_snapshot("peak")
+    parts = {str(key).rsplit(".", 1)[-1]: value for key, value in _device_snapshot(snapshot, device).items()}
+
+    def mb(key: str) -> float:
+        return parts.get(key, 0) / _MIB
+
+    return StepMemory(
+        peak_mb=mb("Total"),
+        parameters_mb=mb("PARAM"),
+        buffers_mb=mb("BUFFER"),
+        gradients_mb=mb("GRAD"),
+        optimizer_mb=mb("OPT"),
+        activations_mb=mb("ACT"),
+        temporaries_mb=mb("TEMP"),
+        other_mb=mb("OTH"),
+    )
+
+
+def _device_snapshot(snapshot: dict, device: torch.device) -> dict:
+    # The tracker keys devices as torch.device objects ("cuda:0" for "cuda"); one device is tracked here.
+    for key, value in snapshot.items():
+        if torch.device(key).type == device.type:
+            return value
+    return {}
