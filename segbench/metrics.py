@@ -643,6 +643,16 @@ def summarise(values: Any) -> Summary:
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _label_indices(pred: np.ndarray, ref: np.ndarray) -> tuple[_LabelIndex, _LabelIndex, bool]:
+    """Indices of both arrays and whether both are boolean masks (then ``True`` is label 1)."""
+    both_bool = pred.dtype == bool and ref.dtype == bool
+    # A bool array next to a label map is read as the label map {0, 1}; the view costs nothing.
+    if not both_bool:
+        pred = pred.view(np.uint8) if pred.dtype == bool else pred
+        ref = ref.view(np.uint8) if ref.dtype == bool else ref
+    return _LabelIndex(pred), _LabelIndex(ref), both_bool
+
+
 def compute_case_metrics(
     pred: np.ndarray,
     ref: np.ndarray,
@@ -676,12 +686,7 @@ def compute_case_metrics(
     pred, ref = _check_pair(pred, ref)
     spacing_mm = _check_spacing(spacing, pred.shape)
     tolerance = _check_tolerance(tolerance_mm)
-    both_bool = pred.dtype == bool and ref.dtype == bool
-    # A bool array next to a label map is read as the label map {0, 1}; the view costs nothing.
-    if not both_bool:
-        pred = pred.view(np.uint8) if pred.dtype == bool else pred
-        ref = ref.view(np.uint8) if ref.dtype == bool else ref
-    pred_index, ref_index = _LabelIndex(pred), _LabelIndex(ref)
+    pred_index, ref_index, both_bool = _label_indices(pred, ref)
     if labels is None:
         wanted = [1] if both_bool else sorted(pred_index.labels() | ref_index.labels())
     else:
