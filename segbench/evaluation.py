@@ -12,7 +12,6 @@ progress bar, then calls :func:`complete_labels` and :func:`summarize`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +21,18 @@ import pandas as pd
 
 from segbench.data.nifti import Volume, read_label
 from segbench.errors import DatasetError
-from segbench.metrics import METRIC_KEYS, both_empty_metrics, compute_case_metrics, image_diagonal_mm
+from segbench.metrics import (
+    both_empty_metrics,
+    compute_case_metrics,
+    image_diagonal_mm,
+    metric_catalogue,
+    metric_keys,
+    penalise,
+    summarise,
+)
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-CSV_COLUMNS = ("case_id", *METRIC_KEYS)
-DISTANCE_METRICS = ("hd", "hd95", "assd")
-SUMMARY_METRICS = ("dice", "nsd", *DISTANCE_METRICS)
+SUMMARY_COLUMNS = ("label", "metric", "unit", "mean", "median", "cases", "misses")
 # Predictions written by other tools may store the affine in float32: allow that much disagreement.
 AFFINE_ATOL_MM = 1e-3
 SPACING_RTOL = 1e-4
@@ -167,6 +172,11 @@ def evaluate_pair(pair: CasePair, *, labels: Sequence[int] | None = None, tolera
     )
 
 
+def csv_columns() -> tuple[str, ...]:
+    """Columns of the per-case CSV: ``case_id`` then :func:`segbench.metrics.metric_keys` (the catalogue's order)."""
+    return ("case_id", *metric_keys())
+
+
 def complete_labels(results: Iterable[CaseResult], *, tolerance_mm: float) -> pd.DataFrame:
     """Per-case table with one row per (case, label) for every label seen anywhere.
 
@@ -174,7 +184,7 @@ def complete_labels(results: Iterable[CaseResult], *, tolerance_mm: float) -> pd
     (dice 1, distances 0, flagged empty), so every case counts for every label.
 
     Returns:
-        DataFrame with columns :data:`CSV_COLUMNS`, sorted by case id and label.
+        DataFrame with columns :func:`csv_columns`, sorted by case id and label.
     """
     results = list(results)
     all_labels = sorted({row["label"] for result in results for row in result.rows})
@@ -186,34 +196,27 @@ def complete_labels(results: Iterable[CaseResult], *, tolerance_mm: float) -> pd
             if label not in present:
                 empty = both_empty_metrics(label, diagonal_mm=result.diagonal_mm, tolerance_mm=tolerance_mm)
                 rows.append({"case_id": result.case_id, **empty})
-    frame = pd.DataFrame(rows, columns=list(CSV_COLUMNS))
+    frame = pd.DataFrame(rows, columns=list(csv_columns()))
     return frame.sort_values(["case_id", "label"], kind="stable").reset_index(drop=True)
 
 
 def summarize(frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean and median of each metric per label, with misses counted and penalised.
+    """Penalised mean and median of every catalogue metric per label, with misses counted.
 
-    A miss (exactly one mask empty) has infinite distances; for ``hd``, ``hd95`` and ``assd`` it is replaced
-    by the case's ``diagonal_mm`` (the stated penalty) before averaging, so misses are never dropped silently.
+    A miss (exactly one mask empty) has infinite distances; they count as the metric's stated penalty (for
+    ``hd``, ``hd95`` and ``assd`` the case's ``diagonal_mm``) in both the mean and the median
+    (:func:`segbench.metrics.penalise`), so misses are never dropped silently.
 
     Returns:
-        One row per (label, metric): ``label, metric, mean, median, cases, misses``.
+        One row per (label, metric), metrics in catalogue order: ``label, metric, unit, mean, median, cases,
+        misses``.
     """
     records = []
     for label, group in frame.groupby("label", sort=True):
         misses = int(group["miss"].astype(bool).sum())
-        for metric in SUMMARY_METRICS:
-            values = group[metric].astype(float).to_numpy()
-            if metric in DISTANCE_METRICS:
-                values = np.where(np.isinf(values), group["diagonal_mm"].astype(float).to_numpy(), values)
-            records.append(
-                {
-                    "label": int(label),
-                    "metric": metric,
-                    "mean": float(np.mean(values)) if values.size else math.nan,
-                    "median": float(np.median(values)) if values.size else math.nan,
-                    "cases": int(values.size),
-                    "misses": misses,
-                }
-            )
-    return pd.DataFrame(records, columns=["label", "metric", "mean", "median", "cases", "misses"])
+        diagonal = group["diagonal_mm"].astype(float).to_numpy()
+        for metric in metric_catalogue():
+            summary = summarise(penalise(metric, group[metric.name], diagonal))
+            records.append({"label": int(label), "metric": metric.name, "unit": metric.unit, "mean": summary.mean,
+                            "median": summary.median, "cases": summary.n, "misses": misses})  # fmt: skip
+    return pd.DataFrame(records, columns=list(SUMMARY_COLUMNS))

@@ -31,6 +31,12 @@ dice 0, nsd 0, hd/hd95/assd ``+inf`` and ``miss = True``. Averages must never dr
 report counts misses and substitutes the stated penalty ``diagonal_mm`` (the image diagonal in mm) for
 infinite distances in means.
 
+**Catalogue.** Every metric is one :class:`Metric` entry (name = column, unit, direction, miss penalty, leaderboard
+statistics, one-line definition, and ``compute(case: CaseData) -> float``). :func:`compute_case_metrics`, the tidy
+tables, ``segbench evaluate``, the leaderboard, the statistics, the box plots and the report's definitions all
+iterate over :func:`metric_catalogue`; :func:`register_metric` adds a metric to all of them at once. Aggregates of
+misses use one rule, :func:`penalise` then :func:`summarise`, so every penalised mean and median agrees.
+
 **Inputs.** Masks are boolean arrays; integer arrays holding only 0 and 1 are accepted as masks. Label maps
 (any integer dtype) are compared per declared label value by :func:`compute_case_metrics`. Float arrays
 (e.g. probabilities) and other dtypes raise ``TypeError`` (threshold them first); integer arrays with other
@@ -47,31 +53,37 @@ one point, where distance-transform implementations would have to process the wh
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy.spatial import cKDTree
 
 __all__ = [
-    "METRIC_KEYS",
+    "PRIMARY_METRIC",
+    "CaseData",
+    "Metric",
+    "Summary",
     "assd",
     "both_empty_metrics",
     "compute_case_metrics",
     "dice",
     "distance_metrics",
+    "get_metric",
     "hd",
     "hd95",
     "image_diagonal_mm",
+    "metric_catalogue",
+    "metric_keys",
+    "metric_names",
     "nsd",
+    "penalise",
+    "register_metric",
+    "summarise",
     "surface_distances",
+    "unregister_metric",
 ]
-
-# Keys of one row returned by compute_case_metrics, in this order (metrics.csv columns after model/fold/case).
-METRIC_KEYS = (
-    "label", "dice", "hd", "hd95", "assd", "nsd", "tolerance_mm", "pred_volume_ml", "ref_volume_ml",
-    "pred_empty", "ref_empty", "miss", "diagonal_mm",
-)  # fmt: skip
 
 # Relative slack for the NSD tolerance test: distances on the voxel lattice equal to tau (e.g. 2 * 1.37 mm)
 # come out of sqrt() a few ulps above or below tau; without slack they would flip with rounding.
@@ -251,18 +263,43 @@ def distance_metrics(d_pred_to_ref: np.ndarray, d_ref_to_pred: np.ndarray, *, to
     tolerance = _check_tolerance(tolerance_mm)
     a = np.asarray(d_pred_to_ref, dtype=float).reshape(-1)
     b = np.asarray(d_ref_to_pred, dtype=float).reshape(-1)
+    return {name: value(a, b, tolerance) for name, value in _SURFACE_VALUES.items()}
+
+
+def _empty_policy(a: np.ndarray, b: np.ndarray, *, both_empty: float, one_empty: float) -> float | None:
+    """The value of a surface metric when a mask is empty (see the module docs), else ``None``."""
     if a.size == 0 and b.size == 0:
-        return {"hd": 0.0, "hd95": 0.0, "assd": 0.0, "nsd": 1.0}
+        return both_empty
     if a.size == 0 or b.size == 0 or np.isinf(a).any() or np.isinf(b).any():
-        return {"hd": math.inf, "hd95": math.inf, "assd": math.inf, "nsd": 0.0}
+        return one_empty
+    return None
+
+
+def _hd_value(a: np.ndarray, b: np.ndarray, tolerance: float) -> float:  # noqa: ARG001 - common signature
+    special = _empty_policy(a, b, both_empty=0.0, one_empty=math.inf)
+    return special if special is not None else float(max(a.max(), b.max()))
+
+
+def _hd95_value(a: np.ndarray, b: np.ndarray, tolerance: float) -> float:  # noqa: ARG001 - common signature
+    special = _empty_policy(a, b, both_empty=0.0, one_empty=math.inf)
+    return special if special is not None else float(max(np.quantile(a, 0.95), np.quantile(b, 0.95)))
+
+
+def _assd_value(a: np.ndarray, b: np.ndarray, tolerance: float) -> float:  # noqa: ARG001 - common signature
+    special = _empty_policy(a, b, both_empty=0.0, one_empty=math.inf)
+    return special if special is not None else float((a.sum() + b.sum()) / (a.size + b.size))
+
+
+def _nsd_value(a: np.ndarray, b: np.ndarray, tolerance: float) -> float:
+    special = _empty_policy(a, b, both_empty=1.0, one_empty=0.0)
+    if special is not None:
+        return special
     limit = tolerance * (1.0 + _NSD_RELATIVE_SLACK)
-    within = np.count_nonzero(a <= limit) + np.count_nonzero(b <= limit)
-    return {
-        "hd": float(max(a.max(), b.max())),
-        "hd95": float(max(np.quantile(a, 0.95), np.quantile(b, 0.95))),
-        "assd": float((a.sum() + b.sum()) / (a.size + b.size)),
-        "nsd": float(within / (a.size + b.size)),
-    }
+    return float((np.count_nonzero(a <= limit) + np.count_nonzero(b <= limit)) / (a.size + b.size))
+
+
+# Surface metrics from the two directed distance arrays (mm) and the NSD tolerance (mm).
+_SURFACE_VALUES = {"hd": _hd_value, "hd95": _hd95_value, "assd": _assd_value, "nsd": _nsd_value}
 
 
 def dice(pred: np.ndarray, ref: np.ndarray) -> float:
@@ -323,23 +360,297 @@ def image_diagonal_mm(shape: Sequence[int], spacing: Sequence[float]) -> float:
     return float(np.sqrt(np.sum(extent**2)))
 
 
-def both_empty_metrics(label: int, *, diagonal_mm: float, tolerance_mm: float) -> dict:
-    """The row of :func:`compute_case_metrics` for a label absent from both masks (dice 1, distances 0, nsd 1)."""
+# --------------------------------------------------------------------------------------------------------------
+# The metric catalogue: one entry per metric; every table, summary and report section iterates over it
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CaseData:
+    """What one (case, label) offers a metric's ``compute`` function; built once per (case, label).
+
+    Attributes:
+        pred_voxels, ref_voxels: foreground voxel counts of the prediction and the reference.
+        overlap_voxels: voxels in both.
+        voxel_ml: volume of one voxel in millilitres.
+        d_pred_to_ref, d_ref_to_pred: directed boundary distances in mm (see :func:`surface_distances`);
+            both empty when both masks are, ``+inf`` entries when the other mask is empty.
+        tolerance_mm: the NSD tolerance τ in mm.
+        diagonal_mm: the image diagonal in mm (the penalty distance for misses).
+    """
+
+    pred_voxels: int
+    ref_voxels: int
+    overlap_voxels: int
+    voxel_ml: float
+    d_pred_to_ref: np.ndarray
+    d_ref_to_pred: np.ndarray
+    tolerance_mm: float
+    diagonal_mm: float
+
+    @classmethod
+    def both_empty(cls, *, tolerance_mm: float, diagonal_mm: float) -> CaseData:
+        """A (case, label) absent from both masks."""
+        none = np.zeros(0)
+        return cls(0, 0, 0, 0.0, none, none, float(tolerance_mm), float(diagonal_mm))
+
+    @property
+    def pred_volume_ml(self) -> float:
+        return self.pred_voxels * self.voxel_ml
+
+    @property
+    def ref_volume_ml(self) -> float:
+        return self.ref_voxels * self.voxel_ml
+
+    @property
+    def miss(self) -> bool:
+        """Exactly one of the two masks is empty."""
+        return (self.pred_voxels == 0) != (self.ref_voxels == 0)
+
+
+MISS_PENALTIES = ("diagonal",)  # named penalties; "diagonal" = the case's image diagonal in mm (column diagonal_mm)
+LEADERBOARD_STATISTICS = ("mean", "sd", "ci", "median")  # of the penalised per-case values; "ci" = 95 % bootstrap
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One catalogue entry: how a metric is computed, shown and aggregated.
+
+    Attributes:
+        name: column name in ``metrics.csv``, the ``segbench evaluate`` CSV and the report's tables.
+        compute: ``compute(case: CaseData) -> float``; a pure function that defines its own empty-mask values.
+        label: display name (``"HD95"``).
+        unit: ``"mm"``, ``"ml"`` or ``""`` for a dimensionless value.
+        higher_is_better: direction used to mark the best model and to orient paired comparisons.
+        definition: one line for the report's definitions section.
+        miss_penalty: what an infinite value (a miss) counts as in means and medians: ``"diagonal"`` (the
+            case's image diagonal in mm), a number, or ``None`` when the metric is finite on a miss (Dice and
+            NSD are 0 there).
+        leaderboard: statistics of the penalised per-case values in the leaderboard and ``summary.csv``
+            (columns ``<name>_<statistic>``, ``ci`` gives ``<name>_ci_low`` / ``<name>_ci_high``); empty:
+            not in the leaderboard.
+        box_plot: draw a box plot of every out-of-fold case.
+        headline: also give it per-fold tables, paired Wilcoxon tests and rank stability in the report.
+        digits: decimals shown in the report.
+    """
+
+    name: str
+    compute: Callable[[CaseData], float]
+    label: str
+    unit: str = ""
+    higher_is_better: bool = True
+    definition: str = ""
+    miss_penalty: str | float | None = None
+    leaderboard: tuple[str, ...] = ("mean",)
+    box_plot: bool = True
+    headline: bool = False
+    digits: int = 3
+
+    @property
+    def penalised_column(self) -> str:
+        """Per-case column with misses replaced by the penalty (``hd95_pen``); ``name`` when there is none."""
+        return self.name if self.miss_penalty is None else f"{self.name}_pen"
+
+    def display(self, *, unit: bool = True) -> str:
+        """``"HD95* (mm)"``: the label, ``*`` when misses are penalised, the unit in brackets."""
+        text = self.label + ("" if self.miss_penalty is None else "*")
+        return f"{text} ({self.unit})" if unit and self.unit else text
+
+
+def _surface(value: Callable[[np.ndarray, np.ndarray, float], float]) -> Callable[[CaseData], float]:
+    return lambda case: value(case.d_pred_to_ref, case.d_ref_to_pred, case.tolerance_mm)
+
+
+def _dice_value(case: CaseData) -> float:
+    total = case.pred_voxels + case.ref_voxels
+    return 1.0 if total == 0 else 2.0 * case.overlap_voxels / total
+
+
+_CATALOGUE: dict[str, Metric] = {}
+# Keys of a metric row that are not metrics (metric names must not take them).
+_ROW_PREFIX = ("label",)
+_ROW_SUFFIX = ("tolerance_mm", "pred_volume_ml", "ref_volume_ml", "pred_empty", "ref_empty", "miss", "diagonal_mm")
+PRIMARY_METRIC = "dice"  # ranks the models (leaderboard order, "best" model, Pareto fronts, median case)
+
+
+def register_metric(
+    name: str,
+    compute: Callable[[CaseData], float],
+    *,
+    label: str | None = None,
+    unit: str = "",
+    higher_is_better: bool = True,
+    definition: str = "",
+    miss_penalty: str | float | None = None,
+    leaderboard: Sequence[str] = ("mean",),
+    box_plot: bool = True,
+    headline: bool = False,
+    digits: int = 3,
+) -> Metric:
+    """Add a metric to the catalogue (after the existing ones): it then appears in ``metrics.csv`` of new runs,
+    the ``segbench evaluate`` CSV and summary, the leaderboard and ``summary.csv``, the box plots and the report's
+    definitions, with no other change. Arguments as the :class:`Metric` attributes (``label`` defaults to ``name``).
+
+    A metric registered at run time exists in this process only: jobs run by ``--executor local`` on the CPU or
+    one GPU compute it; jobs in separate processes (several GPUs, Slurm) do not.
+
+    Returns:
+        The new entry.
+
+    Raises:
+        ValueError: the name is taken (by a metric or another column of a metric row) or not an identifier,
+            an unknown ``miss_penalty`` or leaderboard statistic.
+    """
+    if not name.isidentifier() or name in _CATALOGUE or name in _ROW_PREFIX + _ROW_SUFFIX:
+        taken = ", ".join(metric_names()) or "none"
+        raise ValueError(f"metric name {name!r} is taken or not an identifier (metrics: {taken}); choose another")
+    if isinstance(miss_penalty, str) and miss_penalty not in MISS_PENALTIES:
+        raise ValueError(f"miss_penalty {miss_penalty!r} is unknown; use {', '.join(MISS_PENALTIES)}, a number or None")
+    unknown = sorted(set(leaderboard) - set(LEADERBOARD_STATISTICS))
+    if unknown:
+        raise ValueError(f"leaderboard statistics {unknown} unknown; choose from {', '.join(LEADERBOARD_STATISTICS)}")
+    metric = Metric(name, compute, label or name, unit, higher_is_better, definition, miss_penalty,
+                    tuple(leaderboard), box_plot, headline, digits)  # fmt: skip
+    _CATALOGUE[name] = metric
+    return metric
+
+
+def unregister_metric(name: str) -> Metric:
+    """Remove a metric from the catalogue (for tests and plugins that registered one); returns its entry.
+
+    Raises:
+        KeyError: no metric of that name.
+    """
+    if name not in _CATALOGUE:
+        raise KeyError(f"no metric {name!r}; registered: {', '.join(metric_names())}")
+    return _CATALOGUE.pop(name)
+
+
+def metric_catalogue() -> tuple[Metric, ...]:
+    """Every registered metric, in registration (= column) order."""
+    return tuple(_CATALOGUE.values())
+
+
+def metric_names() -> tuple[str, ...]:
+    """Names of the registered metrics, in column order."""
+    return tuple(_CATALOGUE)
+
+
+def get_metric(name: str) -> Metric:
+    """The catalogue entry of ``name``.
+
+    Raises:
+        KeyError: no metric of that name (the message lists them).
+    """
+    if name not in _CATALOGUE:
+        raise KeyError(f"no metric {name!r}; registered: {', '.join(metric_names())}")
+    return _CATALOGUE[name]
+
+
+def metric_keys() -> tuple[str, ...]:
+    """Keys of one row of :func:`compute_case_metrics`, in order: ``label``, every metric, then volumes and flags."""
+    return (*_ROW_PREFIX, *metric_names(), *_ROW_SUFFIX)
+
+
+register_metric("dice", _dice_value, label="Dice", leaderboard=("mean", "sd", "ci"), headline=True,
+                definition="2|A∩B| / (|A| + |B|) of the prediction A and the reference B.")  # fmt: skip
+register_metric("hd", _surface(_hd_value), label="HD", unit="mm", higher_is_better=False, miss_penalty="diagonal",
+                leaderboard=(), box_plot=False, digits=2,
+                definition="the larger of the two directed maximum surface distances.")  # fmt: skip
+register_metric("hd95", _surface(_hd95_value), label="HD95", unit="mm", higher_is_better=False,
+                miss_penalty="diagonal", leaderboard=("median", "mean"), headline=True, digits=2,
+                definition="the larger of the two directed 95th percentiles of surface distances "
+                "(linear interpolation).")  # fmt: skip
+register_metric("assd", _surface(_assd_value), label="ASSD", unit="mm", higher_is_better=False,
+                miss_penalty="diagonal", digits=2,
+                definition="mean of all surface distances in both directions.")  # fmt: skip
+register_metric("nsd", _surface(_nsd_value), label="NSD",
+                definition="share of boundary voxels of both masks within the tolerance (tolerance_mm) of the other "
+                "boundary.")  # fmt: skip
+
+
+def _row(label: int, case: CaseData) -> dict:
     return {
         "label": int(label),
-        "dice": 1.0,
-        "hd": 0.0,
-        "hd95": 0.0,
-        "assd": 0.0,
-        "nsd": 1.0,
-        "tolerance_mm": float(tolerance_mm),
-        "pred_volume_ml": 0.0,
-        "ref_volume_ml": 0.0,
-        "pred_empty": True,
-        "ref_empty": True,
-        "miss": False,
-        "diagonal_mm": float(diagonal_mm),
+        **{metric.name: float(metric.compute(case)) for metric in _CATALOGUE.values()},
+        "tolerance_mm": float(case.tolerance_mm),
+        "pred_volume_ml": float(case.pred_volume_ml),
+        "ref_volume_ml": float(case.ref_volume_ml),
+        "pred_empty": bool(case.pred_voxels == 0),
+        "ref_empty": bool(case.ref_voxels == 0),
+        "miss": bool(case.miss),
+        "diagonal_mm": float(case.diagonal_mm),
     }
+
+
+def both_empty_metrics(label: int, *, diagonal_mm: float, tolerance_mm: float) -> dict:
+    """The row of :func:`compute_case_metrics` for a label absent from both masks (dice 1, distances 0, nsd 1)."""
+    return _row(label, CaseData.both_empty(tolerance_mm=tolerance_mm, diagonal_mm=diagonal_mm))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Misses in aggregates: one rule for every mean and median
+# --------------------------------------------------------------------------------------------------------------
+
+
+def penalise(metric: Metric | str, values: Any, diagonal_mm: Any) -> np.ndarray:
+    """Per-case values with infinite entries (misses) replaced by the metric's stated penalty.
+
+    Args:
+        metric: a catalogue entry or its name.
+        values: per-case values, shape ``(N,)``.
+        diagonal_mm: the cases' image diagonals in mm, shape ``(N,)`` or a scalar (used by ``"diagonal"``).
+
+    Returns:
+        float64 array ``(N,)``; NaN (no value) stays NaN, and values stay as they are when the metric has no
+        penalty.
+    """
+    metric = get_metric(metric) if isinstance(metric, str) else metric
+    x = np.asarray(values, dtype=float).reshape(-1)
+    if metric.miss_penalty is None:
+        return x.copy()
+    penalty = diagonal_mm if metric.miss_penalty == "diagonal" else metric.miss_penalty
+    penalty = np.broadcast_to(np.asarray(penalty, dtype=float).reshape(-1), x.shape)
+    return np.where(np.isinf(x), penalty, x)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Mean, median and sample standard deviation of a sample, over its non-NaN values."""
+
+    mean: float
+    median: float
+    sd: float
+    n: int
+
+
+def summarise(values: Any) -> Summary:
+    """:class:`Summary` of already penalised values (NaN dropped; ``sd`` needs two values, else NaN).
+
+    The penalised mean and the penalised median of a metric are ``summarise(penalise(metric, values, diag))``:
+    every table, summary and report uses this one definition.
+    """
+    x = np.asarray(values, dtype=float).reshape(-1)
+    x = x[~np.isnan(x)]
+    if x.size == 0:
+        return Summary(math.nan, math.nan, math.nan, 0)
+    sd = float(np.std(x, ddof=1)) if x.size > 1 and np.all(np.isfinite(x)) else math.nan
+    return Summary(float(np.mean(x)), float(np.median(x)), sd, int(x.size))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Every metric of a case
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _label_indices(pred: np.ndarray, ref: np.ndarray) -> tuple[_LabelIndex, _LabelIndex, bool]:
+    """Indices of both arrays and whether both are boolean masks (then ``True`` is label 1)."""
+    both_bool = pred.dtype == bool and ref.dtype == bool
+    # A bool array next to a label map is read as the label map {0, 1}; the view costs nothing.
+    if not both_bool:
+        pred = pred.view(np.uint8) if pred.dtype == bool else pred
+        ref = ref.view(np.uint8) if ref.dtype == bool else ref
+    return _LabelIndex(pred), _LabelIndex(ref), both_bool
 
 
 def compute_case_metrics(
@@ -350,7 +661,7 @@ def compute_case_metrics(
     labels: Sequence[int] | None = None,
     tolerance_mm: float = 2.0,
 ) -> list[dict]:
-    """Every metric of one case, per label, from one pass over each array.
+    """Every catalogue metric of one case, per label, from one pass over each array.
 
     Args:
         pred: predicted label map ``(D, H, W)`` (any integer dtype), or a boolean mask.
@@ -362,10 +673,11 @@ def compute_case_metrics(
         tolerance_mm: NSD tolerance τ in mm.
 
     Returns:
-        One dict per label, sorted by label, with keys :data:`METRIC_KEYS`: ``label``; ``dice``; ``hd``,
-        ``hd95``, ``assd`` (mm); ``nsd`` at ``tolerance_mm``; ``pred_volume_ml``, ``ref_volume_ml``;
-        ``pred_empty``, ``ref_empty``, ``miss`` (exactly one empty); ``diagonal_mm`` (image diagonal, the
-        stated penalty for averaging misses). Values are plain Python floats, ints and bools.
+        One dict per label, sorted by label, with keys :func:`metric_keys`: ``label``; one value per catalogue
+        metric (built in: ``dice``; ``hd``, ``hd95``, ``assd`` in mm; ``nsd`` at ``tolerance_mm``);
+        ``tolerance_mm``; ``pred_volume_ml``, ``ref_volume_ml``; ``pred_empty``, ``ref_empty``, ``miss``
+        (exactly one empty); ``diagonal_mm`` (image diagonal, the stated penalty for averaging misses). Values
+        are plain Python floats, ints and bools.
 
     Raises:
         TypeError: float (e.g. probabilities) or other non-integer dtype.
@@ -374,12 +686,7 @@ def compute_case_metrics(
     pred, ref = _check_pair(pred, ref)
     spacing_mm = _check_spacing(spacing, pred.shape)
     tolerance = _check_tolerance(tolerance_mm)
-    both_bool = pred.dtype == bool and ref.dtype == bool
-    # A bool array next to a label map is read as the label map {0, 1}; the view costs nothing.
-    if not both_bool:
-        pred = pred.view(np.uint8) if pred.dtype == bool else pred
-        ref = ref.view(np.uint8) if ref.dtype == bool else ref
-    pred_index, ref_index = _LabelIndex(pred), _LabelIndex(ref)
+    pred_index, ref_index, both_bool = _label_indices(pred, ref)
     if labels is None:
         wanted = [1] if both_bool else sorted(pred_index.labels() | ref_index.labels())
     else:
@@ -400,18 +707,7 @@ def compute_case_metrics(
         distances = _surface_distances_from_coords(
             pred_index.boundary(pred_voxels, value), ref_index.boundary(ref_voxels, value), spacing_mm
         )
-        rows.append(
-            {
-                "label": int(label),
-                "dice": _dice(pred_voxels, ref_voxels),
-                **distance_metrics(*distances, tolerance_mm=tolerance),
-                "tolerance_mm": tolerance,
-                "pred_volume_ml": pred_voxels.size * voxel_ml,
-                "ref_volume_ml": ref_voxels.size * voxel_ml,
-                "pred_empty": bool(pred_voxels.size == 0),
-                "ref_empty": bool(ref_voxels.size == 0),
-                "miss": bool((pred_voxels.size == 0) != (ref_voxels.size == 0)),
-                "diagonal_mm": diagonal,
-            }
-        )
+        overlap = _intersection_size(pred_voxels, ref_voxels)
+        case = CaseData(pred_voxels.size, ref_voxels.size, overlap, voxel_ml, *distances, tolerance, diagonal)
+        rows.append(_row(label, case))
     return rows

@@ -16,15 +16,18 @@ from typing import Any
 import pandas as pd
 
 from segbench.atomic import atomic_write_json, atomic_write_text
+from segbench.metrics import metric_keys
 
 log = logging.getLogger(__name__)
 
 JOB_STATUSES = ("done", "failed", "diverged", "oom", "killed", "timeout")
 
-METRICS_COLUMNS = (
-    "model", "fold", "case_id", "label", "label_name", "dice", "hd", "hd95", "assd", "nsd", "tolerance_mm",
-    "pred_volume_ml", "ref_volume_ml", "pred_empty", "ref_empty", "miss", "diagonal_mm",
-)  # fmt: skip
+
+def metrics_columns() -> tuple[str, ...]:
+    """Columns of ``metrics.csv``: the job and case, ``label_name``, then the row of the metric catalogue."""
+    keys = metric_keys()
+    return ("model", "fold", "case_id", keys[0], "label_name", *keys[1:])
+
 
 JOBS_COLUMNS = (
     "model", "fold", "status", "reason", "family", "params", "mflop_per_voxel_forward", "mflop_per_voxel_train",
@@ -162,7 +165,7 @@ def _frame(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> pd.DataFrame
 def metrics_table(results: list[JobResult]) -> pd.DataFrame:
     """Tidy per-case table (one row per model, fold, case_id, label), sorted."""
     rows = [row for result in results for row in result.metrics]
-    frame = _frame(rows, METRICS_COLUMNS)
+    frame = _frame(rows, metrics_columns())
     return frame.sort_values(["model", "fold", "case_id", "label"], kind="stable").reset_index(drop=True)
 
 

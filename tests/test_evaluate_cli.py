@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from segbench.cli import main
 from segbench.data.nifti import write_nifti
-from segbench.evaluation import CSV_COLUMNS, case_id_from_name
+from segbench.evaluation import case_id_from_name, csv_columns
 from segbench.metrics import compute_case_metrics
 
 SPACING = (1.25, 1.25, 1.5)  # exactly representable in float32 NIfTI headers
@@ -54,7 +54,7 @@ def test_csv_content_and_summary(folders, tmp_path):
     result = segbench(pred_dir, gt_dir, "--out", out, "--tolerance-mm", "1")
     assert result.returncode == 0, result.stderr
     frame = pd.read_csv(out)
-    assert tuple(frame.columns) == CSV_COLUMNS
+    assert tuple(frame.columns) == csv_columns()
     assert frame["case_id"].tolist() == ["la_000", "la_001", "la_002"]
     assert frame["label"].tolist() == [1, 1, 1]
     assert frame["tolerance_mm"].eq(1.0).all()

@@ -43,9 +43,9 @@ def evaluate(
 ) -> None:
     """Score predicted label maps in PRED_DIR against references in GT_DIR (matched by case id).
 
-    Writes dice, hd, hd95, assd, nsd, volumes and empty-mask flags per case and label to a CSV and prints
-    the mean and median per metric with the number of misses (distance means use the image diagonal as
-    the penalty for a miss).
+    Writes every metric of the catalogue (dice, hd, hd95, assd, nsd, ...), volumes and empty-mask flags per
+    case and label to a CSV and prints the mean and median per metric with the number of misses (distance
+    means and medians count a miss as the image diagonal).
     """
     from tqdm import tqdm
 
@@ -73,7 +73,7 @@ def evaluate(
         misses = int(group["misses"].iloc[0])
         click.echo(f"label {label}: {int(group['cases'].iloc[0])} cases, {misses} miss(es)")
         for record in group.itertuples(index=False):
-            unit = " mm" if record.metric in ("hd", "hd95", "assd") else ""
+            unit = f" {record.unit}" if record.unit else ""
             click.echo(f"  {record.metric:<5} mean {record.mean:9.4f}{unit:3}  median {record.median:9.4f}{unit}")
     if summary.empty:
         click.echo("no foreground label in any prediction or reference; give --labels to score absent labels")

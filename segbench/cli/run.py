@@ -211,24 +211,17 @@ def _print_summary(outcome) -> None:
     import pandas as pd
 
     from segbench import results
+    from segbench.report import tables
 
     metrics = results.load_metrics(outcome.run_dir)
     jobs = results.load_jobs(outcome.run_dir)
     if not metrics.empty:
-        table = (
-            metrics.groupby("model")
-            .agg(
-                cases=("case_id", "nunique"),
-                dice_mean=("dice", "mean"),
-                dice_sd=("dice", "std"),
-                hd95_median=("hd95", "median"),
-                nsd_mean=("nsd", "mean"),
-                misses=("miss", "sum"),
-            )
-            .sort_values("dice_mean", ascending=False)
-        )
-        with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 120):
-            click.echo("\nLeaderboard (out-of-fold cases; HD95 in mm):")
+        # The report's leaderboard (summary.csv numbers), metric columns only: one definition of every statistic.
+        board = tables.leaderboard(tables.per_case_table(metrics), jobs, models=[])
+        statistics = [c for m in tables.metrics_in(metrics) for c in tables.statistic_columns(m) if "_ci_" not in c]
+        table = board.set_index("model")[["cases", *statistics, "misses"]]
+        with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 160):
+            click.echo("\nLeaderboard (out-of-fold cases; distances in mm, misses count as the image diagonal):")
             click.echo(table.to_string())
     not_done = jobs[jobs["status"] != "done"] if not jobs.empty else jobs
     for _, row in not_done.iterrows():

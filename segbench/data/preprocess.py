@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from segbench.atomic import atomic_write_json
 from segbench.errors import ConfigError, DatasetError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: Bumped whenever the cached arrays' meaning or layout changes; part of every cache key.
 CACHE_FORMAT_VERSION = 1
@@ -182,7 +182,7 @@ def prepare_case(case: Any, *, config: PreprocessConfig, cache_dir: Path) -> Pre
     folder = cache_dir / f"{case.case_id}-{cache_key(case, config)}"
     meta_path = folder / "case.json"
     if meta_path.is_file():
-        logger.debug("cache hit for %s in %s", case.case_id, folder)
+        log.debug("cache hit for %s in %s", case.case_id, folder)
         return PreparedCase.from_json(json.loads(meta_path.read_text()), folder)
 
     image, label, spacing, affine = _read_case(case)
@@ -219,10 +219,10 @@ def prepare_case(case: Any, *, config: PreprocessConfig, cache_dir: Path) -> Pre
         except OSError:
             if not (folder / "case.json").is_file():  # not a lost race with an identical writer
                 raise
-            logger.debug("another process prepared %s first", case.case_id)
+            log.debug("another process prepared %s first", case.case_id)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("prepared %s -> %s", case.case_id, folder)
+    log.info("prepared %s -> %s", case.case_id, folder)
     return prepared
 
 

@@ -26,6 +26,7 @@ import pandas as pd
 
 from segbench.atomic import atomic_write_bytes, atomic_write_text
 from segbench.errors import ConfigError, RunDirectoryError
+from segbench.metrics import PRIMARY_METRIC, Metric, metric_catalogue
 from segbench.report import figures, stats, tables
 from segbench.report.render import (
     Bullets,
@@ -48,24 +49,34 @@ from segbench.results import (
     scan_results,
 )
 
-__all__ = ["write_report", "METRIC_DEFINITIONS"]
+__all__ = ["metric_definitions", "write_report"]
 
 log = logging.getLogger(__name__)
 
-METRIC_DEFINITIONS = (
+_SURFACES = (
     "Surfaces are boundary voxels: foreground voxels with a 6-connected background neighbour (outside the image "
-    "counts as background). Distances are in millimetres using the voxel spacing.",
-    "HD95 = the larger of the two directed 95th percentiles of surface distances (linear interpolation); "
-    "ASSD = mean of all surface distances in both directions.",
-    "NSD = share of boundary voxels of both masks within the tolerance (tolerance_mm) of the other boundary.",
+    "counts as background). Distances are in millimetres using the voxel spacing."
+)
+_POLICIES = (
     "Empty masks: both empty → Dice 1, distances 0, NSD 1. Exactly one empty (a miss) → Dice 0, NSD 0, distances "
-    "infinite. Medians keep the infinity; means marked * replace it by the stated penalty, the case's image "
-    "diagonal in mm.",
+    "infinite. Means and medians marked * count a miss as the metric's stated penalty: for distances the case's "
+    "image diagonal in mm.",
     "Multi-label tasks: each case's value is the mean over its foreground labels; a case is a miss when any label is.",
     "Statistics: 95% confidence intervals are percentile bootstraps over cases (10,000 resamples, seed 0). Each "
     "model is compared with the best one (highest mean Dice) by a two-sided Wilcoxon signed-rank test on the cases "
     "both have, Holm-corrected over the comparisons of one metric; p < 0.05 counts as significant.",
 )
+
+
+def metric_definitions() -> tuple[str, ...]:
+    """The report's definitions: surfaces, one line per catalogue metric, the empty-mask and statistics policies."""
+    lines = []
+    for metric in metric_catalogue():
+        unit = f" ({metric.unit})" if metric.unit else ""
+        penalty = metric.miss_penalty
+        note = f" A miss counts as {penalty:g} in means and medians." if isinstance(penalty, int | float) else ""
+        lines.append(f"{metric.label}{unit} = {metric.definition or metric.name}{note}")
+    return (_SURFACES, *lines, *_POLICIES)
 
 
 @dataclass(frozen=True)
@@ -140,19 +151,24 @@ def _wide(per_case: pd.DataFrame, column: str, models: list[str]) -> pd.DataFram
     return wide.reindex(columns=[m for m in models if m in wide.columns])
 
 
+def _headline_metrics(per_case: pd.DataFrame) -> list[Metric]:
+    """Metrics with per-fold tables, paired tests and rank stability (:attr:`Metric.headline`), in catalogue order."""
+    return [metric for metric in tables.metrics_in(per_case) if metric.headline]
+
+
 def _comparisons(per_case: pd.DataFrame, best: str, models: list[str], seed: int) -> list[stats.Comparison]:
     results = []
-    for column, metric, higher, unit in (("dice", "Dice", True, ""), ("hd95_pen", "HD95", False, "mm")):
-        wide = _wide(per_case, column, models)
+    for metric in _headline_metrics(per_case):
+        wide = _wide(per_case, metric.penalised_column, models)
         family = [
             stats.paired_comparison(
                 wide[best],
                 wide[other],
-                metric=metric,
+                metric=metric.label,
                 reference_name=best,
                 other_name=other,
-                higher_is_better=higher,
-                unit=unit,
+                higher_is_better=metric.higher_is_better,
+                unit=metric.unit,
                 seed=seed,
             )  # fmt: skip
             for other in wide.columns
@@ -284,7 +300,7 @@ def _provenance(inputs: _Inputs) -> list[Any]:
         blocks.append(TableBlock(tables.Table(("fold", "train cases", "val cases", "val case ids"), tuple(rows)),
                                  "Splits (splits.json)"))  # fmt: skip
     blocks.append(Paragraph("Metric definitions:"))
-    blocks.append(Bullets(METRIC_DEFINITIONS))
+    blocks.append(Bullets(metric_definitions()))
     return blocks
 
 
@@ -294,6 +310,158 @@ def _plain(value: Any) -> str:
     if isinstance(value, dict | list):
         return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
     return str(value)
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every report section is built from: the inputs and the tables derived from them."""
+
+    run_dir: Path
+    inputs: _Inputs
+    per_case: pd.DataFrame
+    grid: pd.DataFrame
+    expected_models: list[str]
+    models: list[str]
+    n_folds: int
+    board: pd.DataFrame
+    ranked: list[str]
+    seed: int
+
+    @property
+    def best(self) -> str | None:
+        return self.ranked[0] if self.ranked else None
+
+
+def _context(run_dir: Path, inputs: _Inputs, seed: int) -> _Context:
+    per_case = tables.per_case_table(inputs.metrics)
+    expected_models = _expected_models(inputs)
+    n_folds = _expected_folds(inputs)
+    grid = tables.job_grid(inputs.jobs, models=expected_models, n_folds=n_folds)
+    models = list(dict.fromkeys(list(grid["model"]) + sorted(set(per_case["model"]))))
+    board = tables.leaderboard(per_case, inputs.jobs, models=models, seed=seed)
+    primary = f"{PRIMARY_METRIC}_mean"
+    ranked = board[board[primary].notna()]["model"].tolist() if not board.empty else []
+    return _Context(run_dir, inputs, per_case, grid, expected_models, models, n_folds, board, ranked, seed)
+
+
+def _figures(ctx: _Context) -> tuple[list[FigureBlock], list[str]]:
+    """Box plots, Pareto fronts, learning curves and the qualitative panel; notes for what was skipped."""
+    blocks: list[FigureBlock] = []
+    for metric in tables.box_metrics(ctx.per_case):
+        column, label = metric.penalised_column, _box_label(metric)
+        png = figures.box_strip(ctx.per_case, column=column, label=label, models=ctx.models)
+        blocks.append(FigureBlock(f"box_{column}.png", png, f"{label}: every out-of-fold case"))
+    blocks += _pareto_figures(ctx)
+    curves = figures.learning_curves(ctx.inputs.curves, models=ctx.models)
+    blocks.append(FigureBlock("learning_curves.png", curves, "Training loss, mean over folds ± 1 sd"))
+    notes = []
+    if ctx.best is not None:
+        panel, caption = _qualitative(ctx.run_dir, ctx.inputs.manifest, ctx.per_case, ctx.best, ctx.models)
+        if panel is not None:
+            blocks.append(FigureBlock("qualitative.png", panel, caption))
+        else:
+            notes.append(caption)
+    return blocks, notes
+
+
+def _box_label(metric: Metric) -> str:
+    """``"HD95 (mm, misses = diagonal)"``: label, unit and the penalty a miss counts as."""
+    details = [metric.unit] if metric.unit else []
+    if isinstance(metric.miss_penalty, str):
+        details.append(f"misses = {metric.miss_penalty}")
+    elif metric.miss_penalty is not None:
+        details.append(f"misses = {metric.miss_penalty:g}")
+    return f"{metric.label} ({', '.join(details)})" if details else metric.label
+
+
+def _pareto_figures(ctx: _Context) -> list[FigureBlock]:
+    board, blocks = ctx.board, []
+    for column, label, higher, name in (
+        ("peak_mem_mb", "peak memory (MB)", False, "pareto_memory.png"),
+        ("train_iters_per_s", "training throughput (it/s)", True, "pareto_throughput.png"),
+    ):
+        front = stats.pareto_front(board[column].to_numpy(float), board["dice_mean"].to_numpy(float),
+                                   cost_higher_is_better=higher) if not board.empty else np.zeros(0, bool)  # fmt: skip
+        png = figures.pareto(board, cost_column=column, cost_label=label, front=front, models=ctx.models)
+        on_front = ", ".join(board["model"][front]) if front.any() else "none"
+        blocks.append(FigureBlock(name, png, f"Mean Dice vs {label}; Pareto front: {on_front}"))
+    return blocks
+
+
+def _leaderboard_section(ctx: _Context) -> Section:
+    intro = Paragraph(
+        f"{len(ctx.models)} models × {ctx.n_folds} folds; values pooled over each model's out-of-fold cases. "
+        "Best value per column in bold. * = misses count as the stated penalty (distances: the image diagonal, mm). "
+        "misses = cases where exactly one of prediction and reference is empty. "
+        "peak mem: gpu = CUDA peak allocated, rss = process peak resident memory (CPU runs)."
+    )
+    return Section("Leaderboard", (intro, TableBlock(tables.format_leaderboard(ctx.board))))
+
+
+def _fold_section(ctx: _Context) -> Section:
+    blocks = []
+    for metric in _headline_metrics(ctx.per_case):
+        table = tables.fold_table(ctx.per_case, models=ctx.models, n_folds=ctx.n_folds, metric=metric.penalised_column)
+        caption = f"{metric.display()}: per-fold means, mean of fold means, pooled-case mean"
+        blocks.append(TableBlock(tables.format_fold_table(table, ctx.grid, digits=metric.digits), caption))
+    return Section("Per-fold results", tuple(blocks))
+
+
+def _statistics_section(ctx: _Context) -> Section:
+    best = ctx.best
+    if best is None or len(ctx.ranked) < 2:
+        return Section("Statistics", (Paragraph("Paired statistics need at least two models with evaluated cases."),))
+    comparisons = _comparisons(ctx.per_case, best, ctx.models, ctx.seed)
+    headline = _headline_metrics(ctx.per_case)
+    ranks = [
+        stats.rank_stability(
+            _wide(ctx.per_case, m.penalised_column, ctx.models), higher_is_better=m.higher_is_better, seed=ctx.seed
+        )  # fmt: skip
+        for m in headline
+    ]
+    rank_rows = tuple(
+        (model, *(tables.fmt(rank.get(model, math.nan), 3) for rank in ranks)) for model in ranks[0].index
+    ) if ranks else ()  # fmt: skip
+    rank_columns = ("model", *(f"P(first) by {m.display(unit=False)}" for m in headline))
+    return Section("Statistics", (
+        Paragraph(f"Every model against the best by mean Dice ({best}); paired on case id."),
+        Bullets(tuple(stats.comparison_sentence(c) for c in comparisons)),
+        TableBlock(_comparison_table(comparisons), "Wilcoxon signed-rank tests (two-sided), Holm per metric"),
+        TableBlock(tables.Table(rank_columns, rank_rows),
+                   f"Rank stability: share of {stats.RANK_RESAMPLES} case-bootstrap resamples (cases all models "
+                   "have) in which the model ranks first"),
+    ))  # fmt: skip
+
+
+def _speed_section(speed: pd.DataFrame, benchmark_json: Path) -> Section:
+    return Section("Speed (pytest-benchmark)", (
+        Paragraph(f"From {benchmark_json.name}: median time per call; best per column in bold."),
+        TableBlock(tables.format_speed(speed)),
+    ))  # fmt: skip
+
+
+def _jobs_section(ctx: _Context, notes: list[str]) -> Section:
+    grid, n_expected = ctx.grid, len(ctx.expected_models)
+    not_done = grid[grid["status"] != "done"]
+    blocks: list[Any] = [
+        Paragraph(
+            f"Expected grid: {n_expected} models × {ctx.n_folds} folds = {n_expected * ctx.n_folds} jobs; "
+            f"{int((grid['status'] == 'done').sum())} done, {len(not_done)} not done (listed below)."
+        ),
+        TableBlock(tables.format_jobs(grid)),
+    ]
+    if notes:
+        blocks += [Paragraph("Notes:"), Bullets(tuple(notes))]
+    return Section("Jobs", tuple(blocks))
+
+
+def _write_files(out: Path, report: Report, figure_blocks: list[FigureBlock], board: pd.DataFrame) -> Path:
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    for block in figure_blocks:
+        atomic_write_bytes(out / "figures" / block.name, block.png)
+    atomic_write_text(out / "summary.csv", board.to_csv(index=False, float_format="%.6g"))
+    atomic_write_text(out / "report.md", render_markdown(report))
+    return atomic_write_text(out / "report.html", render_html(report))
 
 
 def write_report(
@@ -323,119 +491,16 @@ def write_report(
     out = Path(out_dir) if out_dir is not None else run_dir / "report"
     speed = _read_benchmarks(Path(benchmark_json)) if benchmark_json is not None else None
     inputs = _read_inputs(run_dir)
-    notes = list(inputs.notes)
-
-    per_case = tables.per_case_table(inputs.metrics)
-    expected_models = _expected_models(inputs)
-    n_folds = _expected_folds(inputs)
-    grid = tables.job_grid(inputs.jobs, models=expected_models, n_folds=n_folds)
-    models = list(dict.fromkeys(list(grid["model"]) + sorted(set(per_case["model"]))))
-    board = tables.leaderboard(per_case, inputs.jobs, models=models, seed=seed)
-    ranked = board[board["dice_mean"].notna()]["model"].tolist() if not board.empty else []
-    best = ranked[0] if ranked else None
-
-    figure_blocks: list[FigureBlock] = []
-    for column, label, _, _ in tables.BOX_METRICS:
-        png = figures.box_strip(per_case, column=column, label=label, models=models)
-        figure_blocks.append(FigureBlock(f"box_{column}.png", png, f"{label}: every out-of-fold case"))
-    for column, label, higher, name in (
-        ("peak_mem_mb", "peak memory (MB)", False, "pareto_memory.png"),
-        ("train_iters_per_s", "training throughput (it/s)", True, "pareto_throughput.png"),
-    ):
-        front = stats.pareto_front(board[column].to_numpy(float), board["dice_mean"].to_numpy(float),
-                                   cost_higher_is_better=higher) if not board.empty else np.zeros(0, bool)  # fmt: skip
-        png = figures.pareto(board, cost_column=column, cost_label=label, front=front, models=models)
-        on_front = ", ".join(board["model"][front]) if front.any() else "none"
-        figure_blocks.append(FigureBlock(name, png, f"Mean Dice vs {label}; Pareto front: {on_front}"))
-    figure_blocks.append(
-        FigureBlock(
-            "learning_curves.png",
-            figures.learning_curves(inputs.curves, models=models),
-            "Training loss, mean over folds ± 1 sd",
-        )  # fmt: skip
-    )
-    if best is not None:
-        panel, caption = _qualitative(run_dir, inputs.manifest, per_case, best, models)
-        if panel is not None:
-            figure_blocks.append(FigureBlock("qualitative.png", panel, caption))
-        else:
-            notes.append(caption)
-
-    leaderboard_blocks: list[Any] = [
-        Paragraph(
-            f"{len(models)} models × {n_folds} folds; values pooled over each model's out-of-fold cases. "
-            "Best value per column in bold. * = mean with misses replaced by the image diagonal (mm). "
-            "misses = cases where exactly one of prediction and reference is empty. "
-            "peak mem: gpu = CUDA peak allocated, rss = process peak resident memory (CPU runs)."
-        ),
-        TableBlock(tables.format_leaderboard(board)),
-    ]
-    fold_blocks = []
-    for column, label in (("dice", "Dice"), ("hd95_pen", "HD95* (mm)")):
-        table = tables.fold_table(per_case, models=models, n_folds=n_folds, metric=column)
-        fold_blocks.append(TableBlock(tables.format_fold_table(table, grid, digits=3 if column == "dice" else 2),
-                                      f"{label}: per-fold means, mean of fold means, pooled-case mean"))  # fmt: skip
-
-    stat_blocks: list[Any] = []
-    if best is not None and len(ranked) > 1:
-        comparisons = _comparisons(per_case, best, models, seed)
-        stat_blocks += [
-            Paragraph(f"Every model against the best by mean Dice ({best}); paired on case id."),
-            Bullets(tuple(stats.comparison_sentence(c) for c in comparisons)),
-            TableBlock(_comparison_table(comparisons), "Wilcoxon signed-rank tests (two-sided), Holm per metric"),
-        ]
-        rank_rows = []
-        dice_rank = stats.rank_stability(_wide(per_case, "dice", models), higher_is_better=True, seed=seed)
-        hd_rank = stats.rank_stability(_wide(per_case, "hd95_pen", models), higher_is_better=False, seed=seed)
-        for model in dice_rank.index:
-            rank_rows.append((model, tables.fmt(dice_rank[model], 3), tables.fmt(hd_rank.get(model, math.nan), 3)))
-        stat_blocks.append(
-            TableBlock(
-                tables.Table(("model", "P(first) by Dice", "P(first) by HD95*"), tuple(rank_rows)),
-                f"Rank stability: share of {stats.RANK_RESAMPLES} case-bootstrap resamples (cases all models "
-                "have) in which the model ranks first",
-            )  # fmt: skip
-        )
-    else:
-        stat_blocks.append(Paragraph("Paired statistics need at least two models with evaluated cases."))
-
-    sections = [
-        Section("Leaderboard", tuple(leaderboard_blocks)),
-        Section("Per-fold results", tuple(fold_blocks)),
-        Section("Statistics", tuple(stat_blocks)),
-        Section("Figures", tuple(figure_blocks)),
-    ]
+    ctx = _context(run_dir, inputs, seed)
+    figure_blocks, figure_notes = _figures(ctx)
+    sections = [_leaderboard_section(ctx), _fold_section(ctx), _statistics_section(ctx),
+                Section("Figures", tuple(figure_blocks))]  # fmt: skip
     if speed is not None:
-        sections.append(
-            Section(
-                "Speed (pytest-benchmark)",
-                (
-                    Paragraph(f"From {Path(benchmark_json).name}: median time per call; best per column in bold."),
-                    TableBlock(tables.format_speed(speed)),
-                ),
-            )  # fmt: skip
-        )
-    not_done = grid[grid["status"] != "done"]
-    job_blocks: list[Any] = [
-        Paragraph(
-            f"Expected grid: {len(expected_models)} models × {n_folds} folds = {len(expected_models) * n_folds} jobs; "
-            f"{int((grid['status'] == 'done').sum())} done, {len(not_done)} not done (listed below)."
-        ),
-        TableBlock(tables.format_jobs(grid)),
-    ]
-    if notes:
-        job_blocks += [Paragraph("Notes:"), Bullets(tuple(notes))]
-    sections.append(Section("Jobs", tuple(job_blocks)))
-    sections.append(Section("Provenance", tuple(_provenance(inputs))))
-
+        sections.append(_speed_section(speed, Path(benchmark_json)))
+    sections += [_jobs_section(ctx, [*inputs.notes, *figure_notes]), Section("Provenance", tuple(_provenance(inputs)))]
     dataset_name = (inputs.manifest.get("dataset") or {}).get("name") or run_dir.name
-    report = Report(f"segbench report — {dataset_name}", tuple(sections))
-
-    (out / "figures").mkdir(parents=True, exist_ok=True)
-    for block in figure_blocks:
-        atomic_write_bytes(out / "figures" / block.name, block.png)
-    atomic_write_text(out / "summary.csv", board.to_csv(index=False, float_format="%.6g"))
-    atomic_write_text(out / "report.md", render_markdown(report))
-    html_path = atomic_write_text(out / "report.html", render_html(report))
+    html_path = _write_files(
+        out, Report(f"segbench report — {dataset_name}", tuple(sections)), figure_blocks, ctx.board
+    )
     log.info("report written to %s", out)
     return html_path

@@ -8,30 +8,25 @@ Multi-label tasks: every per-case value is the **mean over the task's foreground
 leaderboard, not one per label); a case counts as a miss when any of its labels is a miss. With one label
 (Task02) this is the label's value.
 
-Misses (exactly one of prediction and reference empty) have infinite distances. Medians use them as they
-are (an infinite median is shown as ``inf``); means replace them by the stated penalty, the case's image
-diagonal in millimetres (``diagonal_mm``).
+Misses (exactly one of prediction and reference empty) have infinite distances. Means and medians count them
+as the metric's stated penalty (the case's image diagonal in millimetres, ``diagonal_mm``, for distances): one
+rule, :func:`segbench.metrics.penalise` then :func:`segbench.metrics.summarise`. Every metric column comes from
+the metric catalogue (:func:`segbench.metrics.metric_catalogue`).
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from segbench.metrics import PRIMARY_METRIC, Metric, get_metric, metric_catalogue, penalise, summarise
 from segbench.report.stats import bootstrap_ci
-
-# (column in per-case table, label, higher is better, unit)
-BOX_METRICS = (
-    ("dice", "Dice", True, ""),
-    ("hd95_pen", "HD95 (mm, misses = diagonal)", False, "mm"),
-    ("assd_pen", "ASSD (mm, misses = diagonal)", False, "mm"),
-    ("nsd", "NSD", True, ""),
-)
 
 MISSING = "missing"
 
@@ -45,9 +40,14 @@ class Table:
     best: frozenset[tuple[int, int]] = field(default_factory=frozenset)
 
 
-def _penalised(values: pd.Series, diagonal: pd.Series) -> pd.Series:
-    # inf (a miss) -> the case's image diagonal: the penalty the report states for means.
-    return values.where(np.isfinite(values) | values.isna(), diagonal)
+def metrics_in(frame: pd.DataFrame) -> list[Metric]:
+    """Catalogue metrics that have a column in ``frame`` (a run made before a metric was registered lacks it)."""
+    return [metric for metric in metric_catalogue() if metric.name in frame.columns]
+
+
+def box_metrics(per_case: pd.DataFrame) -> list[Metric]:
+    """Metrics drawn as box plots (column :attr:`Metric.penalised_column` of ``per_case``)."""
+    return [metric for metric in metrics_in(per_case) if metric.box_plot]
 
 
 def per_case_table(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -57,22 +57,25 @@ def per_case_table(metrics: pd.DataFrame) -> pd.DataFrame:
         metrics: ``metrics.csv`` rows (see docs/run-directory.md).
 
     Returns:
-        Columns ``model, fold, case_id, dice, hd95, hd95_pen, assd, assd_pen, nsd, miss, labels`` sorted by
-        model, fold, case_id. ``hd95``/``assd`` keep ``inf`` for misses; ``*_pen`` replace it by ``diagonal_mm``.
+        Columns ``model, fold, case_id``, then for every catalogue metric present in ``metrics`` its column (e.g.
+        ``hd95``, keeping ``inf`` for misses) and, for metrics with a miss penalty, ``<name>_pen`` (misses replaced
+        by the penalty before averaging over labels); then ``miss, labels``. Sorted by model, fold, case_id.
     """
-    columns = ["model", "fold", "case_id", "dice", "hd95", "hd95_pen", "assd", "assd_pen", "nsd", "miss", "labels"]
+    present = metrics_in(metrics)
+    values = [c for m in present for c in dict.fromkeys((m.name, m.penalised_column))]
+    columns = ["model", "fold", "case_id", *values, "miss", "labels"]
     if metrics.empty:
         return pd.DataFrame(columns=columns)
     frame = metrics.copy()
     frame["case_id"] = frame["case_id"].astype(str)
     frame["model"] = frame["model"].astype(str)
-    for name in ("dice", "hd95", "assd", "nsd", "diagonal_mm"):
-        frame[name] = pd.to_numeric(frame[name], errors="coerce")
-    frame["hd95_pen"] = _penalised(frame["hd95"], frame["diagonal_mm"])
-    frame["assd_pen"] = _penalised(frame["assd"], frame["diagonal_mm"])
+    diagonal = pd.to_numeric(frame["diagonal_mm"], errors="coerce").to_numpy(float)
+    for metric in present:
+        frame[metric.name] = pd.to_numeric(frame[metric.name], errors="coerce")
+        frame[metric.penalised_column] = penalise(metric, frame[metric.name], diagonal)
     frame["miss"] = frame["miss"].map(_as_bool).fillna(False).astype(bool)
     grouped = frame.groupby(["model", "fold", "case_id"], sort=True)
-    out = grouped[["dice", "hd95", "hd95_pen", "assd", "assd_pen", "nsd"]].mean()
+    out = grouped[values].mean()
     out["miss"] = grouped["miss"].any()
     out["labels"] = grouped.size()
     return out.reset_index()[columns]
@@ -135,52 +138,75 @@ def _job_max(done: pd.DataFrame, column: str) -> float:
     return float(values.max()) if len(values) else math.nan
 
 
-def leaderboard(per_case: pd.DataFrame, jobs: pd.DataFrame, *, models: list[str], seed: int = 0) -> pd.DataFrame:
-    """One row per model, pooled over its out-of-fold cases, best mean Dice first.
+def statistic_columns(metric: Metric) -> list[str]:
+    """The leaderboard / summary.csv columns of one metric: ``<name>_<statistic>``, ``ci`` as ``_ci_low, _ci_high``."""
+    ci = (f"{metric.name}_ci_low", f"{metric.name}_ci_high")
+    return [
+        c for statistic in metric.leaderboard for c in (ci if statistic == "ci" else (f"{metric.name}_{statistic}",))
+    ]
 
-    Columns: ``model, cases, dice_mean, dice_sd, dice_ci_low, dice_ci_high`` (95 % percentile bootstrap CI of the
-    mean), ``hd95_median, hd95_mean, assd_mean`` (means with the miss penalty), ``nsd_mean, misses, params,
-    mflop_per_voxel, peak_mem_mb, peak_mem_kind`` (``gpu`` = CUDA peak allocated, ``rss`` = process peak RSS),
-    ``train_iters_per_s, inference_s_per_case, train_s_per_fold`` (means over done jobs), ``jobs_done, jobs``.
+
+def metric_statistics(per_case: pd.DataFrame, *, seed: int = 0) -> dict[str, float]:
+    """The leaderboard's metric columns for one model's cases: ``<name>_<statistic>`` per catalogue metric.
+
+    Statistics (:attr:`Metric.leaderboard`) are taken over the penalised per-case values: ``mean``, ``median``,
+    ``sd`` (:func:`segbench.metrics.summarise`) and ``ci`` (``_ci_low``/``_ci_high``: 95 % percentile bootstrap
+    of the mean; NaN when a value is not finite).
+    """
+    row: dict[str, float] = {}
+    for metric in metrics_in(per_case):
+        values = pd.to_numeric(per_case[metric.penalised_column], errors="coerce").dropna().to_numpy(float)
+        summary = summarise(values)
+        for statistic in metric.leaderboard:
+            if statistic == "ci":
+                finite = values.size and np.all(np.isfinite(values))
+                low, high = bootstrap_ci(values, seed=seed) if finite else (math.nan, math.nan)
+                row[f"{metric.name}_ci_low"], row[f"{metric.name}_ci_high"] = low, high
+            else:
+                row[f"{metric.name}_{statistic}"] = getattr(summary, statistic)
+    return row
+
+
+def _cost_columns(jobs: pd.DataFrame, model: str) -> dict[str, Any]:
+    """Costs of a model from its done jobs (jobs.csv names; means over jobs, maxima for sizes and peaks)."""
+    done = _done_jobs(jobs, model)
+    gpu_peak = _job_max(done, "peak_gpu_mem_allocated_mb")
+    model_jobs = jobs[jobs["model"].astype(str) == model] if not jobs.empty else jobs
+    return {
+        "params": _job_max(done, "params"),
+        "mflop_per_voxel": _job_mean(done, "mflop_per_voxel_forward"),
+        "peak_mem_mb": gpu_peak if not math.isnan(gpu_peak) else _job_max(done, "peak_rss_mb"),
+        "peak_mem_kind": "gpu" if not math.isnan(gpu_peak) else "rss",
+        "train_iters_per_s": _job_mean(done, "train_iters_per_s"),
+        "inference_seconds_per_case": _job_mean(done, "inference_seconds_per_case"),
+        "train_seconds": _job_mean(done, "train_seconds"),
+        "jobs_done": int(len(done)),
+        "jobs": int(len(model_jobs)),
+    }
+
+
+def leaderboard(per_case: pd.DataFrame, jobs: pd.DataFrame, *, models: list[str], seed: int = 0) -> pd.DataFrame:
+    """One row per model, pooled over its out-of-fold cases, best mean of the primary metric (Dice) first.
+
+    Columns: ``model, cases``; per catalogue metric its statistics (:func:`metric_statistics`: with the built-in
+    metrics ``dice_mean, dice_sd, dice_ci_low, dice_ci_high, hd95_median, hd95_mean, assd_mean, nsd_mean``, all with
+    misses counted as the penalty); ``misses, params, mflop_per_voxel, peak_mem_mb, peak_mem_kind`` (``gpu`` = CUDA
+    peak allocated, ``rss`` = process peak RSS), ``train_iters_per_s, inference_seconds_per_case, train_seconds``
+    (means over done jobs, named as in jobs.csv), ``jobs_done, jobs``.
     """
     all_models = list(models) + sorted(set(per_case["model"].astype(str)) - set(models))
     rows = []
     for model in all_models:
         cases = per_case[per_case["model"] == model]
-        dice = cases["dice"].dropna().to_numpy(float)
-        low, high = bootstrap_ci(dice, seed=seed) if dice.size else (math.nan, math.nan)
-        done = _done_jobs(jobs, model)
-        gpu_peak = _job_max(done, "peak_gpu_mem_allocated_mb")
-        model_jobs = jobs[jobs["model"].astype(str) == model] if not jobs.empty else jobs
-        rows.append(
-            {
-                "model": model,
-                "cases": int(len(cases)),
-                "dice_mean": float(dice.mean()) if dice.size else math.nan,
-                "dice_sd": float(dice.std(ddof=1)) if dice.size > 1 else math.nan,
-                "dice_ci_low": low,
-                "dice_ci_high": high,
-                "hd95_median": float(cases["hd95"].median()) if len(cases) else math.nan,
-                "hd95_mean": float(cases["hd95_pen"].mean()) if len(cases) else math.nan,
-                "assd_mean": float(cases["assd_pen"].mean()) if len(cases) else math.nan,
-                "nsd_mean": float(cases["nsd"].mean()) if len(cases) else math.nan,
-                "misses": int(cases["miss"].sum()),
-                "params": _job_max(done, "params"),
-                "mflop_per_voxel": _job_mean(done, "mflop_per_voxel_forward"),
-                "peak_mem_mb": gpu_peak if not math.isnan(gpu_peak) else _job_max(done, "peak_rss_mb"),
-                "peak_mem_kind": "gpu" if not math.isnan(gpu_peak) else "rss",
-                "train_iters_per_s": _job_mean(done, "train_iters_per_s"),
-                "inference_s_per_case": _job_mean(done, "inference_seconds_per_case"),
-                "train_s_per_fold": _job_mean(done, "train_seconds"),
-                "jobs_done": int(len(done)),
-                "jobs": int(len(model_jobs)),
-            }
-        )
+        rows.append({"model": model, "cases": int(len(cases)), **metric_statistics(cases, seed=seed),
+                     "misses": int(cases["miss"].sum()), **_cost_columns(jobs, model)})  # fmt: skip
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
-    # Best mean Dice first; models without cases last; ties by name so the order is deterministic.
-    frame["_key"] = frame["dice_mean"].fillna(-math.inf)
+    # Best mean of the primary metric first; models without cases last; ties by name so the order is deterministic.
+    primary = get_metric(PRIMARY_METRIC)
+    key = frame[f"{primary.name}_mean"].astype(float)
+    frame["_key"] = (key if primary.higher_is_better else -key).fillna(-math.inf)
     frame = frame.sort_values(["_key", "model"], ascending=[False, True], kind="stable").drop(columns="_key")
     # Counts stay integers in summary.csv (nullable: a model without a done job has no parameter count).
     frame["params"] = frame["params"].round().astype("Int64")
@@ -281,48 +307,87 @@ def _best_rows(values: pd.Series, higher_is_better: bool) -> list[int]:
     return [i for i, v in enumerate(numeric) if v == target]
 
 
-# (header, column, digits or "count", higher is better or None = not highlighted)
-_LEADERBOARD_COLUMNS = (
-    ("Dice mean ± sd", "dice_mean", 3, True),
-    ("Dice 95% CI", None, 3, None),
-    ("HD95 median (mm)", "hd95_median", 2, False),
-    ("HD95 mean* (mm)", "hd95_mean", 2, False),
-    ("ASSD mean* (mm)", "assd_mean", 2, False),
-    ("NSD mean", "nsd_mean", 3, True),
+@dataclass(frozen=True)
+class _Column:
+    """One leaderboard column: header, how a summary.csv row becomes its cell, and which value marks the best."""
+
+    header: str
+    cell: Callable[[pd.Series], str]
+    best_of: str | None = None  # summary.csv column compared across models; None = not highlighted
+    higher_is_better: bool = True
+
+
+def _number(column: str, digits: int | str) -> Callable[[pd.Series], str]:
+    if digits == "count":
+        return lambda r: fmt_count(r[column])
+    return lambda r: fmt(r[column], digits)
+
+
+def _metric_columns(metric: Metric) -> list[_Column]:
+    """The leaderboard columns of one metric: its statistics, ``mean ± sd`` in one cell when both are shown."""
+    star = "" if metric.miss_penalty is None else "*"
+    unit = f" ({metric.unit})" if metric.unit else ""
+    name, digits, higher = metric.name, metric.digits, metric.higher_is_better
+    columns = []
+    for statistic in metric.leaderboard:
+        if statistic == "ci":
+            columns.append(
+                _Column(
+                    f"{metric.label} 95% CI",
+                    lambda r: f"{fmt(r[name + '_ci_low'], digits)}–{fmt(r[name + '_ci_high'], digits)}",
+                )
+            )
+        elif statistic == "mean" and "sd" in metric.leaderboard:
+            columns.append(_Column(f"{metric.label} mean{star} ± sd{unit}",
+                                   lambda r: f"{fmt(r[name + '_mean'], digits)} ± {fmt(r[name + '_sd'], digits)}",
+                                   f"{name}_mean", higher))  # fmt: skip
+        elif statistic != "sd" or "mean" not in metric.leaderboard:
+            best = None if statistic == "sd" else f"{name}_{statistic}"
+            columns.append(_Column(f"{metric.label} {statistic}{star}{unit}", _number(f"{name}_{statistic}", digits),
+                                   best, higher))  # fmt: skip
+    return columns
+
+
+def _peak_memory(r: pd.Series) -> str:
+    value = r["peak_mem_mb"]
+    return fmt(value, 0) + ("" if pd.isna(value) else f" ({r['peak_mem_kind']})")
+
+
+# Costs after the metrics: (header, summary.csv column = jobs.csv quantity, digits or "count", higher is better).
+_COST_COLUMNS = (
     ("misses", "misses", "count", False),
     ("params", "params", "count", False),
     ("MFLOP/voxel", "mflop_per_voxel", 2, False),
     ("peak mem (MB)", "peak_mem_mb", 0, False),
     ("train it/s", "train_iters_per_s", 2, True),
-    ("infer s/case", "inference_s_per_case", 2, False),
-    ("train s/fold", "train_s_per_fold", 0, False),
+    ("infer s/case", "inference_seconds_per_case", 2, False),
+    ("train s/fold", "train_seconds", 0, False),
 )
+
+
+def leaderboard_columns(board: pd.DataFrame) -> list[_Column]:
+    """Columns after ``model, cases, jobs done``: every catalogue metric in ``board``, then the costs."""
+    present = [m for m in metric_catalogue() if m.leaderboard and set(statistic_columns(m)) <= set(board.columns)]
+    columns = [c for m in present for c in _metric_columns(m)]
+    for header, column, digits, higher in _COST_COLUMNS:
+        cell = _peak_memory if column == "peak_mem_mb" else _number(column, digits)
+        columns.append(_Column(header, cell, column, higher))
+    return columns
 
 
 def format_leaderboard(board: pd.DataFrame) -> Table:
     """Leaderboard cells; best value per column marked (ties all marked)."""
-    columns = ("model", "cases", "jobs done") + tuple(header for header, *_ in _LEADERBOARD_COLUMNS)
+    spec = leaderboard_columns(board)
+    columns = ("model", "cases", "jobs done") + tuple(c.header for c in spec)
     rows = []
     for _, r in board.iterrows():
         cells = [str(r["model"]), str(int(r["cases"])), f"{int(r['jobs_done'])}/{int(r['jobs'])}"]
-        for header, column, digits, _ in _LEADERBOARD_COLUMNS:
-            if header == "Dice mean ± sd":
-                cells.append(f"{fmt(r['dice_mean'])} ± {fmt(r['dice_sd'])}")
-            elif header == "Dice 95% CI":
-                cells.append(f"{fmt(r['dice_ci_low'])}–{fmt(r['dice_ci_high'])}")
-            elif header == "peak mem (MB)":
-                value = r["peak_mem_mb"]
-                cells.append(fmt(value, 0) + ("" if pd.isna(value) else f" ({r['peak_mem_kind']})"))
-            elif digits == "count":
-                cells.append(fmt_count(r[column]))
-            else:
-                cells.append(fmt(r[column], digits))
-        rows.append(tuple(cells))
+        rows.append(tuple(cells + [c.cell(r) for c in spec]))
     best = set()
-    for offset, (_, column, _, higher) in enumerate(_LEADERBOARD_COLUMNS):
-        if column is None or higher is None or board.empty:
+    for offset, column in enumerate(spec):
+        if column.best_of is None or board.empty:
             continue
-        for row in _best_rows(board[column], higher):
+        for row in _best_rows(board[column.best_of], column.higher_is_better):
             best.add((row, 3 + offset))
     return Table(columns, tuple(rows), frozenset(best))
 
