@@ -49,13 +49,14 @@ def evaluate(
     """
     from tqdm import tqdm
 
+    from segbench import rundir
     from segbench.atomic import atomic_write_text
     from segbench.evaluation import complete_labels, evaluate_pair, match_cases, summarize
 
     if not tolerance_mm >= 0:
         raise ConfigError(f"--tolerance-mm {tolerance_mm} must be a non-negative number of millimetres")
     labels = _parse_labels(labels_text)
-    out = out if out is not None else pred_dir / "metrics.csv"
+    out = out if out is not None else pred_dir / rundir.METRICS_FILE  # named like a run's per-case table
     if not out.parent.is_dir():
         raise ConfigError(f"--out {out}: folder {out.parent} does not exist; create it or choose another path")
 
