@@ -188,7 +188,7 @@ def _prepare_run_dir(run_dir: Path, manifest: dict, splits: list, *, resume: boo
         old = _read_json(manifest_path)
         differences = manifest_differences(old, manifest)
         if _read_json(rundir.splits_path(run_dir)) != splits:
-            differences.append("splits differ from the stored splits.json")
+            differences.append(f"splits differ from the stored {rundir.SPLITS_FILE}")
         if differences:
             raise RunDirectoryError(
                 f"cannot resume {run_dir}: the request differs from the stored run ("

@@ -48,7 +48,7 @@ from segbench.results import (
     metrics_table,
     scan_results,
 )
-from segbench.rundir import JOBS_FILE, METRICS_FILE, RESULT_FILE, SPLITS_FILE
+from segbench.rundir import JOBS_FILE, MANIFEST_FILE, METRICS_FILE, RESULT_FILE, SPLITS_FILE
 
 __all__ = ["write_report", "METRIC_DEFINITIONS"]
 
@@ -274,7 +274,7 @@ def _provenance(inputs: _Inputs) -> list[Any]:
             tables.Table(("key", "value"), tuple((str(k), _plain(v)) for k, v in sorted(environment.items()))),
             "Environment",
         ),
-        Paragraph("Configuration (manifest.json `config`):"),
+        Paragraph(f"Configuration ({MANIFEST_FILE} `config`):"),
         Code(json.dumps(manifest.get("config", {}), indent=2, sort_keys=True, ensure_ascii=False, default=str)),
     ]
     if isinstance(inputs.splits, list):
@@ -284,7 +284,7 @@ def _provenance(inputs: _Inputs) -> list[Any]:
             train = split.get("train") or [] if isinstance(split, dict) else []
             rows.append((str(fold), str(len(train)), str(len(val)), ", ".join(val)))
         blocks.append(TableBlock(tables.Table(("fold", "train cases", "val cases", "val case ids"), tuple(rows)),
-                                 "Splits (splits.json)"))  # fmt: skip
+                                 f"Splits ({SPLITS_FILE})"))  # fmt: skip
     blocks.append(Paragraph("Metric definitions:"))
     blocks.append(Bullets(METRIC_DEFINITIONS))
     return blocks
