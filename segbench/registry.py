@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from segbench.errors import ModelError
-from segbench.profiling import flop_probe_side, measure_flops
+from segbench.profiling import count_parameters, flop_probe_side, measure_flops
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -464,7 +464,7 @@ def model_info(name: str, *, in_channels: int = 1, out_channels: int = 1) -> Mod
                 "cannot count FLOPs of model %s: a training step failed (%s: %s)", name, type(exc).__name__, exc
             )
             flops = (math.nan, math.nan)
-    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    params = count_parameters(model)
     voxels = side**3
     return ModelInfo(
         name=name,

@@ -141,11 +141,6 @@ def learning_curve_path(run_dir: str | Path, job: JobRef) -> Path:
     return job_dir(run_dir, job) / LEARNING_CURVE_FILE
 
 
-def job_lock_path(run_dir: str | Path, job: JobRef) -> Path:
-    """The job's ``job.lock``."""
-    return job_dir(run_dir, job) / JOB_LOCK_FILE
-
-
 def submitit_record_path(run_dir: str | Path, job: JobRef) -> Path:
     """The job's ``submitit.json`` (which scheduler job runs it)."""
     return job_dir(run_dir, job) / SUBMITIT_RECORD_FILE

@@ -247,18 +247,10 @@ def run_comparison(
     STOP_REQUESTED.clear()  # a previous interrupted call in this process must not stop this one
     check_writable(run_dir)
     with RunLock(run_dir):
-        if config.data is None:
-            from segbench.data.synth import default_dataset_path
-
-            dataset_path = default_dataset_path(cache_dir=cache_dir)
-        else:
-            dataset_path = Path(config.data)
-        dataset = preflight_dataset(dataset_path, progress=progress)
-        foreground = tuple(dataset.foreground_labels)
-        if not foreground:
-            raise DatasetError(f"{dataset_path}/dataset.json declares no foreground label")
+        dataset_path, dataset = _checked_dataset(config, cache_dir=cache_dir, progress=progress)
         models = resolve_models(",".join(config.models))
-        check_patch(models, tuple(config.train.patch_size), len(dataset.channels), out_channels_for(foreground))
+        out_channels = out_channels_for(tuple(dataset.foreground_labels))
+        check_patch(models, tuple(config.train.patch_size), len(dataset.channels), out_channels)
         # A remote executor (Slurm) resolves the device where the job runs, not on this (login) node.
         device = config.device if executor.resolves_device else resolve_device(config.device)
         case_ids = [case.case_id for case in dataset.training]
@@ -273,21 +265,12 @@ def run_comparison(
             cache_dir=preprocess_dir,
             progress=progress,
         )
-        todo, problems = plan_jobs(run_dir, models, len(splits))
+        todo, _ = plan_jobs(run_dir, models, len(splits))
         skipped = len(models) * len(splits) - len(todo)
         if skipped:
             log.info("resume: %d job(s) already finished, %d to run", skipped, len(todo))
-        specs = [
-            JobSpec(
-                run_dir=str(run_dir),
-                model=model,
-                fold=fold,
-                device=device,
-                cache_dir=str(preprocess_dir),
-                progress=progress,
-            )
-            for model, fold in todo
-        ]
+        common = {"device": device, "cache_dir": str(preprocess_dir), "progress": progress}
+        specs = [JobSpec(run_dir=str(run_dir), model=model, fold=fold, **common) for model, fold in todo]
         try:
             executor(specs)
         finally:
@@ -302,6 +285,24 @@ def run_comparison(
         problems=scan.problems,
         report_dir=report_dir,
     )
+
+
+def _checked_dataset(config: RunConfig, *, cache_dir: Path | None, progress: bool) -> tuple[Path, DatasetSpec]:
+    """The run's dataset (``--data``, or the default synthetic one, generated on first use), preflighted.
+
+    Raises:
+        DatasetError: preflight found problems, or the dataset declares no foreground label.
+    """
+    if config.data is None:
+        from segbench.data.synth import default_dataset_path
+
+        dataset_path = default_dataset_path(cache_dir=cache_dir)
+    else:
+        dataset_path = Path(config.data)
+    dataset = preflight_dataset(dataset_path, progress=progress)
+    if not dataset.foreground_labels:
+        raise DatasetError(f"{dataset_path}/dataset.json declares no foreground label")
+    return dataset_path, dataset
 
 
 def _write_report(run_dir: Path) -> Path | None:
