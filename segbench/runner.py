@@ -265,26 +265,26 @@ def run_comparison(
             cache_dir=preprocess_dir,
             progress=progress,
         )
-        todo, _ = plan_jobs(run_dir, models, len(splits))
-        skipped = len(models) * len(splits) - len(todo)
-        if skipped:
-            log.info("resume: %d job(s) already finished, %d to run", skipped, len(todo))
         common = {"device": device, "cache_dir": str(preprocess_dir), "progress": progress}
-        specs = [JobSpec(run_dir=str(run_dir), model=model, fold=fold, **common) for model, fold in todo]
+        specs = [
+            JobSpec(run_dir=str(run_dir), model=m, fold=f, **common) for m, f in _jobs_to_run(run_dir, models, splits)
+        ]
         try:
             executor(specs)
         finally:
             scan = results.rebuild_tables(run_dir)
-        report_dir = None
-        if report:
-            report_dir = _write_report(run_dir)
-    return RunOutcome(
-        run_dir=run_dir,
-        expected_jobs=len(models) * len(splits),
-        results=scan.results,
-        problems=scan.problems,
-        report_dir=report_dir,
-    )
+        report_dir = _write_report(run_dir) if report else None
+    expected = len(models) * len(splits)
+    return RunOutcome(run_dir, expected, scan.results, scan.problems, report_dir)
+
+
+def _jobs_to_run(run_dir: Path, models: list[str], splits: list) -> list[tuple[str, int]]:
+    """(model, fold) of the jobs without a final result, logging how many a resume keeps."""
+    todo, _ = plan_jobs(run_dir, models, len(splits))
+    skipped = len(models) * len(splits) - len(todo)
+    if skipped:
+        log.info("resume: %d job(s) already finished, %d to run", skipped, len(todo))
+    return todo
 
 
 def _checked_dataset(config: RunConfig, *, cache_dir: Path | None, progress: bool) -> tuple[Path, DatasetSpec]:
