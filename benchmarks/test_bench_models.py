@@ -24,14 +24,14 @@ when MONAI is installed.
 from __future__ import annotations
 
 import math
-import time
 
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import smoke_mode
 
-from segbench.registry import build_model, count_flops, list_models, model_info
+from segbench.profiling import count_flops, matmul_peak_flops
+from segbench.registry import build_model, list_models, model_info
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -63,17 +63,7 @@ def _threads():
 def matmul_peak() -> float:
     """FLOP/s of a large square matrix product (best of 5) in the precision the models run in."""
     n = 256 if SMOKE else 8192 if CUDA else 1024
-    dtype = AMP_DTYPE or torch.float32
-    a = torch.randn(n, n, device=DEVICE, dtype=dtype)
-    b = torch.randn(n, n, device=DEVICE, dtype=dtype)
-    best = math.inf
-    for _ in range(6):  # the first is a warm-up (allocations, kernel selection), it counts only if fastest
-        _sync()
-        start = time.perf_counter()
-        a @ b
-        _sync()
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
+    return matmul_peak_flops(DEVICE, size=n, repeats=5, dtype=AMP_DTYPE or torch.float32)
 
 
 def _input_shape(divisor: int) -> tuple[int, ...]:

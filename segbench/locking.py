@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import IO
 
 from segbench.errors import RunDirectoryError
-
-LOCK_FILE = "run.lock"
+from segbench.rundir import RUN_LOCK_FILE
 
 
 class RunLock:
@@ -27,7 +26,7 @@ class RunLock:
         RunDirectoryError: another live process holds it (the message names that process).
     """
 
-    def __init__(self, run_dir: str | Path, *, name: str = LOCK_FILE, what: str = "segbench run") -> None:
+    def __init__(self, run_dir: str | Path, *, name: str = RUN_LOCK_FILE, what: str = "segbench run") -> None:
         self.path = Path(run_dir) / name
         self.what = what
         self._handle: IO[str] | None = None
@@ -42,7 +41,7 @@ class RunLock:
             handle.close()
             raise RunDirectoryError(
                 f"{self.path.parent} is in use by {holder}; wait for it to finish"
-                + (" or choose another --out" if self.path.name == LOCK_FILE else "")
+                + (" or choose another --out" if self.path.name == RUN_LOCK_FILE else "")
             ) from None
         info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         handle.seek(0)

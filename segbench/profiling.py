@@ -1,4 +1,4 @@
-"""What a model costs: parameters, peak memory, throughput, and the environment the numbers came from.
+"""What a model costs: parameters, FLOPs, peak memory, throughput, and the environment the numbers came from.
 
 Pure helpers; the trainer calls them and writes the figures to ``jobs.csv`` / ``manifest.json``. Memory is
 reported in MiB (2**20 bytes) and named ``*_mb`` for brevity.
@@ -24,6 +24,9 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 _MIB = 2**20
+# FLOPs are counted on a cube of at least this many voxels a side (rounded up to the divisor): the FLOPs per
+# voxel of a padded conv net do not depend on the input size, so a small input gives the same answer fast.
+FLOP_COUNT_MIN_SIDE = 16
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -150,6 +153,61 @@ class ThroughputMeter:
             "mean_step_s": step / len(steady) if steady else nan,
             "total_s": sum(i.data_wait_s + i.step_s for i in self._iters),
         }
+
+
+def count_flops(model: nn.Module, input_shape: tuple[int, ...], *, train_step: bool) -> int:
+    """Floating-point operations of one forward pass (or forward + backward) on a zero input of ``input_shape``.
+
+    Counted with :class:`torch.utils.flop_counter.FlopCounterMode`: convolutions and matrix products, a
+    multiply-add counts 2; normalisation, activations, pooling and interpolation are not counted. The input
+    is created on the model's device (``meta`` works and costs nothing). The model's train/eval mode and its
+    gradients are restored afterwards.
+
+    Args:
+        model: the network.
+        input_shape: (B, C_in, D, H, W) with sizes that are multiples of the model's divisor.
+        train_step: False: ``eval()`` forward under ``no_grad``; True: ``train()`` forward and backward of the
+            summed logits (the optimizer step is not counted).
+
+    Returns:
+        The total FLOP count.
+    """
+    return measure_flops(model, input_shape, train_step=train_step)[1]
+
+
+def measure_flops(model: nn.Module, input_shape: tuple[int, ...], *, train_step: bool) -> tuple[int, int]:
+    """(FLOPs of the forward pass, FLOPs of the whole step), counted as :func:`count_flops`; both equal when
+    ``train_step`` is False."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    param = next(iter(model.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.get_default_dtype()
+    was_training = model.training
+    grads = {p: p.grad for p in model.parameters()}
+    x = torch.zeros(input_shape, device=device, dtype=dtype)
+    try:
+        model.train(train_step)
+        with FlopCounterMode(display=False) as counter:
+            with torch.set_grad_enabled(train_step):
+                logits = model(x)
+            forward = counter.get_total_flops()
+            if train_step:
+                logits.sum().backward()
+    finally:
+        model.train(was_training)
+        for p, grad in grads.items():
+            p.grad = grad
+    return int(forward), int(counter.get_total_flops())
+
+
+def flop_probe_side(divisor: int) -> int:
+    """Side of the cube FLOPs are counted on: a multiple of ``divisor``, at least 16 and at least twice ``divisor``.
+
+    At least 2 divisors a side, so the coarsest level keeps 2³ voxels: train-mode batch norm needs more than one value
+    per channel.
+    """
+    return divisor * max(2, math.ceil(FLOP_COUNT_MIN_SIDE / divisor))
 
 
 def environment_info(*, cwd: str | Path | None = None) -> dict[str, Any]:

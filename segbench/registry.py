@@ -44,12 +44,12 @@ import torch
 from torch import nn
 
 from segbench.errors import ModelError
+from segbench.profiling import count_parameters, flop_probe_side, measure_flops
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "ModelInfo",
     "build_model",
-    "count_flops",
     "list_models",
     "model_info",
     "plugins_disabled",
@@ -64,9 +64,6 @@ logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "segbench.models"
 DISABLE_PLUGINS_ENV = "SEGBENCH_DISABLE_PLUGINS"
-# FLOPs are counted on a cube of at least this many voxels a side (rounded up to the divisor): the FLOPs per
-# voxel of a padded conv net do not depend on the input size, so a small input gives the same answer fast.
-FLOP_COUNT_MIN_SIDE = 16
 
 Builder = Callable[..., nn.Module]
 
@@ -215,11 +212,16 @@ def _family_member(family_builder: Builder, *, width: int, depth: int) -> Builde
 
 
 def _ensure_builtins() -> None:
-    # Imported on first use rather than at import time: segbench.models imports this module to register.
+    # The package names its built-in families (segbench.BUILTIN_MODEL_PACKAGES); they import this module to
+    # register, so this module never imports them by name, and imports them on first use, not at import time (which
+    # keeps `import segbench` and `segbench --help` free of torch).
     global _builtins_loaded
     if not _builtins_loaded:
         _builtins_loaded = True
-        importlib.import_module("segbench.models")
+        from segbench import BUILTIN_MODEL_PACKAGES
+
+        for package in BUILTIN_MODEL_PACKAGES:
+            importlib.import_module(package)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -427,57 +429,6 @@ def build_model(name: str, *, in_channels: int, out_channels: int, **kwargs) -> 
 # ---------------------------------------------------------------------------------------------------------
 
 
-def count_flops(model: nn.Module, input_shape: tuple[int, ...], *, train_step: bool) -> int:
-    """Floating-point operations of one forward pass (or forward + backward) on a zero input of ``input_shape``.
-
-    Counted with :class:`torch.utils.flop_counter.FlopCounterMode`: convolutions and matrix products, a
-    multiply-add counts 2; normalisation, activations, pooling and interpolation are not counted. The input
-    is created on the model's device (``meta`` works and costs nothing). The model's train/eval mode and its
-    gradients are restored afterwards.
-
-    Args:
-        model: the network.
-        input_shape: (B, C_in, D, H, W) with sizes that are multiples of the model's divisor.
-        train_step: False: ``eval()`` forward under ``no_grad``; True: ``train()`` forward and backward of the
-            summed logits (the optimizer step is not counted).
-
-    Returns:
-        The total FLOP count.
-    """
-    return _measure_flops(model, input_shape, train_step=train_step)[1]
-
-
-def _measure_flops(model: nn.Module, input_shape: tuple[int, ...], *, train_step: bool) -> tuple[int, int]:
-    """(FLOPs of the forward pass, FLOPs of the whole step); both equal when ``train_step`` is False."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    param = next(iter(model.parameters()), None)
-    device = param.device if param is not None else torch.device("cpu")
-    dtype = param.dtype if param is not None and param.is_floating_point() else torch.get_default_dtype()
-    was_training = model.training
-    grads = {p: p.grad for p in model.parameters()}
-    x = torch.zeros(input_shape, device=device, dtype=dtype)
-    try:
-        model.train(train_step)
-        with FlopCounterMode(display=False) as counter:
-            with torch.set_grad_enabled(train_step):
-                logits = model(x)
-            forward = counter.get_total_flops()
-            if train_step:
-                logits.sum().backward()
-    finally:
-        model.train(was_training)
-        for p, grad in grads.items():
-            p.grad = grad
-    return int(forward), int(counter.get_total_flops())
-
-
-def _flop_input_side(divisor: int) -> int:
-    # At least 2 divisors a side, so the coarsest level keeps 2³ voxels: train-mode batch norm needs more than
-    # one value per channel.
-    return divisor * max(2, math.ceil(FLOP_COUNT_MIN_SIDE / divisor))
-
-
 @functools.cache
 def model_info(name: str, *, in_channels: int = 1, out_channels: int = 1) -> ModelInfo:
     """Family, source, parameter count, divisor and MFLOP per voxel of model ``name`` (default options).
@@ -494,12 +445,12 @@ def model_info(name: str, *, in_channels: int = 1, out_channels: int = 1) -> Mod
         ModelError: as :func:`build_model`.
     """
     entry = _lookup(name)
-    side = _flop_input_side(entry.divisor)
+    side = flop_probe_side(entry.divisor)
     shape = (1, in_channels, side, side, side)
     try:
         with torch.device("meta"):
             model = build_model(name, in_channels=in_channels, out_channels=out_channels)
-        flops: tuple[float, float] = _measure_flops(model, shape, train_step=True)
+        flops: tuple[float, float] = measure_flops(model, shape, train_step=True)
     except ModelError:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever the meta device cannot do, the CPU may
@@ -507,13 +458,13 @@ def model_info(name: str, *, in_channels: int = 1, out_channels: int = 1) -> Mod
         logger.debug("counting FLOPs of %s on the CPU: the meta device failed (%s)", name, exc)
         model = build_model(name, in_channels=in_channels, out_channels=out_channels)
         try:
-            flops = _measure_flops(model, shape, train_step=True)
+            flops = measure_flops(model, shape, train_step=True)
         except Exception as exc:  # noqa: BLE001 - a broken forward is reported by the job that runs it
             logger.warning(
                 "cannot count FLOPs of model %s: a training step failed (%s: %s)", name, type(exc).__name__, exc
             )
             flops = (math.nan, math.nan)
-    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    params = count_parameters(model)
     voxels = side**3
     return ModelInfo(
         name=name,

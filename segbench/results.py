@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from segbench import rundir
 from segbench.atomic import atomic_write_json, atomic_write_text
 from segbench.metrics import metric_keys
 
@@ -40,15 +41,6 @@ JOBS_COLUMNS = (
 TEXT_COLUMNS = ("model", "case_id", "label_name", "status", "reason", "family", "device", "patch_size", "host",
                 "gpu", "phase")  # fmt: skip
 TEXT_DTYPES = {column: str for column in TEXT_COLUMNS}
-
-MANIFEST_FILE = "manifest.json"
-RESULT_FILE = "result.json"
-LEARNING_CURVE_FILE = "training_log.csv"
-
-
-def job_dir(run_dir: str | Path, model: str, fold: int) -> Path:
-    """Folder of one (model, fold) job: ``RUN_DIR/jobs/<model>/fold_<fold>``."""
-    return Path(run_dir) / "jobs" / model / f"fold_{fold}"
 
 
 @dataclass(frozen=True)
@@ -82,9 +74,9 @@ def write_job_result(run_dir: str | Path, result: JobResult) -> Path:
     """
     if result.status not in JOB_STATUSES:
         raise ValueError(f"unknown job status {result.status!r}; expected one of {', '.join(JOB_STATUSES)}")
-    folder = job_dir(run_dir, result.model, result.fold)
-    folder.mkdir(parents=True, exist_ok=True)
-    return atomic_write_json(folder / RESULT_FILE, _finite_or_str(result.to_json()))
+    path = rundir.result_path(run_dir, result)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_json(path, _finite_or_str(result.to_json()))
 
 
 def _finite_or_str(obj: Any) -> Any:
@@ -128,19 +120,17 @@ class ScanResult:
 
 
 def scan_results(run_dir: str | Path) -> ScanResult:
-    """Read every ``jobs/<model>/fold_<k>/result.json``; unreadable ones become ``problems`` (never fatal)."""
-    run_dir = Path(run_dir)
+    """Read every job folder's ``result.json``; unreadable ones become ``problems`` (never fatal)."""
     results: list[JobResult] = []
     problems: list[str] = []
-    jobs_root = run_dir / "jobs"
-    if not jobs_root.is_dir():
-        return ScanResult(results, problems)
-    for path in sorted(jobs_root.glob(f"*/fold_*/{RESULT_FILE}")):
-        model, fold_name = path.parent.parent.name, path.parent.name
+    for key, folder in rundir.iter_job_dirs(run_dir):
+        path = rundir.result_path(run_dir, key)
+        if not path.is_file():
+            continue
         try:
             result = read_job_result(path)
         except ValueError as exc:
-            problems.append(f"{model} {fold_name}: {exc}; this job will be redone on --resume")
+            problems.append(f"{key.model} {folder.name}: {exc}; this job will be redone on --resume")
             continue
         results.append(result)
     return ScanResult(results, problems)
@@ -179,10 +169,9 @@ def jobs_table(results: list[JobResult]) -> pd.DataFrame:
 
 def rebuild_tables(run_dir: str | Path) -> ScanResult:
     """Rewrite ``metrics.csv`` and ``jobs.csv`` from the job folders (atomically); returns what was read."""
-    run_dir = Path(run_dir)
     scan = scan_results(run_dir)
-    atomic_write_text(run_dir / "metrics.csv", metrics_table(scan.results).to_csv(index=False))
-    atomic_write_text(run_dir / "jobs.csv", jobs_table(scan.results).to_csv(index=False))
+    atomic_write_text(rundir.metrics_path(run_dir), metrics_table(scan.results).to_csv(index=False))
+    atomic_write_text(rundir.jobs_table_path(run_dir), jobs_table(scan.results).to_csv(index=False))
     for problem in scan.problems:
         log.warning(problem)
     return scan
@@ -190,12 +179,12 @@ def rebuild_tables(run_dir: str | Path) -> ScanResult:
 
 def load_metrics(run_dir: str | Path) -> pd.DataFrame:
     """``metrics.csv`` as a DataFrame (``inf`` distances preserved)."""
-    return pd.read_csv(Path(run_dir) / "metrics.csv", dtype=TEXT_DTYPES, keep_default_na=False, na_values=[""])
+    return pd.read_csv(rundir.metrics_path(run_dir), dtype=TEXT_DTYPES, keep_default_na=False, na_values=[""])
 
 
 def load_jobs(run_dir: str | Path) -> pd.DataFrame:
     """``jobs.csv`` as a DataFrame (``reason`` empty string for done jobs)."""
-    frame = pd.read_csv(Path(run_dir) / "jobs.csv", dtype=TEXT_DTYPES, keep_default_na=False, na_values=[""])
+    frame = pd.read_csv(rundir.jobs_table_path(run_dir), dtype=TEXT_DTYPES, keep_default_na=False, na_values=[""])
     if "reason" in frame:
         frame["reason"] = frame["reason"].astype(object).fillna("")
     return frame
@@ -203,21 +192,40 @@ def load_jobs(run_dir: str | Path) -> pd.DataFrame:
 
 def load_manifest(run_dir: str | Path) -> dict[str, Any]:
     """``manifest.json`` as a dict."""
-    return json.loads((Path(run_dir) / MANIFEST_FILE).read_text(encoding="utf-8"))
+    return json.loads(rundir.manifest_path(run_dir).read_text(encoding="utf-8"))
 
 
 def load_learning_curves(run_dir: str | Path) -> pd.DataFrame:
     """All ``training_log.csv`` files as one table: model, fold, iteration, loss, lr, wall_s."""
     frames = []
-    for path in sorted((Path(run_dir) / "jobs").glob(f"*/fold_*/{LEARNING_CURVE_FILE}")):
+    for key, _ in rundir.iter_job_dirs(run_dir):
+        path = rundir.learning_curve_path(run_dir, key)
+        if not path.is_file():
+            continue
         try:
             frame = pd.read_csv(path)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
             log.warning("skipping unreadable learning curve %s (%s)", path, exc)
             continue
-        frame.insert(0, "fold", int(path.parent.name.removeprefix("fold_")))
-        frame.insert(0, "model", path.parent.parent.name)
+        frame.insert(0, "fold", key.fold)
+        frame.insert(0, "model", key.model)
         frames.append(frame)
     if not frames:
         return pd.DataFrame(columns=["model", "fold", "iteration", "loss", "lr", "wall_s"])
     return pd.concat(frames, ignore_index=True)
+
+
+def write_learning_curve(run_dir: str | Path, job: rundir.JobRef, curve: list[dict[str, float]]) -> Path:
+    """Atomically (re)write a job's ``training_log.csv`` from its rows (iteration, loss, lr, wall_s)."""
+    return atomic_write_text(rundir.learning_curve_path(run_dir, job), pd.DataFrame(curve).to_csv(index=False))
+
+
+def read_learning_curve(run_dir: str | Path, job: rundir.JobRef) -> list[dict[str, float]]:
+    """A job's ``training_log.csv`` rows; empty when the file is missing, empty or unreadable."""
+    path = rundir.learning_curve_path(run_dir, job)
+    if not path.exists():
+        return []
+    try:
+        return pd.read_csv(path).to_dict("records")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError):
+        return []

@@ -24,23 +24,25 @@ from typing import Any
 
 import torch
 
-from segbench import __version__, results
+from segbench import __version__, results, rundir
 from segbench.atomic import atomic_write_json
 from segbench.config import RunConfig, config_differences, config_to_dict
 from segbench.data.dataset import DatasetSpec, dataset_fingerprint, load_dataset
 from segbench.data.preprocess import PreprocessConfig, prepare_dataset
 from segbench.data.validate import validate_dataset
 from segbench.errors import ConfigError, DatasetError, RunDirectoryError
-from segbench.job import SPLITS_FILE, STOP_REQUESTED, JobSpec
+from segbench.executors.base import Executor, as_executor
+from segbench.executors.inprocess import InProcessExecutor
+from segbench.job import JobSpec, out_channels_for
 from segbench.locking import RunLock
 from segbench.paths import preprocessed_cache
 from segbench.profiling import environment_info
 from segbench.registry import model_info, resolve_models
 from segbench.splits import resolve_splits, save_splits
+from segbench.stop import STOP_REQUESTED
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FILE = results.MANIFEST_FILE
 # Outcomes that a resume keeps: they are what this config produces, rerunning would give the same.
 FINAL_STATUSES = ("done", "diverged", "oom")
 # Config fields that do not change results; a resume may change them freely.
@@ -177,7 +179,7 @@ def _read_json(path: Path) -> Any:
 
 
 def _prepare_run_dir(run_dir: Path, manifest: dict, splits: list, *, resume: bool) -> None:
-    manifest_path = run_dir / MANIFEST_FILE
+    manifest_path = rundir.manifest_path(run_dir)
     if manifest_path.exists() and not resume:
         raise RunDirectoryError(
             f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out for a new run"
@@ -185,8 +187,8 @@ def _prepare_run_dir(run_dir: Path, manifest: dict, splits: list, *, resume: boo
     if resume and manifest_path.exists():
         old = _read_json(manifest_path)
         differences = manifest_differences(old, manifest)
-        if _read_json(run_dir / SPLITS_FILE) != splits:
-            differences.append("splits differ from the stored splits.json")
+        if _read_json(rundir.splits_path(run_dir)) != splits:
+            differences.append(f"splits differ from the stored {rundir.SPLITS_FILE}")
         if differences:
             raise RunDirectoryError(
                 f"cannot resume {run_dir}: the request differs from the stored run ("
@@ -202,7 +204,7 @@ def _prepare_run_dir(run_dir: Path, manifest: dict, splits: list, *, resume: boo
         atomic_write_json(manifest_path, updated)
         return
     # splits first, manifest last: a run directory with a manifest is always complete.
-    save_splits(run_dir / SPLITS_FILE, splits)
+    save_splits(rundir.splits_path(run_dir), splits)
     atomic_write_json(manifest_path, manifest)
 
 
@@ -220,7 +222,7 @@ def run_comparison(
     run_dir: Path,
     resume: bool = False,
     progress: bool = True,
-    executor: Callable[[list[JobSpec]], Any] | None = None,
+    executor: Executor | Callable[[list[JobSpec]], Any] | None = None,
     cache_dir: Path | None = None,
     report: bool = True,
 ) -> RunOutcome:
@@ -231,7 +233,9 @@ def run_comparison(
         run_dir: output folder (created; must be new unless ``resume``).
         resume: continue an interrupted run in ``run_dir``.
         progress: show progress bars (stderr).
-        executor: callable running a list of :class:`JobSpec` (default: in-process, one after the other).
+        executor: an :class:`~segbench.executors.base.Executor` (default: in-process, one job after the other); a
+            plain callable running a list of :class:`JobSpec` is used as an executor whose device the driver
+            resolves.
         cache_dir: preprocessing cache root (default: the user cache).
         report: write ``RUN_DIR/report`` at the end.
 
@@ -239,25 +243,16 @@ def run_comparison(
         SegbenchError subclasses for any preflight problem, before anything is trained.
     """
     run_dir = Path(run_dir)
+    executor = as_executor(executor) if executor is not None else InProcessExecutor()
     STOP_REQUESTED.clear()  # a previous interrupted call in this process must not stop this one
     check_writable(run_dir)
     with RunLock(run_dir):
-        if config.data is None:
-            from segbench.data.synth import default_dataset_path
-
-            dataset_path = default_dataset_path(cache_dir=cache_dir)
-        else:
-            dataset_path = Path(config.data)
-        dataset = preflight_dataset(dataset_path, progress=progress)
-        foreground = tuple(dataset.foreground_labels)
-        if not foreground:
-            raise DatasetError(f"{dataset_path}/dataset.json declares no foreground label")
+        dataset_path, dataset = _checked_dataset(config, cache_dir=cache_dir, progress=progress)
         models = resolve_models(",".join(config.models))
-        from segbench.job import out_channels_for
-
-        check_patch(models, tuple(config.train.patch_size), len(dataset.channels), out_channels_for(foreground))
+        out_channels = out_channels_for(tuple(dataset.foreground_labels))
+        check_patch(models, tuple(config.train.patch_size), len(dataset.channels), out_channels)
         # A remote executor (Slurm) resolves the device where the job runs, not on this (login) node.
-        device = config.device if getattr(executor, "resolves_device", False) else resolve_device(config.device)
+        device = config.device if executor.resolves_device else resolve_device(config.device)
         case_ids = [case.case_id for case in dataset.training]
         splits = resolve_splits(config.splits, case_ids, folds=config.folds, seed=config.seed)
         manifest = build_manifest(config, dataset, models, dataset_path)
@@ -270,66 +265,44 @@ def run_comparison(
             cache_dir=preprocess_dir,
             progress=progress,
         )
-        todo, problems = plan_jobs(run_dir, models, len(splits))
-        skipped = len(models) * len(splits) - len(todo)
-        if skipped:
-            log.info("resume: %d job(s) already finished, %d to run", skipped, len(todo))
+        common = {"device": device, "cache_dir": str(preprocess_dir), "progress": progress}
         specs = [
-            JobSpec(
-                run_dir=str(run_dir),
-                model=model,
-                fold=fold,
-                device=device,
-                cache_dir=str(preprocess_dir),
-                progress=progress,
-            )
-            for model, fold in todo
+            JobSpec(run_dir=str(run_dir), model=m, fold=f, **common) for m, f in _jobs_to_run(run_dir, models, splits)
         ]
         try:
-            (executor or run_in_process)(specs)
+            executor(specs)
         finally:
             scan = results.rebuild_tables(run_dir)
-        report_dir = None
-        if report:
-            report_dir = _write_report(run_dir)
-    return RunOutcome(
-        run_dir=run_dir,
-        expected_jobs=len(models) * len(splits),
-        results=scan.results,
-        problems=scan.problems,
-        report_dir=report_dir,
-    )
+        report_dir = _write_report(run_dir) if report else None
+    expected = len(models) * len(splits)
+    return RunOutcome(run_dir, expected, scan.results, scan.problems, report_dir)
 
 
-def run_in_process(specs: list[JobSpec]) -> None:
-    """The simplest executor: every job in this process, one after the other (CPU or a single GPU)."""
-    from segbench.job import run_job
+def _jobs_to_run(run_dir: Path, models: list[str], splits: list) -> list[tuple[str, int]]:
+    """(model, fold) of the jobs without a final result, logging how many a resume keeps."""
+    todo, _ = plan_jobs(run_dir, models, len(splits))
+    skipped = len(models) * len(splits) - len(todo)
+    if skipped:
+        log.info("resume: %d job(s) already finished, %d to run", skipped, len(todo))
+    return todo
 
-    bar = None
-    if specs and specs[0].progress:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(specs), desc="jobs", unit="job")
-    try:
-        for spec in specs:
-            if STOP_REQUESTED.is_set():
-                raise KeyboardInterrupt
-            if bar is not None:
-                bar.set_postfix_str(f"{spec.model} fold {spec.fold}")
-            try:
-                result = run_job(spec)
-            except OSError as exc:
-                # result.json itself could not be written (e.g. disk full): run_job left a "failed" marker when it
-                # could; either way the job is not reported as done and the next job still runs.
-                log.error("%s fold %d: could not record its result (%s)", spec.model, spec.fold, exc)
-            else:
-                if result.status != "done":
-                    log.warning("%s fold %d ended as %s: %s", spec.model, spec.fold, result.status, result.reason)
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+def _checked_dataset(config: RunConfig, *, cache_dir: Path | None, progress: bool) -> tuple[Path, DatasetSpec]:
+    """The run's dataset (``--data``, or the default synthetic one, generated on first use), preflighted.
+
+    Raises:
+        DatasetError: preflight found problems, or the dataset declares no foreground label.
+    """
+    if config.data is None:
+        from segbench.data.synth import default_dataset_path
+
+        dataset_path = default_dataset_path(cache_dir=cache_dir)
+    else:
+        dataset_path = Path(config.data)
+    dataset = preflight_dataset(dataset_path, progress=progress)
+    if not dataset.foreground_labels:
+        raise DatasetError(f"{dataset_path}/dataset.json declares no foreground label")
+    return dataset_path, dataset
 
 
 def _write_report(run_dir: Path) -> Path | None:

@@ -38,13 +38,14 @@ class LoopState:
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler | None
-    iteration: int
-    elapsed_s: float  # training wall time so far, including time before a resume
+    scaler: torch.amp.GradScaler | None = None  # created by train() when it uses AMP
+    iteration: int = 0
+    elapsed_s: float = 0.0  # training wall time so far, including time before a resume
     loss: float = math.nan
     lr: float = math.nan
     meter: ThroughputMeter = field(default_factory=ThroughputMeter)
     finished: bool = False
+    scaler_state: dict | None = None  # AMP scaler state of a restored checkpoint, loaded when train() makes the scaler
 
 
 Callback = Callable[[LoopState], None]
@@ -119,71 +120,97 @@ def train(
         config: budget, learning rate schedule, loss, AMP.
         device: where to train.
         out_channels: number of logit channels (1 = binary task with BCE).
-        state: a restored state to continue from (iteration, elapsed time, AMP scaler); ``None`` starts afresh.
+        state: a restored state to continue from (iteration, elapsed time, AMP scaler state); ``None`` starts
+            afresh.
         callbacks: called after every step with the state, and once more with ``state.finished = True``.
 
     Raises:
         TrainingDiverged: the loss became NaN or infinite (the offending step is not applied).
         torch.OutOfMemoryError: propagated for the caller to record as an ``oom`` result.
     """
-    use_cuda = device.type == "cuda"
-    amp = config.amp and use_cuda
+    amp = config.amp and device.type == "cuda"
     if state is None:
-        scaler = torch.amp.GradScaler("cuda") if amp else None
-        state = LoopState(model=model, optimizer=optimizer, scaler=scaler, iteration=0, elapsed_s=0.0)
-    if use_cuda and config.channels_last:
+        state = LoopState(model=model, optimizer=optimizer)
+    if amp and state.scaler is None:
+        state.scaler = _make_scaler(state.scaler_state)
+    if device.type == "cuda" and config.channels_last:
         model.to(memory_format=torch.channels_last_3d)
     kind = loss_kind(config, out_channels)
     model.train()
-
-    def progress() -> float:
-        if config.time_budget_s is not None:
-            return state.elapsed_s / config.time_budget_s
-        return state.iteration / config.iterations
-
-    while progress() < 1.0:
-        lr = poly_lr(config, progress())
+    while (progress := _progress(config, state)) < 1.0:
+        lr = poly_lr(config, progress)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        started = time.perf_counter()
-        batch = next(batches)
-        image = batch["image"].to(device, non_blocking=True)
-        label = batch["label"].to(device, non_blocking=True)
-        if use_cuda and config.channels_last:
-            image = image.contiguous(memory_format=torch.channels_last_3d)
-        fetched = time.perf_counter()
-
-        optimizer.zero_grad(set_to_none=True)
-        autocast = torch.autocast("cuda", dtype=torch.float16) if amp else contextlib.nullcontext()
-        with autocast:
-            logits = model(image)
-        loss = segmentation_loss(logits, label, kind=kind)
-        loss_value = float(loss.detach())  # synchronises; also what makes the divergence check exact
-        if not math.isfinite(loss_value):
-            raise TrainingDiverged(state.iteration + 1, loss_value)
-        if state.scaler is not None:
-            state.scaler.scale(loss).backward()
-            state.scaler.unscale_(optimizer)
-            _clip(model, config)
-            state.scaler.step(optimizer)
-            state.scaler.update()
-        else:
-            loss.backward()
-            _clip(model, config)
-            optimizer.step()
-        synchronize(device)
-        finished = time.perf_counter()
-
-        state.iteration += 1
-        state.elapsed_s += finished - started
-        state.loss, state.lr = loss_value, lr
-        state.meter.record(data_wait_s=fetched - started, step_s=finished - fetched, voxels=image[:, :1].numel())
+        _step(state, batches, config=config, device=device, kind=kind)
+        state.lr = lr
         for callback in callbacks:
             callback(state)
     state.finished = True
     for callback in callbacks:
         callback(state)
     return state
+
+
+def _progress(config: TrainConfig, state: LoopState) -> float:
+    """Share of the budget (iterations or seconds) spent so far."""
+    if config.time_budget_s is not None:
+        return state.elapsed_s / config.time_budget_s
+    return state.iteration / config.iterations
+
+
+def _step(state: LoopState, batches: Iterator[dict], *, config: TrainConfig, device: torch.device, kind: str) -> None:
+    """Fetch one batch and take one optimiser step; advance ``state`` (iteration, elapsed time, loss, meter).
+
+    Raises:
+        TrainingDiverged: the loss is NaN or infinite (the step is not applied).
+    """
+    channels_last = device.type == "cuda" and config.channels_last
+    started = time.perf_counter()
+    batch = next(batches)
+    image = batch["image"].to(device, non_blocking=True)
+    label = batch["label"].to(device, non_blocking=True)
+    if channels_last:
+        image = image.contiguous(memory_format=torch.channels_last_3d)
+    fetched = time.perf_counter()
+
+    state.optimizer.zero_grad(set_to_none=True)
+    autocast = torch.autocast("cuda", dtype=torch.float16) if state.scaler is not None else contextlib.nullcontext()
+    with autocast:
+        logits = state.model(image)
+    loss = segmentation_loss(logits, label, kind=kind)
+    loss_value = float(loss.detach())  # synchronises; also what makes the divergence check exact
+    if not math.isfinite(loss_value):
+        raise TrainingDiverged(state.iteration + 1, loss_value)
+    _backward_and_step(state, loss, config)
+    synchronize(device)
+    finished = time.perf_counter()
+
+    state.iteration += 1
+    state.elapsed_s += finished - started
+    state.loss = loss_value
+    state.meter.record(data_wait_s=fetched - started, step_s=finished - fetched, voxels=image[:, :1].numel())
+
+
+def _backward_and_step(state: LoopState, loss: torch.Tensor, config: TrainConfig) -> None:
+    """Backward pass, gradient clipping and optimiser step (through the AMP scaler when there is one)."""
+    if state.scaler is not None:
+        state.scaler.scale(loss).backward()
+        state.scaler.unscale_(state.optimizer)
+        _clip(state.model, config)
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+    else:
+        loss.backward()
+        _clip(state.model, config)
+        state.optimizer.step()
+
+
+def _make_scaler(saved: dict | None) -> torch.amp.GradScaler:
+    # The one place an AMP gradient scaler is made: float16 autocast on CUDA needs loss scaling.
+    scaler = torch.amp.GradScaler("cuda")
+    if saved:
+        scaler.load_state_dict(saved)
+    return scaler
 
 
 def _clip(model: nn.Module, config: TrainConfig) -> None:

@@ -18,12 +18,10 @@ import pandas as pd
 import psutil
 import pytest
 
-from segbench import results
+from segbench import results, rundir
 from segbench.config import RunConfig, TrainConfig
 from segbench.errors import ConfigError
 from segbench.executors import (
-    RECORD_FILE,
-    WORKER_LOG,
     GpuSlots,
     LocalExecutor,
     LocalOptions,
@@ -38,8 +36,11 @@ from segbench.executors import (
     worker_command,
     worker_env,
 )
-from segbench.job import JOB_LOCK_FILE, JobSpec, run_job
+from segbench.job import JobSpec, run_job
 from segbench.locking import RunLock
+from segbench.rundir import JOB_LOCK_FILE, JobKey
+from segbench.rundir import SUBMITIT_RECORD_FILE as RECORD_FILE
+from segbench.rundir import WORKER_LOG_FILE as WORKER_LOG
 from segbench.runner import run_comparison
 
 # Timing columns differ between any two runs; everything else must be identical.
@@ -132,7 +133,7 @@ def test_one_job_per_fake_gpu_in_real_worker_processes_gives_the_in_process_tabl
     assert outcome.all_done, [r.reason for r in outcome.results]
     seen = []
     for fold in (0, 1):
-        text = (results.job_dir(run_dir, "fcn", fold) / WORKER_LOG).read_text()
+        text = (rundir.job_dir(run_dir, JobKey("fcn", fold)) / WORKER_LOG).read_text()
         seen += re.findall(r"CUDA_VISIBLE_DEVICES=(\S+),", text)
     assert sorted(seen) == ["5", "7"]  # each child saw exactly one, distinct, device
     metrics, jobs = tables(run_dir)
@@ -145,13 +146,13 @@ def test_a_worker_that_dies_without_a_result_is_recorded_and_the_others_finish(t
     run_dir = prepared_run(tiny_task, tmp_path / "run")
     doomed, healthy = spec(run_dir, "fcn", 0), spec(run_dir, "fcn", 1)
     # A worker killed by the kernel (OOM killer, `kill -9`) cannot write anything: the driver must.
-    killer = threading.Thread(target=_kill_worker_of, args=(results.job_dir(run_dir, "fcn", 0),), daemon=True)
+    killer = threading.Thread(target=_kill_worker_of, args=(rundir.job_dir(run_dir, JobKey("fcn", 0)),), daemon=True)
     killer.start()
     LocalExecutor(LocalOptions(gpus=("0", "1"), poll_s=0.1))([doomed, healthy])
     killer.join()
-    dead = results.read_job_result(results.job_dir(run_dir, "fcn", 0) / results.RESULT_FILE)
+    dead = results.read_job_result(rundir.job_dir(run_dir, JobKey("fcn", 0)) / rundir.RESULT_FILE)
     assert dead.status == "killed" and "SIGKILL" in dead.reason and "--resume" in dead.reason
-    alive = results.read_job_result(results.job_dir(run_dir, "fcn", 1) / results.RESULT_FILE)
+    alive = results.read_job_result(rundir.job_dir(run_dir, JobKey("fcn", 1)) / rundir.RESULT_FILE)
     assert alive.status == "done"
 
 
@@ -179,7 +180,7 @@ def test_debug_executor_runs_the_grid_through_submitit_with_the_same_tables(
     assert outcome.all_done, [r.reason for r in outcome.results]
     for a, b in zip(tables(run_dir), tables(reference), strict=True):
         pd.testing.assert_frame_equal(a, b)
-    record = read_record(results.job_dir(run_dir, "unet", 1))
+    record = read_record(rundir.job_dir(run_dir, JobKey("unet", 1)))
     assert record["backend"] == "debug" and record["folder"] == str((run_dir / "slurm").absolute())
     assert list((run_dir / "slurm").glob("*_log.out"))  # job logs under RUN_DIR/slurm
 
@@ -189,20 +190,20 @@ def test_preempted_job_checkpoints_requeues_and_continues_where_it_stopped(tiny_
     run_dir = prepared_run(tiny_task, tmp_path / "run", time_budget_s=4.0, checkpoint_every=2, log_every=2)
     executor = SubmititExecutor("local")
     [tracked] = executor.submit([spec(run_dir, "fcn", 0)])
-    folder = results.job_dir(run_dir, "fcn", 0)
+    folder = rundir.job_dir(run_dir, JobKey("fcn", 0))
     wait_until(lambda: (folder / "checkpoint_latest.pt").exists(), what="a first checkpoint")
     # What Slurm does before preempting a job or at its time limit: SIGUSR2 to the job's process.
     [task] = psutil.Process(int(tracked.job.job_id)).children()
     task.send_signal(signal.SIGUSR2)
     executor.wait([tracked])
 
-    result = results.read_job_result(folder / results.RESULT_FILE)
+    result = results.read_job_result(folder / rundir.RESULT_FILE)
     assert result.status == "done", result.reason
     log_text = Path(tracked.job.paths.stderr).read_text() + Path(tracked.job.paths.stdout).read_text()
     assert "attempt 2" in log_text  # requeued: the checkpoint() submission ran
     resumed = re.search(r"resuming at iteration (\d+)", log_text)
     assert resumed and int(resumed.group(1)) >= 2  # continued from its checkpoint, not from scratch
-    curve = pd.read_csv(folder / results.LEARNING_CURVE_FILE)
+    curve = pd.read_csv(folder / rundir.LEARNING_CURVE_FILE)
     assert curve["iteration"].is_monotonic_increasing and curve["iteration"].is_unique
 
 
@@ -211,14 +212,14 @@ def test_resumed_driver_waits_for_running_jobs_and_resubmits_only_lost_ones(tiny
     run_dir = prepared_run(tiny_task, tmp_path / "run")
     # fcn fold 0 finished before the driver died.
     assert run_job(spec(run_dir, "fcn", 0)).status == "done"
-    done_mtime = (results.job_dir(run_dir, "fcn", 0) / results.RESULT_FILE).stat().st_mtime_ns
+    done_mtime = (rundir.job_dir(run_dir, JobKey("fcn", 0)) / rundir.RESULT_FILE).stat().st_mtime_ns
     # fcn fold 1 is still running: a real submitit job whose driver died right after submitting it.
     [running] = SubmititExecutor("local").submit([spec(run_dir, "fcn", 1)])
     # unet fold 0 was submitted too, but its job is gone (its recorded process no longer exists).
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = {"backend": "local", "job_id": gone.stdout.strip(), "folder": str(run_dir / "slurm"), "submitted_at": ""}
-    results.job_dir(run_dir, "unet", 0).mkdir(parents=True)
-    (results.job_dir(run_dir, "unet", 0) / RECORD_FILE).write_text(json.dumps(stale))
+    rundir.job_dir(run_dir, JobKey("unet", 0)).mkdir(parents=True)
+    (rundir.job_dir(run_dir, JobKey("unet", 0)) / RECORD_FILE).write_text(json.dumps(stale))
     # unet fold 1 was never submitted.
     assert job_state(spec(run_dir, "fcn", 1)) == "running"
     assert job_state(spec(run_dir, "unet", 0)) == job_state(spec(run_dir, "unet", 1)) == "lost"
@@ -227,9 +228,9 @@ def test_resumed_driver_waits_for_running_jobs_and_resubmits_only_lost_ones(tiny
         config, run_dir=run_dir, resume=True, progress=False, report=False, executor=SubmititExecutor("debug")
     )
     assert outcome.all_done, [r.reason for r in outcome.results]
-    records = {(m, f): read_record(results.job_dir(run_dir, m, f)) for m in ("fcn", "unet") for f in (0, 1)}
+    records = {(m, f): read_record(rundir.job_dir(run_dir, JobKey(m, f))) for m in ("fcn", "unet") for f in (0, 1)}
     assert records[("fcn", 0)] is None  # finished: not touched ...
-    assert (results.job_dir(run_dir, "fcn", 0) / results.RESULT_FILE).stat().st_mtime_ns == done_mtime
+    assert (rundir.job_dir(run_dir, JobKey("fcn", 0)) / rundir.RESULT_FILE).stat().st_mtime_ns == done_mtime
     assert records[("fcn", 1)]["job_id"] == running.job.job_id  # running: waited for, never a second writer
     assert records[("unet", 0)]["backend"] == records[("unet", 1)]["backend"] == "debug"  # lost: resubmitted
     assert not running.is_active()
@@ -238,7 +239,7 @@ def test_resumed_driver_waits_for_running_jobs_and_resubmits_only_lost_ones(tiny
 def test_a_job_whose_lock_is_held_counts_as_running_and_is_waited_for(tiny_task: Path, tmp_path: Path):
     run_dir = prepared_run(tiny_task, tmp_path / "run")
     job = spec(run_dir, "fcn", 0)
-    folder = results.job_dir(run_dir, "fcn", 0)
+    folder = rundir.job_dir(run_dir, JobKey("fcn", 0))
     folder.mkdir(parents=True)
     assert not job_lock_held(folder) and job_state(job) == "lost"
     lock = RunLock(folder, name=JOB_LOCK_FILE, what="another segbench process").acquire()

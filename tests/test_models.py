@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from segbench.errors import ModelError
-from segbench.registry import build_model, count_flops, list_models, model_info
+from segbench.profiling import count_flops
+from segbench.registry import build_model, list_models, model_info
 
 torch.set_num_threads(1)
 

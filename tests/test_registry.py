@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from segbench import registry
+from segbench import profiling, registry
 from segbench.errors import ModelError
 from segbench.models import monai_adapters
 from segbench.registry import (
@@ -127,7 +127,7 @@ def test_model_info_is_cached_and_matches_a_real_count():
     assert model_info("unet_w10_d2") is info
     model = build_model("unet_w10_d2", in_channels=1, out_channels=1)
     assert info.params == sum(p.numel() for p in model.parameters())
-    flops = registry.count_flops(model, (1, 1, 8, 12, 16), train_step=False)
+    flops = profiling.count_flops(model, (1, 1, 8, 12, 16), train_step=False)
     assert info.mflop_per_voxel_forward == pytest.approx(flops / (8 * 12 * 16) / 1e6)
     assert info.mflop_per_voxel_train > 2 * info.mflop_per_voxel_forward
 
@@ -169,7 +169,7 @@ def test_listing_does_not_import_monai_and_monai_is_optional():
     script = textwrap.dedent(
         """
         import sys
-        from segbench import registry
+        from segbench import profiling, registry
         registry.list_models()
         assert "monai" not in sys.modules, "listing imported monai"
         sys.modules["monai"] = None

@@ -23,11 +23,14 @@ import pytest
 import torch
 
 from segbench import job as job_module
-from segbench import results
-from segbench.checkpoints import LATEST, PREVIOUS, load_latest_checkpoint, save_checkpoint
+from segbench import results, rundir
+from segbench.checkpoints import load_latest_checkpoint, save_checkpoint
 from segbench.config import RunConfig, TrainConfig
 from segbench.errors import RunDirectoryError
 from segbench.locking import RunLock
+from segbench.rundir import CHECKPOINT_LATEST as LATEST
+from segbench.rundir import CHECKPOINT_PREVIOUS as PREVIOUS
+from segbench.rundir import JobKey
 from segbench.runner import run_comparison
 
 TRAIN = TrainConfig(iterations=6, patch_size=(16, 16, 16), num_workers=0, checkpoint_every=2, log_every=1)
@@ -85,11 +88,11 @@ def test_sigkill_after_some_jobs_then_resume_keeps_finished_files_byte_identical
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     finished = {r.model + str(r.fold) for r in results.scan_results(run_dir).results}
     assert finished == {"fcn0", "fcn1"}
-    before = {name: file_digests(results.job_dir(run_dir, "fcn", fold)) for name, fold in (("f0", 0), ("f1", 1))}
+    before = {name: file_digests(rundir.job_dir(run_dir, JobKey("fcn", fold))) for name, fold in (("f0", 0), ("f1", 1))}
 
     outcome = run(tiny_config(tiny_task), run_dir, resume=True)
     assert outcome.all_done
-    after = {name: file_digests(results.job_dir(run_dir, "fcn", fold)) for name, fold in (("f0", 0), ("f1", 1))}
+    after = {name: file_digests(rundir.job_dir(run_dir, JobKey("fcn", fold))) for name, fold in (("f0", 0), ("f1", 1))}
     assert after == before
     metrics = pd.read_csv(run_dir / "metrics.csv")
     assert not metrics.duplicated(["model", "fold", "case_id", "label"]).any()
@@ -104,7 +107,7 @@ def test_sigkill_in_the_middle_of_a_checkpoint_write_falls_back_to_the_previous_
         data=str(tiny_task), models=("fcn",), run_dir=str(run_dir),
         before="""if calls["n"] == 2:
         import os as _os, signal as _signal
-        from segbench.checkpoints import LATEST, PREVIOUS
+        from segbench.rundir import CHECKPOINT_LATEST as LATEST, CHECKPOINT_PREVIOUS as PREVIOUS
         _os.replace(os.path.join(folder, LATEST), os.path.join(folder, PREVIOUS))
         open(os.path.join(folder, "." + LATEST + ".partial.tmp"), "wb").write(b"PK\\x03\\x04 half a zip")
         _os.kill(_os.getpid(), _signal.SIGKILL)""",
@@ -112,13 +115,13 @@ def test_sigkill_in_the_middle_of_a_checkpoint_write_falls_back_to_the_previous_
     )  # fmt: skip
     proc = run_script(body, env_cache=Path(os.environ["SEGBENCH_CACHE"]))
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    folder = results.job_dir(run_dir, "fcn", 0)
+    folder = rundir.job_dir(run_dir, JobKey("fcn", 0))
     assert not (folder / LATEST).exists() and (folder / PREVIOUS).exists()
     assert load_latest_checkpoint(folder)["iteration"] == 2
 
     outcome = run(tiny_config(tiny_task, models=("fcn",)), run_dir, resume=True)
     assert outcome.all_done
-    curve = pd.read_csv(folder / results.LEARNING_CURVE_FILE)
+    curve = pd.read_csv(folder / rundir.LEARNING_CURVE_FILE)
     assert curve["iteration"].tolist() == [1, 2, 3, 4, 5, 6]  # continued from 2, no restart, no duplicates
 
 
@@ -134,15 +137,15 @@ def test_sigkill_mid_training_resumes_to_the_same_result_as_an_uninterrupted_run
     )  # fmt: skip
     proc = run_script(body, env_cache=Path(os.environ["SEGBENCH_CACHE"]))
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    folder = results.job_dir(run_dir, "unet", 0)
+    folder = rundir.job_dir(run_dir, JobKey("unet", 0))
     assert load_latest_checkpoint(folder)["iteration"] == 4
-    assert not (folder / results.RESULT_FILE).exists()
+    assert not (folder / rundir.RESULT_FILE).exists()
 
     resumed = run(tiny_config(tiny_task, models=("unet",), folds=2), run_dir, resume=True)
     assert resumed.all_done
-    curve = pd.read_csv(folder / results.LEARNING_CURVE_FILE)
+    curve = pd.read_csv(folder / rundir.LEARNING_CURVE_FILE)
     assert curve["iteration"].tolist() == list(range(1, 7))
-    expected_curve = pd.read_csv(results.job_dir(tmp_path / "reference", "unet", 0) / results.LEARNING_CURVE_FILE)
+    expected_curve = pd.read_csv(rundir.job_dir(tmp_path / "reference", JobKey("unet", 0)) / rundir.LEARNING_CURVE_FILE)
     pd.testing.assert_series_equal(curve["loss"], expected_curve["loss"], rtol=1e-4)
     got = pd.read_csv(run_dir / "metrics.csv").sort_values(["fold", "case_id"]).reset_index(drop=True)
     want = pd.read_csv(tmp_path / "reference" / "metrics.csv").sort_values(["fold", "case_id"]).reset_index(drop=True)
@@ -231,7 +234,7 @@ def test_cuda_oom_raising_model_and_disk_full_get_their_statuses(tiny_task, tmp_
     real_write = results.atomic_write_json
 
     def disk_full_for_fcn_fold_1(path, obj):
-        if Path(path).name == results.RESULT_FILE and Path(path).parent.name == "fold_1" and obj["model"] == "fcn":
+        if Path(path).name == rundir.RESULT_FILE and Path(path).parent.name == "fold_1" and obj["model"] == "fcn":
             if obj["status"] == "done":
                 raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(path, obj)
@@ -255,7 +258,7 @@ def test_sigterm_marks_the_running_job_killed_and_resume_finishes_it(tiny_task, 
     )  # fmt: skip
     proc = run_script(body, env_cache=Path(os.environ["SEGBENCH_CACHE"]))
     assert proc.returncode != 0
-    result = results.read_job_result(results.job_dir(run_dir, "fcn", 0) / results.RESULT_FILE)
+    result = results.read_job_result(rundir.job_dir(run_dir, JobKey("fcn", 0)) / rundir.RESULT_FILE)
     assert result.status == "killed"
     outcome = run(tiny_config(tiny_task, models=("fcn",)), run_dir, resume=True)
     assert outcome.all_done
@@ -284,7 +287,7 @@ def test_truncated_result_json_is_reported_and_the_job_redone_on_resume(tiny_tas
     run_dir = tmp_path / "run"
     config = tiny_config(tiny_task, models=("fcn",))
     run(config, run_dir)
-    path = results.job_dir(run_dir, "fcn", 1) / results.RESULT_FILE
+    path = rundir.job_dir(run_dir, JobKey("fcn", 1)) / rundir.RESULT_FILE
     path.write_text(path.read_text()[:50])
     (run_dir / "jobs" / "fcn" / "stray.txt").write_text("not a job")
     with caplog.at_level(logging.WARNING):
@@ -335,7 +338,7 @@ def test_sigterm_to_the_whole_process_group_records_killed_and_stops(tiny_task, 
                "--folds", "2", "--iterations", "400", "--patch", "16", "16", "16", "--num-workers", "1",
                "--out", str(run_dir), "--quiet", "--no-report"]  # fmt: skip
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    log = results.job_dir(run_dir, "fcn", 0) / results.LEARNING_CURVE_FILE
+    log = rundir.job_dir(run_dir, JobKey("fcn", 0)) / rundir.LEARNING_CURVE_FILE
     deadline = time.time() + 120
     while not log.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -344,9 +347,9 @@ def test_sigterm_to_the_whole_process_group_records_killed_and_stops(tiny_task, 
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert "--resume" in stderr
-    result = results.read_job_result(results.job_dir(run_dir, "fcn", 0) / results.RESULT_FILE)
+    result = results.read_job_result(rundir.job_dir(run_dir, JobKey("fcn", 0)) / rundir.RESULT_FILE)
     assert result.status == "killed"
-    assert not results.job_dir(run_dir, "fcn", 1).exists()  # no further job was started
+    assert not rundir.job_dir(run_dir, JobKey("fcn", 1)).exists()  # no further job was started
 
 
 def test_resume_needs_only_the_run_directory_and_may_change_operational_flags(tiny_task, tmp_path):
@@ -356,7 +359,7 @@ def test_resume_needs_only_the_run_directory_and_may_change_operational_flags(ti
                             "--out", str(run_dir), "--quiet", "--no-report"],
                            capture_output=True, text=True, timeout=300)  # fmt: skip
     assert first.returncode == 0, first.stderr
-    (results.job_dir(run_dir, "fcn", 1) / results.RESULT_FILE).unlink()
+    (rundir.job_dir(run_dir, JobKey("fcn", 1)) / rundir.RESULT_FILE).unlink()
     resumed = subprocess.run([sys.executable, "-m", "segbench", "run", "--resume", "--out", str(run_dir),
                               "--job-timeout", "600", "--quiet", "--no-report"],
                              capture_output=True, text=True, timeout=300)  # fmt: skip

@@ -13,8 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from segbench import registry, results
+from segbench import registry, results, rundir
 from segbench.config import RunConfig, TrainConfig
+from segbench.rundir import JobKey
 from segbench.runner import run_comparison
 
 TINY_TRAIN = ["--iterations", "3", "--patch", "16", "16", "16", "--batch-size", "2", "--num-workers", "0"]
@@ -111,7 +112,7 @@ def test_nan_loss_gives_a_diverged_row_and_the_other_jobs_finish(tiny_task: Path
     # The last good checkpoint (iteration 2) is kept.
     from segbench.checkpoints import load_latest_checkpoint
 
-    checkpoint = load_latest_checkpoint(results.job_dir(tmp_path / "run", nan_model, 0))
+    checkpoint = load_latest_checkpoint(rundir.job_dir(tmp_path / "run", JobKey(nan_model, 0)))
     assert checkpoint["iteration"] == 2
 
 

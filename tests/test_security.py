@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from segbench.checkpoints import LATEST, UnsafeCheckpointError, load_checkpoint_file, load_latest_checkpoint
+from segbench.checkpoints import UnsafeCheckpointError, load_checkpoint_file, load_latest_checkpoint
+from segbench.rundir import CHECKPOINT_LATEST as LATEST
 
 
 class _CreatesAFile:
@@ -52,16 +53,17 @@ def test_resume_refuses_a_malicious_checkpoint_in_a_job_folder(tmp_path):
 
 
 def test_a_run_with_a_planted_checkpoint_marks_the_job_failed_without_running_it(tiny_task, tmp_path):
-    from segbench import results
+    from segbench import rundir
     from segbench.config import RunConfig, TrainConfig
+    from segbench.rundir import JobKey
     from segbench.runner import run_comparison
 
     config = RunConfig(data=str(tiny_task), models=("fcn",), folds=2,
                        train=TrainConfig(iterations=2, patch_size=(16, 16, 16), num_workers=0))  # fmt: skip
     run_dir = tmp_path / "run"
     run_comparison(config, run_dir=run_dir, progress=False, report=False)
-    folder = results.job_dir(run_dir, "fcn", 1)
-    (folder / results.RESULT_FILE).unlink()
+    folder = rundir.job_dir(run_dir, JobKey("fcn", 1))
+    (folder / rundir.RESULT_FILE).unlink()
     target = tmp_path / "pwned"
     write_malicious_checkpoint(folder / LATEST, target)
     outcome = run_comparison(config, run_dir=run_dir, resume=True, progress=False, report=False)

@@ -3,46 +3,13 @@
 Each sub-command lives in its own module (``data``, ``models``, ``evaluate``, ``run``, ``report``) and
 imports heavy libraries inside the command body, so ``segbench --help`` stays fast. Library code raises
 :class:`segbench.errors.SegbenchError` with a one-sentence message; :class:`SegbenchGroup` prints it
-without a traceback and exits with status 1.
+without a traceback and exits with status 1. The group itself is in :mod:`segbench.cli.group`, which the
+sub-command modules import (so this package and its modules do not import each other).
 """
 
 from __future__ import annotations
 
-import logging
-import sys
+from segbench.cli import data, evaluate, models, report, run  # noqa: F401 - importing registers the sub-commands
+from segbench.cli.group import SegbenchGroup, main
 
-import click
-
-from segbench import __version__
-from segbench.errors import SegbenchError
-
-
-class SegbenchGroup(click.Group):
-    """A click group that turns :class:`SegbenchError` into ``error: <sentence>`` and exit status 1."""
-
-    def invoke(self, ctx: click.Context):  # noqa: D401 - click API
-        try:
-            return super().invoke(ctx)
-        except SegbenchError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("interrupted: finished results are kept; continue with --resume", err=True)
-            sys.exit(130)
-
-
-@click.group(cls=SegbenchGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="segbench")
-@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
-def main(verbose: int) -> None:
-    """Compare 3D medical image segmentation architectures fairly: same folds, same recipe, real statistics."""
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-
-
-def _register_commands() -> None:
-    # Imported here (not at the top) so that each sub-command module can import `main` without a cycle.
-    from segbench.cli import data, evaluate, models, report, run  # noqa: F401
-
-
-_register_commands()
+__all__ = ["SegbenchGroup", "main"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from segbench.cli import main
+from segbench.cli.group import main
 
 
 @main.group()

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from segbench.cli import main
+from segbench.cli.group import main
 from segbench.errors import ConfigError
+from segbench.rundir import METRICS_FILE
 
 
 def _parse_labels(text: str | None) -> tuple[int, ...] | None:
@@ -29,7 +30,7 @@ def _parse_labels(text: str | None) -> tuple[int, ...] | None:
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Per-case CSV to write (one row per case and label). Default: PRED_DIR/metrics.csv.",
+    help=f"Per-case CSV to write (one row per case and label). Default: PRED_DIR/{METRICS_FILE}.",
 )
 @click.option("--tolerance-mm", type=float, default=2.0, show_default=True, help="NSD (surface Dice) tolerance in mm.")
 @click.option("--labels", "labels_text", default=None, help="Labels to score, e.g. 1,2. Default: every label found.")
@@ -55,7 +56,7 @@ def evaluate(
     if not tolerance_mm >= 0:
         raise ConfigError(f"--tolerance-mm {tolerance_mm} must be a non-negative number of millimetres")
     labels = _parse_labels(labels_text)
-    out = out if out is not None else pred_dir / "metrics.csv"
+    out = out if out is not None else pred_dir / METRICS_FILE  # named like a run's per-case table
     if not out.parent.is_dir():
         raise ConfigError(f"--out {out}: folder {out.parent} does not exist; create it or choose another path")
 

@@ -6,7 +6,7 @@ import math
 
 import click
 
-from segbench.cli import main
+from segbench.cli.group import main
 
 COLUMNS = ("name", "family", "source", "params", "MFLOP/vox fwd", "MFLOP/vox train", "divisor")
 

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import click
 
-from segbench.cli import main
+from segbench.cli.group import main
 
 
 def _interrupt_on_sigterm() -> None:
     # Slurm and `kill` send SIGTERM: treat it like Ctrl-C so the running job records `killed` and finished
     # results stay as they are.
     def handler(signum, frame):  # noqa: ARG001
-        from segbench.job import STOP_REQUESTED
+        from segbench.stop import STOP_REQUESTED
 
         STOP_REQUESTED.set()
         raise KeyboardInterrupt
@@ -155,10 +155,10 @@ def _config_from_options(options: dict, ctx: click.Context):
 
     from click.core import ParameterSource
 
-    from segbench import results
+    from segbench import results, rundir
     from segbench.config import RunConfig, config_from_dict
 
-    manifest = options["out"] / results.MANIFEST_FILE if options["out"] else None
+    manifest = rundir.manifest_path(options["out"]) if options["out"] else None
     if options["resume"] and manifest is not None and manifest.exists():
         base = config_from_dict(results.load_manifest(options["out"])["config"])
         given = {name for name in _CONFIG_FLAGS if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
@@ -210,7 +210,7 @@ def _build_executor(options: dict):
 def _print_summary(outcome) -> None:
     import pandas as pd
 
-    from segbench import results
+    from segbench import results, rundir
     from segbench.report import tables
 
     metrics = results.load_metrics(outcome.run_dir)
@@ -228,6 +228,6 @@ def _print_summary(outcome) -> None:
         click.echo(f"job {row['model']} fold {row['fold']}: {row['status']} — {row['reason']}", err=True)
     for problem in outcome.problems:
         click.echo(f"warning: {problem}", err=True)
-    click.echo(f"\nTables: {outcome.run_dir / 'metrics.csv'}, {outcome.run_dir / 'jobs.csv'}")
+    click.echo(f"\nTables: {rundir.metrics_path(outcome.run_dir)}, {rundir.jobs_table_path(outcome.run_dir)}")
     if outcome.report_dir is not None:
         click.echo(f"Report: {outcome.report_dir}")

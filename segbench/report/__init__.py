@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from segbench import rundir
 from segbench.atomic import atomic_write_bytes, atomic_write_text
 from segbench.errors import ConfigError, RunDirectoryError
 from segbench.metrics import PRIMARY_METRIC, Metric, metric_catalogue
@@ -48,6 +49,7 @@ from segbench.results import (
     metrics_table,
     scan_results,
 )
+from segbench.rundir import JOBS_FILE, MANIFEST_FILE, METRICS_FILE, RESULT_FILE, SPLITS_FILE
 
 __all__ = ["metric_definitions", "write_report"]
 
@@ -90,37 +92,37 @@ class _Inputs:
 
 
 def _read_inputs(run_dir: Path) -> _Inputs:
-    if not (run_dir / "manifest.json").is_file():
+    if not rundir.manifest_path(run_dir).is_file():
         raise RunDirectoryError(
-            f"{run_dir / 'manifest.json'} not found; pass the RUN_DIR folder written by `segbench run`"
+            f"{rundir.manifest_path(run_dir)} not found; pass the RUN_DIR folder written by `segbench run`"
         )
     try:
         manifest = load_manifest(run_dir)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RunDirectoryError(
-            f"{run_dir / 'manifest.json'} is not valid JSON ({exc}); rerun `segbench run` to rewrite it"
+            f"{rundir.manifest_path(run_dir)} is not valid JSON ({exc}); rerun `segbench run` to rewrite it"
         ) from None
     notes: list[str] = []
     splits = None
     try:
-        splits = json.loads((run_dir / "splits.json").read_text(encoding="utf-8"))
+        splits = json.loads(rundir.splits_path(run_dir).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        notes.append("splits.json is missing: the expected fold count comes from the manifest config.")
+        notes.append(f"{SPLITS_FILE} is missing: the expected fold count comes from the manifest config.")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        notes.append(f"splits.json is unreadable ({exc}): the expected fold count comes from the manifest config.")
+        notes.append(f"{SPLITS_FILE} is unreadable ({exc}): the expected fold count comes from the manifest config.")
     scan = None
-    if (run_dir / "metrics.csv").is_file():
+    if rundir.metrics_path(run_dir).is_file():
         metrics = load_metrics(run_dir)
     else:
         scan = scan_results(run_dir)
         metrics = metrics_table(scan.results)
-        notes.append("metrics.csv is missing: per-case metrics were read from the jobs' result.json files.")
-    if (run_dir / "jobs.csv").is_file():
+        notes.append(f"{METRICS_FILE} is missing: per-case metrics were read from the jobs' {RESULT_FILE} files.")
+    if rundir.jobs_table_path(run_dir).is_file():
         jobs = load_jobs(run_dir)
     else:
         scan = scan or scan_results(run_dir)
         jobs = jobs_table(scan.results)
-        notes.append("jobs.csv is missing: job statuses were read from the jobs' result.json files.")
+        notes.append(f"{JOBS_FILE} is missing: job statuses were read from the jobs' {RESULT_FILE} files.")
     if scan is not None:
         notes += scan.problems
     if not jobs.empty:
@@ -211,8 +213,8 @@ def _median_case(per_case: pd.DataFrame, model: str) -> tuple[str, int, float] |
 
 
 def _prediction_path(run_dir: Path, model: str, fold: int, case_id: str) -> Path:
-    folder = (run_dir / "jobs" / model / f"fold_{fold}" / "predictions").resolve()
-    path = (folder / f"{case_id}.nii.gz").resolve()
+    folder = rundir.predictions_dir(run_dir, rundir.JobKey(model, fold)).resolve()
+    path = (folder / f"{case_id}{rundir.PREDICTION_SUFFIX}").resolve()
     if folder not in path.parents:
         raise ValueError(f"case id {case_id!r} does not name a file inside {folder}")
     return path
@@ -288,7 +290,7 @@ def _provenance(inputs: _Inputs) -> list[Any]:
             tables.Table(("key", "value"), tuple((str(k), _plain(v)) for k, v in sorted(environment.items()))),
             "Environment",
         ),
-        Paragraph("Configuration (manifest.json `config`):"),
+        Paragraph(f"Configuration ({MANIFEST_FILE} `config`):"),
         Code(json.dumps(manifest.get("config", {}), indent=2, sort_keys=True, ensure_ascii=False, default=str)),
     ]
     if isinstance(inputs.splits, list):
@@ -298,7 +300,7 @@ def _provenance(inputs: _Inputs) -> list[Any]:
             train = split.get("train") or [] if isinstance(split, dict) else []
             rows.append((str(fold), str(len(train)), str(len(val)), ", ".join(val)))
         blocks.append(TableBlock(tables.Table(("fold", "train cases", "val cases", "val case ids"), tuple(rows)),
-                                 "Splits (splits.json)"))  # fmt: skip
+                                 f"Splits ({SPLITS_FILE})"))  # fmt: skip
     blocks.append(Paragraph("Metric definitions:"))
     blocks.append(Bullets(metric_definitions()))
     return blocks
@@ -488,7 +490,7 @@ def write_report(
         OSError: a report file could not be written (nothing half-written is left).
     """
     run_dir = Path(run_dir)
-    out = Path(out_dir) if out_dir is not None else run_dir / "report"
+    out = Path(out_dir) if out_dir is not None else rundir.report_dir(run_dir)
     speed = _read_benchmarks(Path(benchmark_json)) if benchmark_json is not None else None
     inputs = _read_inputs(run_dir)
     ctx = _context(run_dir, inputs, seed)

@@ -27,6 +27,7 @@ import pandas as pd
 
 from segbench.metrics import PRIMARY_METRIC, Metric, get_metric, metric_catalogue, penalise, summarise
 from segbench.report.stats import bootstrap_ci
+from segbench.rundir import RESULT_FILE
 
 MISSING = "missing"
 
@@ -106,7 +107,7 @@ def job_grid(jobs: pd.DataFrame, *, models: list[str], n_folds: int) -> pd.DataF
     rows = []
     for model in all_models:
         for fold in folds:
-            status, reason = seen.get((model, fold), (MISSING, "no result.json: the job never finished"))
+            status, reason = seen.get((model, fold), (MISSING, f"no {RESULT_FILE}: the job never finished"))
             rows.append({"model": model, "fold": fold, "status": status, "reason": reason})
     return pd.DataFrame(rows, columns=["model", "fold", "status", "reason"])
 

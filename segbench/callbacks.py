@@ -1,0 +1,133 @@
+"""The training-loop callbacks of a job: learning curve, checkpoints, time limit, progress bar, peak memory.
+
+Each is a small callable ``callback(state: LoopState) -> None`` handed to :func:`segbench.training.train`, which
+calls it after every step and once more with ``state.finished = True``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+from segbench import results
+from segbench.rundir import JobRef
+from segbench.training import LoopState
+
+
+class JobTimeout(RuntimeError):
+    """The job exceeded its wall-clock limit (``config.job_timeout_s``)."""
+
+
+class Deadline:
+    """Raises :class:`JobTimeout` once ``limit_s`` seconds have passed since ``started`` (``time.perf_counter``).
+
+    ``limit_s=None`` never expires. Call :meth:`check` between steps of other phases (e.g. per predicted case).
+    """
+
+    def __init__(self, limit_s: float | None, *, started: float) -> None:
+        self.limit_s = limit_s
+        self.started = started
+
+    def check(self, where: str) -> None:
+        """Raise :class:`JobTimeout` naming ``where`` (e.g. ``"at iteration 12"``) when the limit has passed."""
+        if self.limit_s is not None and time.perf_counter() - self.started > self.limit_s:
+            raise JobTimeout(f"job exceeded its time limit of {self.limit_s:g} s {where}")
+
+    def __call__(self, loop: LoopState) -> None:
+        self.check(f"at iteration {loop.iteration}")
+
+
+class CurveLogger:
+    """Appends the mean loss of every ``every`` steps (and of the last steps) to the job's ``training_log.csv``.
+
+    ``curve`` holds the rows kept from an earlier attempt (resume); it is rewritten atomically after each new row.
+    """
+
+    def __init__(self, run_dir: str | Path, job: JobRef, *, every: int, curve: list[dict[str, float]]) -> None:
+        self.run_dir = run_dir
+        self.job = job
+        self.every = every
+        self.curve = curve
+        self._window: list[float] = []
+
+    def __call__(self, loop: LoopState) -> None:
+        if not loop.finished:
+            self._window.append(loop.loss)
+        if self._window and (loop.iteration % self.every == 0 or loop.finished):
+            mean = float(np.mean(self._window))
+            self.curve.append({"iteration": loop.iteration, "loss": mean, "lr": loop.lr, "wall_s": loop.elapsed_s})
+            self._window.clear()
+            results.write_learning_curve(self.run_dir, self.job, self.curve)
+
+
+class Checkpointer:
+    """Saves ``snapshot(loop)`` with ``save(folder, payload)`` every ``every`` steps and at the end of training.
+
+    ``save`` and ``snapshot`` are passed in (:func:`segbench.checkpoints.save_checkpoint` and
+    :func:`segbench.checkpoints.snapshot`), so a caller can observe or interrupt saving.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        every: int,
+        start: int,
+        save: Callable[[Path, dict[str, Any]], Any],
+        snapshot: Callable[[LoopState], dict[str, Any]],
+    ) -> None:
+        self.folder = folder
+        self.every = every
+        self.last_saved = start  # nothing to save before the first new step (a resume starts from a checkpoint)
+        self.save = save
+        self.snapshot = snapshot
+
+    def __call__(self, loop: LoopState) -> None:
+        due = loop.iteration % self.every == 0 or loop.finished
+        if due and loop.iteration != self.last_saved:
+            self.save(self.folder, self.snapshot(loop))
+            self.last_saved = loop.iteration
+
+
+class ProgressBar:
+    """A tqdm bar of training iterations with the current loss (``enabled=False``: does nothing)."""
+
+    def __init__(self, *, enabled: bool, total: int | None, start: int, desc: str) -> None:
+        self._bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, initial=start, desc=desc, unit="it", leave=False)
+
+    def __call__(self, loop: LoopState) -> None:
+        if self._bar is not None and not loop.finished:
+            self._bar.update(1)
+            self._bar.set_postfix(loss=f"{loop.loss:.3f}")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+class PeakRss:
+    """The peak resident memory of this process, sampled after every step and whenever :meth:`sample` is called."""
+
+    def __init__(self) -> None:
+        self._process = psutil.Process()
+        self.peak_bytes = self._process.memory_info().rss
+
+    def sample(self) -> None:
+        self.peak_bytes = max(self.peak_bytes, self._process.memory_info().rss)
+
+    def __call__(self, loop: LoopState) -> None:  # noqa: ARG002 - the callback signature
+        self.sample()
+
+    @property
+    def peak_mb(self) -> float:
+        """Peak RSS in MiB, rounded to 0.1."""
+        return round(self.peak_bytes / 2**20, 1)

@@ -1,0 +1,7 @@
+"""``python -m segbench.executors SPEC_JSON``: the worker process of one job (see :func:`local.worker_main`)."""
+
+import sys
+
+from segbench.executors.local import worker_main
+
+sys.exit(worker_main(sys.argv[1:]))

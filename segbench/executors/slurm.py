@@ -1,0 +1,292 @@
+"""``--executor slurm``: one submitit job per (model, fold), a Slurm job array with explicit limits.
+
+A job that is preempted or reaches its time limit receives ``SIGUSR2``; submitit then calls
+:meth:`CheckpointableJob.checkpoint` and requeues it, and ``run_job`` continues from the job's latest checkpoint.
+Submission goes through submitit's Python API only: no shell command is ever assembled from user strings, and the
+one free-text option (the partition) is checked against Slurm's name rules. submitit's ``local`` and ``debug``
+executors run the same code path on one machine (tests).
+
+Each submitted job's id is recorded in its job folder's ``submitit.json``; a resumed driver re-attaches to jobs that
+are still alive and submits only the lost ones (see :mod:`segbench.executors.state`). Logs go to ``RUN_DIR/slurm/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from segbench import rundir
+from segbench.errors import ConfigError
+from segbench.executors.base import job_progress_bar, log_job_start
+from segbench.executors.state import (
+    has_fresh_result,
+    job_lock_held,
+    read_record,
+    recorded_job_alive,
+    wait_for_locks,
+    write_missing_result,
+    write_record,
+)
+from segbench.job import JobSpec, run_job
+
+log = logging.getLogger(__name__)
+
+Backend = Literal["slurm", "local", "debug"]
+# Slurm partition names: letters, digits, '_', '-', '.', comma-separated lists. Anything else (spaces, quotes,
+# newlines) could escape the #SBATCH line submitit writes, so it is refused instead of quoted.
+_PARTITION = re.compile(r"[A-Za-z0-9_.\-]+(,[A-Za-z0-9_.\-]+)*")
+# How long before its time limit Slurm signals a job (SIGUSR2): time to stop and ask for a requeue.
+_SIGNAL_DELAY_S = 120
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """Options of ``--executor slurm`` (every limit is explicit: Slurm defaults differ between clusters)."""
+
+    partition: str | None = None  # None = the cluster's default partition
+    time_min: int = 120  # wall-clock limit per job allocation; a job that reaches it is requeued and resumes
+    gpus_per_job: int = 1  # 0 = CPU jobs
+    cpus_per_job: int = 8  # data loading + the main process
+    mem_gb: float | None = None  # None = the partition's default memory
+    array_parallelism: int = 16  # jobs of the array running at the same time
+    max_requeues: int = 3  # time-limit requeues per job before it is reported as `timeout`
+    poll_s: float = 30.0  # how often the driver asks the scheduler (sacct) about its jobs
+
+
+class CheckpointableJob:
+    """The callable submitit runs for one job: ``run_job(spec)``, requeued on preemption or time limit.
+
+    It follows submitit's ``Checkpointable`` protocol (a ``checkpoint`` method returning a ``DelayedSubmission``)
+    without subclassing it, so that this module imports without submitit. Its state is only the spec: progress lives
+    in the job folder's checkpoints, which ``run_job`` resumes from.
+    """
+
+    def __init__(self, spec: JobSpec, attempt: int = 1) -> None:
+        self.spec = spec
+        self.attempt = attempt
+
+    def __call__(self) -> dict[str, str]:
+        log_job_start(self.spec, self.attempt)
+        result = run_job(self.spec)
+        log.info("%s fold %d ended: %s %s", self.spec.model, self.spec.fold, result.status, result.reason)
+        return {"status": result.status, "reason": result.reason}
+
+    def checkpoint(self) -> Any:
+        """Called by submitit on SIGUSR2 (preemption / time limit): the submission that continues this job."""
+        from submitit.helpers import DelayedSubmission
+
+        log.info("%s fold %d: requeueing (attempt %d next)", self.spec.model, self.spec.fold, self.attempt + 1)
+        return DelayedSubmission(CheckpointableJob(self.spec, self.attempt + 1))
+
+
+def slurm_parameters(options: SlurmOptions) -> dict[str, Any]:
+    """``SlurmExecutor.update_parameters`` keywords for ``options`` (one task, one node per job).
+
+    Raises:
+        ConfigError: a value Slurm would reject or that could not be written safely into the batch script.
+    """
+    if options.partition is not None and not _PARTITION.fullmatch(options.partition):
+        raise ConfigError(
+            f"--slurm-partition {options.partition!r} is not a Slurm partition name; use letters, digits, '_', '-', "
+            "'.' (comma-separated for several)"
+        )
+    checks = (
+        (options.time_min >= 1, "--slurm-time must be at least 1 minute"),
+        (options.gpus_per_job >= 0, "--slurm-gpus must be 0 or more"),
+        (options.cpus_per_job >= 1, "--slurm-cpus must be at least 1"),
+        (options.mem_gb is None or options.mem_gb > 0, "--slurm-mem must be positive (GB)"),
+        (options.array_parallelism >= 1, "--slurm-array-parallelism must be at least 1"),
+    )
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    params: dict[str, Any] = {
+        "job_name": "segbench",
+        "time": int(options.time_min),
+        "nodes": 1,
+        "ntasks_per_node": 1,
+        "cpus_per_task": int(options.cpus_per_job),
+        "array_parallelism": int(options.array_parallelism),
+        "signal_delay_s": min(_SIGNAL_DELAY_S, max(30, options.time_min * 60 // 10)),
+        "stderr_to_stdout": False,
+    }
+    if options.gpus_per_job:
+        params["gpus_per_node"] = int(options.gpus_per_job)
+    if options.partition is not None:
+        params["partition"] = options.partition
+    if options.mem_gb is not None:
+        # Whole GB as "16GB", fractions in MB: Slurm's --mem takes integers only.
+        mem_mb = round(options.mem_gb * 1024)
+        params["mem"] = f"{mem_mb // 1024}GB" if mem_mb % 1024 == 0 else f"{mem_mb}MB"
+    return params
+
+
+@dataclass(frozen=True, eq=False)
+class Tracked:
+    """A job a driver waits for: ``is_active()`` asks the scheduler; ``job`` is set when this driver submitted it."""
+
+    spec: JobSpec
+    is_active: Callable[[], bool]
+    job: Any = None  # the submitit Job; None when re-attached to a job of an earlier driver
+    since: float = 0.0  # submission time: a result.json older than this is from an earlier attempt
+    record: dict[str, Any] | None = None  # the submitit.json of a re-attached job
+
+
+class SubmititExecutor:
+    """Run jobs through submitit: ``slurm`` (a job array), or submitit's ``local`` / ``debug`` executors.
+
+    Records every submitted job id in ``jobs/<model>/fold_<k>/submitit.json``; on resume it waits for jobs that are
+    still alive and submits only the lost ones. Logs go to ``RUN_DIR/slurm/``.
+
+    Raises:
+        ConfigError: submitit is not installed, or (slurm) no Slurm client (``srun``) is on PATH.
+    """
+
+    def __init__(self, backend: Backend = "slurm", options: SlurmOptions = SlurmOptions()) -> None:
+        try:
+            import submitit  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "--executor slurm needs the submitit package; install it with pip install 'segbench[slurm]'"
+            ) from None
+        if backend == "slurm":
+            slurm_parameters(options)  # validate before any preflight or training
+            if shutil.which("srun") is None:
+                raise ConfigError(
+                    "--executor slurm needs Slurm's srun/sbatch on PATH; run segbench on a cluster login node, "
+                    "or use --executor local"
+                )
+        elif backend not in ("local", "debug"):
+            raise ValueError(f"unknown submitit backend {backend!r}")
+        self.backend = backend
+        self.options = options
+
+    @property
+    def resolves_device(self) -> bool:
+        """True for Slurm: the driver's machine (a login node) says nothing about the GPUs jobs will get."""
+        return self.backend == "slurm"
+
+    def __call__(self, specs: list[JobSpec]) -> None:
+        """Submit the lost jobs of ``specs``, re-attach to the running ones, and wait for all of them."""
+        tracked, to_submit, lock_only = [], [], []
+        for spec in specs:
+            job_folder = rundir.job_dir(spec.run_dir, spec)
+            record = read_record(job_folder)
+            if record is not None and recorded_job_alive(record):
+                log.info(
+                    "%s fold %d: re-attaching to %s job %s", spec.model, spec.fold, record["backend"], record["job_id"]
+                )
+                since = float(record.get("submitted_at_s", time.time()))
+                tracked.append(Tracked(spec, lambda r=record: recorded_job_alive(r), since=since, record=record))
+            elif job_lock_held(job_folder):
+                lock_only.append(spec)
+            else:
+                to_submit.append(spec)
+        tracked += self.submit(to_submit)
+        self.wait(tracked, lock_only=lock_only)
+
+    def submit(self, specs: list[JobSpec]) -> list[Tracked]:
+        """Submit one job per spec (a job array on Slurm) and record its id in the job folder's ``submitit.json``."""
+        if not specs:
+            return []
+        folder = rundir.submitit_dir(specs[0].run_dir).absolute()
+        executor = self._executor(folder)
+        since = time.time()
+        runnables = [CheckpointableJob(replace(s, device=self._job_device(s), progress=False)) for s in specs]
+        with executor.batch():
+            jobs = [executor.submit(runnable) for runnable in runnables]
+        tracked = []
+        for spec, job in zip(specs, jobs, strict=True):
+            record = {
+                "backend": self.backend,
+                "job_id": str(job.job_id),
+                "folder": str(folder),
+                "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(since)),
+                "submitted_at_s": since,
+            }
+            write_record(spec, record)
+            log.info("%s fold %d submitted as %s job %s", spec.model, spec.fold, self.backend, job.job_id)
+            tracked.append(Tracked(spec, lambda j=job: not j.done(), job, since))
+        return tracked
+
+    def wait(self, tracked: Sequence[Tracked], *, lock_only: Sequence[JobSpec] = ()) -> None:
+        """Wait until every tracked job has ended (and every job in ``lock_only`` has released its lock).
+
+        A job this driver submitted that ended without a fresh ``result.json`` gets ``killed`` or ``timeout``.
+
+        Raises:
+            KeyboardInterrupt: the scheduler jobs are left running; ``segbench run --resume`` re-attaches to them.
+        """
+        poll_s = self.options.poll_s if self.backend == "slurm" else 0.5
+        pending = list(tracked)
+        bar = job_progress_bar([item.spec for item in pending], f"{self.backend} jobs")
+        try:
+            while pending:
+                still = [item for item in pending if item.is_active()]
+                for item in pending:
+                    if item not in still:
+                        self._settle(item)
+                        if bar is not None:
+                            bar.update(1)
+                pending = still
+                if pending:
+                    time.sleep(poll_s)
+        except KeyboardInterrupt:
+            log.warning("driver interrupted; submitted jobs keep running; `segbench run --resume` re-attaches")
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        wait_for_locks(lock_only, poll_s)
+
+    def _executor(self, folder: Path) -> Any:
+        import submitit
+
+        if self.backend == "debug":
+            return submitit.DebugExecutor(folder=folder)
+        if self.backend == "local":
+            executor = submitit.LocalExecutor(folder=folder, max_num_timeout=self.options.max_requeues)
+            executor.update_parameters(timeout_min=self.options.time_min, signal_delay_s=_SIGNAL_DELAY_S)
+            return executor
+        executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=self.options.max_requeues)
+        executor.update_parameters(**slurm_parameters(self.options))
+        return executor
+
+    def _job_device(self, spec: JobSpec) -> str:
+        if self.backend != "slurm":
+            return spec.device
+        # The driver (login node) has no GPU to detect: the job runs where Slurm puts it, on what it allocated.
+        if spec.device == "auto":
+            return "cuda" if self.options.gpus_per_job else "cpu"
+        return spec.device
+
+    def _settle(self, item: Tracked) -> None:
+        """Give a job that ended without a fresh ``result.json`` a status naming its scheduler state and log."""
+        spec, job, since = item.spec, item.job, item.since
+        if has_fresh_result(spec, since):
+            return
+        if job is None:  # re-attached to an earlier driver's job: only its record is known
+            record = item.record or {}
+            reason = (
+                f"{record.get('backend')} job {record.get('job_id')} ended without a result; see its log in "
+                f"{record.get('folder')}; continue with --resume"
+            )
+            write_missing_result(spec, since, "killed", reason)
+            return
+        state = str(job.state)
+        try:
+            error = str(job.exception() or "")
+        except Exception as exc:  # noqa: BLE001 - only used to word the reason
+            error = str(exc)
+        timed_out = "TIMEOUT" in state.upper() or "timed-out" in error
+        what = "reached its time limit too many times" if timed_out else f"ended ({state})"
+        reason = (
+            f"{self.backend} job {job.job_id} {what} without a result; see {job.paths.stderr}; continue with --resume"
+        )
+        write_missing_result(spec, since, "timeout" if timed_out else "killed", reason)

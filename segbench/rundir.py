@@ -1,0 +1,175 @@
+"""The layout of a run directory: every file and folder name, and every path builder (see docs/run-directory.md).
+
+This is the only module that spells a run-directory name; everything else builds paths through it::
+
+    RUN_DIR/
+      manifest.json, splits.json, metrics.csv, jobs.csv, run.lock
+      jobs/<model>/fold_<k>/        job_dir(run_dir, job)
+        result.json, result.json.previous, error.txt, error.txt.previous, training_log.csv,
+        checkpoint_latest.pt, checkpoint_previous.pt, *.corrupt, job.lock, submitit.json, worker.log,
+        predictions/<case_id>.nii.gz
+      slurm/                        submitit's pickles and logs
+      report/                       the default report folder
+
+A job is addressed by a *job key*: any object with ``model`` and ``fold`` attributes (:class:`JobKey`,
+:class:`segbench.job.JobSpec`, :class:`segbench.results.JobResult`). Repeats (one more folder level when R > 1)
+are added here only: a ``repeat`` field on the keys, one more component in :func:`job_dir` and in
+:func:`iter_job_dirs`.
+
+Pure path arithmetic: nothing here reads or writes files except :func:`iter_job_dirs`, which lists folders.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+# --- RUN_DIR ------------------------------------------------------------------------------------------------------
+MANIFEST_FILE = "manifest.json"  # resolved config, dataset fingerprint, environment
+SPLITS_FILE = "splits.json"  # nnU-Net splits_final.json format
+METRICS_FILE = "metrics.csv"  # per (model, fold, case_id, label); rebuilt from every result.json
+JOBS_FILE = "jobs.csv"  # per (model, fold); rebuilt from every result.json
+RUN_LOCK_FILE = "run.lock"  # flock-ed while a `segbench run` works on the directory
+JOBS_DIR = "jobs"  # one folder per job below it
+SUBMITIT_DIR = "slurm"  # submitit's pickles and the per-job Slurm logs
+REPORT_DIR = "report"  # default output folder of `segbench report`
+
+# --- one job folder -----------------------------------------------------------------------------------------------
+FOLD_PREFIX = "fold_"  # jobs/<model>/fold_<k>
+RESULT_FILE = "result.json"  # written last: the job's completion marker
+ERROR_FILE = "error.txt"  # traceback of a failed job
+PREVIOUS_SUFFIX = ".previous"  # result.json / error.txt of the attempt before the current one
+LEARNING_CURVE_FILE = "training_log.csv"  # iteration, loss, lr, wall_s
+CHECKPOINT_LATEST = "checkpoint_latest.pt"
+CHECKPOINT_PREVIOUS = "checkpoint_previous.pt"
+CORRUPT_SUFFIX = ".corrupt"  # an unloadable checkpoint, kept for inspection outside the rotation
+JOB_LOCK_FILE = "job.lock"  # flock-ed while a process works on the job (one writer per job folder)
+SUBMITIT_RECORD_FILE = "submitit.json"  # which scheduler job runs the job (written by the driver)
+WORKER_LOG_FILE = "worker.log"  # stdout/stderr of a local GPU worker process
+PREDICTIONS_DIR = "predictions"  # <case_id>.nii.gz, in the original geometry
+PREDICTION_SUFFIX = ".nii.gz"
+
+# Markers of an attempt that must not outlive it: renamed to <name>.previous when a job (re)starts.
+ATTEMPT_MARKERS = (RESULT_FILE, ERROR_FILE)
+
+_FOLD_FOLDER = re.compile(re.escape(FOLD_PREFIX) + r"(?P<fold>[0-9]+)")
+
+
+class JobRef(Protocol):
+    """Anything that names one job of a run: a :class:`JobKey`, a ``JobSpec`` or a ``JobResult``."""
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def fold(self) -> int: ...
+
+
+@dataclass(frozen=True, order=True)
+class JobKey:
+    """The identity of one job: which model on which fold."""
+
+    model: str
+    fold: int
+
+
+def manifest_path(run_dir: str | Path) -> Path:
+    """``RUN_DIR/manifest.json``."""
+    return Path(run_dir) / MANIFEST_FILE
+
+
+def splits_path(run_dir: str | Path) -> Path:
+    """``RUN_DIR/splits.json``."""
+    return Path(run_dir) / SPLITS_FILE
+
+
+def metrics_path(run_dir: str | Path) -> Path:
+    """``RUN_DIR/metrics.csv``."""
+    return Path(run_dir) / METRICS_FILE
+
+
+def jobs_table_path(run_dir: str | Path) -> Path:
+    """``RUN_DIR/jobs.csv``."""
+    return Path(run_dir) / JOBS_FILE
+
+
+def jobs_root(run_dir: str | Path) -> Path:
+    """``RUN_DIR/jobs``: the parent of every job folder."""
+    return Path(run_dir) / JOBS_DIR
+
+
+def submitit_dir(run_dir: str | Path) -> Path:
+    """``RUN_DIR/slurm``: submitit's pickles and logs."""
+    return Path(run_dir) / SUBMITIT_DIR
+
+
+def report_dir(run_dir: str | Path) -> Path:
+    """``RUN_DIR/report``: where ``segbench report`` writes by default."""
+    return Path(run_dir) / REPORT_DIR
+
+
+def job_dir(run_dir: str | Path, job: JobRef) -> Path:
+    """Folder of one job: ``RUN_DIR/jobs/<model>/fold_<fold>``."""
+    return jobs_root(run_dir) / job.model / f"{FOLD_PREFIX}{job.fold}"
+
+
+def result_path(run_dir: str | Path, job: JobRef) -> Path:
+    """The job's ``result.json`` (its completion marker)."""
+    return job_dir(run_dir, job) / RESULT_FILE
+
+
+def error_path(run_dir: str | Path, job: JobRef) -> Path:
+    """The job's ``error.txt`` (traceback of a failure)."""
+    return job_dir(run_dir, job) / ERROR_FILE
+
+
+def previous_path(path: Path) -> Path:
+    """Where ``path`` (a :data:`ATTEMPT_MARKERS` file) goes when a new attempt starts: ``<name>.previous``."""
+    return path.with_name(path.name + PREVIOUS_SUFFIX)
+
+
+def corrupt_path(path: Path) -> Path:
+    """Where an unloadable checkpoint is moved: ``<name>.corrupt``."""
+    return path.with_name(path.name + CORRUPT_SUFFIX)
+
+
+def learning_curve_path(run_dir: str | Path, job: JobRef) -> Path:
+    """The job's ``training_log.csv``."""
+    return job_dir(run_dir, job) / LEARNING_CURVE_FILE
+
+
+def submitit_record_path(run_dir: str | Path, job: JobRef) -> Path:
+    """The job's ``submitit.json`` (which scheduler job runs it)."""
+    return job_dir(run_dir, job) / SUBMITIT_RECORD_FILE
+
+
+def worker_log_path(run_dir: str | Path, job: JobRef) -> Path:
+    """The job's ``worker.log`` (output of its local GPU worker process)."""
+    return job_dir(run_dir, job) / WORKER_LOG_FILE
+
+
+def predictions_dir(run_dir: str | Path, job: JobRef) -> Path:
+    """The job's ``predictions/`` folder."""
+    return job_dir(run_dir, job) / PREDICTIONS_DIR
+
+
+def prediction_path(run_dir: str | Path, job: JobRef, case_id: str) -> Path:
+    """``predictions/<case_id>.nii.gz`` of a job."""
+    return predictions_dir(run_dir, job) / f"{case_id}{PREDICTION_SUFFIX}"
+
+
+def iter_job_dirs(run_dir: str | Path) -> Iterator[tuple[JobKey, Path]]:
+    """Every job folder ``jobs/<model>/fold_<k>`` that exists, with its key, sorted by folder path.
+
+    Folders whose name is not ``fold_<integer>`` (and stray files) are skipped.
+    """
+    root = jobs_root(run_dir)
+    if not root.is_dir():
+        return
+    for folder in sorted(root.glob(f"*/{FOLD_PREFIX}*")):
+        match = _FOLD_FOLDER.fullmatch(folder.name)
+        if match is not None and folder.is_dir():
+            yield JobKey(folder.parent.name, int(match["fold"])), folder
