@@ -1,4 +1,4 @@
-"""One (model, fold) job: train on the fold's training cases, predict its validation cases, score them.
+"""One (model, fold, repeat) job: train on the fold's training cases, predict its validation cases, score them.
 
 :func:`run_job` is the single function every executor runs (in-process, one process per GPU, or a Slurm job through
 submitit). It reads everything it needs from the run directory (``manifest.json``, ``splits.json``) and the
@@ -59,6 +59,8 @@ class JobSpec:
     run_dir: str
     model: str
     fold: int
+    repeat: int = 0  # 0-based repeat (training seed) of the (model, fold)
+    repeats: int = 1  # the run's repeat count R (decides the job folder layout, see segbench.rundir)
     device: str = "cpu"  # resolved device ("cpu", "cuda", "cuda:0")
     cache_dir: str | None = None  # preprocessing cache folder; None = the default (segbench.paths)
     progress: bool = False  # show iteration / case progress bars (in-process runs)
@@ -96,12 +98,19 @@ class JobContext:
 
     @property
     def seed(self) -> int:
-        return job_seed(self.config.seed, self.spec.model, self.spec.fold)
+        return job_seed(self.config.seed, self.spec.fold, self.spec.repeat)
 
 
-def job_seed(seed: int, model: str, fold: int) -> int:
-    """Seed of a (model, fold) job: stable across processes and Python versions (unlike ``hash``)."""
-    return zlib.crc32(f"{seed}/{model}/{fold}".encode()) & 0x7FFFFFFF
+def job_seed(seed: int, fold: int, repeat: int = 0) -> int:
+    """Seed of every job of one (fold, repeat): initial weights and the patch/augmentation stream.
+
+    Common random numbers: the model name is deliberately not an input, so within one (fold, repeat) every model
+    sees exactly the same training patches, foreground choices and augmentations, and its weights are drawn from the
+    same generator state. Two names of one network therefore train identically, and a difference between two
+    architectures is not confounded with a different data stream. Stable across processes and Python versions
+    (unlike ``hash``).
+    """
+    return zlib.crc32(f"{seed}/fold{fold}/repeat{repeat}".encode()) & 0x7FFFFFFF
 
 
 def class_lookup(foreground_labels: tuple[int, ...]) -> torch.Tensor:
@@ -126,7 +135,7 @@ def run_job(spec: JobSpec) -> results.JobResult:
     folder = rundir.job_dir(spec.run_dir, spec)
     folder.mkdir(parents=True, exist_ok=True)
     # One writer per job folder, even across executors and a resubmitting driver: a second process refuses here.
-    with RunLock(folder, name=rundir.JOB_LOCK_FILE, what=f"job {spec.model} fold {spec.fold} (pid/host)"):
+    with RunLock(folder, name=rundir.JOB_LOCK_FILE, what=f"job {rundir.job_label(spec)} (pid/host)"):
         return _run_locked(spec, folder)
 
 
@@ -180,13 +189,13 @@ def _out_of_memory(exc: BaseException, device: torch.device, record: dict[str, A
 
 
 def _write_result(spec: JobSpec, status: str, reason: str, record: dict, metrics: list) -> results.JobResult:
-    result = results.JobResult(spec.model, spec.fold, status, reason, record, metrics)
+    result = results.JobResult.for_job(spec, status, reason, record, metrics)
     try:
         results.write_job_result(spec.run_dir, result)
     except OSError as exc:
         # Disk full or similar: never report success. Try to leave a small "failed" marker, then propagate.
         message = f"could not write {rundir.RESULT_FILE}: {exc}"
-        failed = results.JobResult(spec.model, spec.fold, "failed", message, {}, [])
+        failed = results.JobResult.for_job(spec, "failed", message, {}, [])
         try:
             results.write_job_result(spec.run_dir, failed)
         except OSError:
@@ -212,7 +221,7 @@ def _train_and_evaluate(spec: JobSpec, record: dict[str, Any], started: float) -
     ctx = _load_context(spec, started)
     info = model_info(spec.model, in_channels=ctx.in_channels, out_channels=ctx.out_channels)
     record.update(_setup_figures(ctx, info))
-    torch.manual_seed(ctx.seed)  # right before building: initial weights depend only on (seed, model, fold)
+    torch.manual_seed(ctx.seed)  # right before building: initial weights depend only on (seed, fold, repeat)
     model = build_model(spec.model, in_channels=ctx.in_channels, out_channels=ctx.out_channels).to(ctx.device)
     optimizer = make_optimizer(model, ctx.config.train)
     prepared = _prepare_cases(ctx)
@@ -284,7 +293,7 @@ def _resume(ctx: JobContext, state: LoopState, record: dict[str, Any]) -> tuple[
         return [], {}
     restore(checkpoint, state)
     record["resumed_at_iteration"] = state.iteration
-    log.info("%s fold %d: resuming at iteration %d", ctx.spec.model, ctx.spec.fold, state.iteration)
+    log.info("%s: resuming at iteration %d", rundir.job_label(ctx.spec), state.iteration)
     curve = [
         row for row in results.read_learning_curve(ctx.spec.run_dir, ctx.spec) if row["iteration"] <= state.iteration
     ]
@@ -325,7 +334,7 @@ def _train(
     peak_rss.sample()
     total = train_cfg.iterations if train_cfg.time_budget_s is None else None
     bar = ProgressBar(
-        enabled=spec.progress, total=total, start=state.iteration, desc=f"{spec.model} fold {spec.fold} train"
+        enabled=spec.progress, total=total, start=state.iteration, desc=f"{rundir.job_label(spec)} train"
     )
     callbacks = [
         peak_rss,
@@ -373,7 +382,7 @@ def _evaluate(ctx: JobContext, model: torch.nn.Module, prepared: dict[str, Prepa
     if ctx.spec.progress:
         from tqdm.auto import tqdm
 
-        desc = f"{ctx.spec.model} fold {ctx.spec.fold} predict"
+        desc = f"{rundir.job_label(ctx.spec)} predict"
         iterator = tqdm(iterator, desc=desc, unit="case", leave=False)
     for case_id in iterator:
         case = prepared[case_id]
@@ -423,5 +432,5 @@ def _score_case(ctx: JobContext, case_id: str, prediction: np.ndarray, label_pat
         prediction, reference.array, reference.spacing, labels=ctx.foreground, tolerance_mm=ctx.config.tolerance_mm
     )
     names = ctx.dataset.labels
-    job = {"model": ctx.spec.model, "fold": ctx.spec.fold}
+    job = {"model": ctx.spec.model, "fold": ctx.spec.fold, "repeat": ctx.spec.repeat}
     return [{**job, "case_id": case_id, "label_name": names.get(row["label"], ""), **row} for row in rows]

@@ -61,6 +61,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 __all__ = [
+    "nsd_tolerance_warning",
     "PRIMARY_METRIC",
     "CaseData",
     "Metric",
@@ -352,6 +353,27 @@ def nsd(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], *, toleranc
     ``ValueError`` for a negative tolerance.
     """
     return distance_metrics(*surface_distances(pred, ref, spacing), tolerance_mm=tolerance_mm)["nsd"]
+
+
+def nsd_tolerance_warning(tolerance_mm: float, spacing: Sequence[float], *, flag: str = "tolerance_mm") -> str | None:
+    """A warning when the NSD tolerance is below the largest voxel spacing, else ``None``.
+
+    Boundary voxels of two masks on one grid are 0 or at least one voxel spacing apart, so with τ below the largest
+    spacing NSD counts (along that axis) only coinciding boundary voxels and says little beyond Dice.
+
+    Args:
+        tolerance_mm: NSD tolerance τ in mm.
+        spacing: voxel size in mm per axis (e.g. the largest spacing of a dataset).
+        flag: how the user sets τ, named in the message.
+    """
+    largest = max(float(s) for s in spacing)
+    if tolerance_mm >= largest:
+        return None
+    return (
+        f"NSD tolerance {tolerance_mm:g} mm is below the largest voxel spacing {largest:g} mm, so NSD counts only "
+        f"boundary voxels that coincide along that axis; pass {flag} {math.ceil(largest * 2) / 2:g} or more for an "
+        "informative NSD"
+    )
 
 
 def image_diagonal_mm(shape: Sequence[int], spacing: Sequence[float]) -> float:
@@ -669,7 +691,8 @@ def compute_case_metrics(
         spacing: voxel size in mm per array axis.
         labels: label values to score. ``None``: ``[1]`` when both inputs are boolean (``True`` is label 1),
             else every nonzero value present in either array (so no row at all when both are all zero; pass
-            ``labels`` to get "both empty" rows). Labels absent from both arrays give the both-empty row.
+            ``labels`` to get "both empty" rows). Labels absent from both arrays give the both-empty row. Label 0
+            (background) is refused: to score background, pass boolean masks (e.g. ``pred == 0, ref == 0``).
         tolerance_mm: NSD tolerance τ in mm.
 
     Returns:
@@ -681,7 +704,7 @@ def compute_case_metrics(
 
     Raises:
         TypeError: float (e.g. probabilities) or other non-integer dtype.
-        ValueError: shapes differ, spacing has the wrong length or is not positive, negative tolerance.
+        ValueError: shapes differ, spacing has the wrong length or is not positive, negative tolerance, label 0.
     """
     pred, ref = _check_pair(pred, ref)
     spacing_mm = _check_spacing(spacing, pred.shape)
@@ -691,6 +714,13 @@ def compute_case_metrics(
         wanted = [1] if both_bool else sorted(pred_index.labels() | ref_index.labels())
     else:
         wanted = sorted({int(label) for label in labels})
+        if 0 in wanted:
+            # Label 0 is what every other label map value is measured against; scoring it through the label index
+            # (which only holds nonzero voxels) would report a false "both empty" row.
+            raise ValueError(
+                "labels=[0] asks to score the background, which a label map cannot express; pass boolean masks "
+                "instead, e.g. compute_case_metrics(pred == 0, ref == 0, spacing)"
+            )
     voxel_ml = float(np.prod(spacing_mm)) / 1000.0
     diagonal = image_diagonal_mm(pred.shape, spacing_mm)
 

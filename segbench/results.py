@@ -27,11 +27,11 @@ JOB_STATUSES = ("done", "failed", "diverged", "oom", "killed", "timeout")
 def metrics_columns() -> tuple[str, ...]:
     """Columns of ``metrics.csv``: the job and case, ``label_name``, then the row of the metric catalogue."""
     keys = metric_keys()
-    return ("model", "fold", "case_id", keys[0], "label_name", *keys[1:])
+    return ("model", "fold", "repeat", "case_id", keys[0], "label_name", *keys[1:])
 
 
 JOBS_COLUMNS = (
-    "model", "fold", "status", "reason", "family", "params", "mflop_per_voxel_forward", "mflop_per_voxel_train",
+    "model", "fold", "repeat", "status", "reason", "family", "params", "mflop_per_voxel_forward", "mflop_per_voxel_train",
     "device", "batch_size", "patch_size", "iterations", "train_seconds", "train_iters_per_s", "train_voxels_per_s",
     "data_wait_share", "achieved_gflop_per_s", "peak_gpu_mem_allocated_mb", "peak_gpu_mem_reserved_mb",
     "peak_rss_mb", "inference_seconds_per_case", "final_loss", "num_val_cases",
@@ -45,7 +45,11 @@ TEXT_DTYPES = {column: str for column in TEXT_COLUMNS}
 
 @dataclass(frozen=True)
 class JobResult:
-    """The content of one ``result.json``: outcome, the jobs.csv row and the metrics.csv rows of a job."""
+    """The content of one ``result.json``: outcome, the jobs.csv row and the metrics.csv rows of a job.
+
+    ``repeat`` is the job's repeat (0-based) and ``repeats`` the run's repeat count R (it decides the folder layout,
+    see :mod:`segbench.rundir`); a ``result.json`` written before repeats existed reads as repeat 0 of 1.
+    """
 
     model: str
     fold: int
@@ -53,11 +57,21 @@ class JobResult:
     reason: str
     job: dict[str, Any]
     metrics: list[dict[str, Any]]
+    repeat: int = 0
+    repeats: int = 1
+
+    @classmethod
+    def for_job(cls, key: rundir.JobRef, status: str, reason: str, job: dict, metrics: list) -> JobResult:
+        """The result of the job ``key`` names (a JobSpec or JobKey: model, fold, repeat, repeats)."""
+        repeat, repeats = int(getattr(key, "repeat", 0)), int(getattr(key, "repeats", 1))
+        return cls(key.model, key.fold, status, reason, job, metrics, repeat, repeats)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "model": self.model,
             "fold": self.fold,
+            "repeat": self.repeat,
+            "repeats": self.repeats,
             "status": self.status,
             "reason": self.reason,
             "job": self.job,
@@ -106,6 +120,8 @@ def read_job_result(path: str | Path) -> JobResult:
             reason=str(data.get("reason", "")),
             job=dict(data.get("job", {})),
             metrics=list(data.get("metrics", [])),
+            repeat=int(data.get("repeat", 0)),
+            repeats=int(data.get("repeats", 1)),
         )
     except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path} is truncated or malformed ({exc.__class__.__name__}: {exc})") from None
@@ -130,7 +146,8 @@ def scan_results(run_dir: str | Path) -> ScanResult:
         try:
             result = read_job_result(path)
         except ValueError as exc:
-            problems.append(f"{key.model} {folder.name}: {exc}; this job will be redone on --resume")
+            where = folder.relative_to(rundir.jobs_root(run_dir) / key.model).as_posix()  # fold_1 or fold_1/repeat_0
+            problems.append(f"{key.model} {where}: {exc}; this job will be redone on --resume")
             continue
         results.append(result)
     return ScanResult(results, problems)
@@ -154,17 +171,17 @@ def _frame(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> pd.DataFrame
 
 def metrics_table(results: list[JobResult]) -> pd.DataFrame:
     """Tidy per-case table (one row per model, fold, case_id, label), sorted."""
-    rows = [row for result in results for row in result.metrics]
+    rows = [{**row, "repeat": result.repeat} for result in results for row in result.metrics]
     frame = _frame(rows, metrics_columns())
-    return frame.sort_values(["model", "fold", "case_id", "label"], kind="stable").reset_index(drop=True)
+    return frame.sort_values(["model", "fold", "repeat", "case_id", "label"], kind="stable").reset_index(drop=True)
 
 
 def jobs_table(results: list[JobResult]) -> pd.DataFrame:
-    """One row per (model, fold) with its status and costs, sorted."""
-    rows = [{**result.job, "model": result.model, "fold": result.fold, "status": result.status,
-             "reason": result.reason} for result in results]  # fmt: skip
+    """One row per (model, fold, repeat) with its status and costs, sorted."""
+    rows = [{**result.job, "model": result.model, "fold": result.fold, "repeat": result.repeat,
+             "status": result.status, "reason": result.reason} for result in results]  # fmt: skip
     frame = _frame(rows, JOBS_COLUMNS)
-    return frame.sort_values(["model", "fold"], kind="stable").reset_index(drop=True)
+    return frame.sort_values(["model", "fold", "repeat"], kind="stable").reset_index(drop=True)
 
 
 def rebuild_tables(run_dir: str | Path) -> ScanResult:
@@ -196,7 +213,7 @@ def load_manifest(run_dir: str | Path) -> dict[str, Any]:
 
 
 def load_learning_curves(run_dir: str | Path) -> pd.DataFrame:
-    """All ``training_log.csv`` files as one table: model, fold, iteration, loss, lr, wall_s."""
+    """All ``training_log.csv`` files as one table: model, fold, repeat, iteration, loss, lr, wall_s."""
     frames = []
     for key, _ in rundir.iter_job_dirs(run_dir):
         path = rundir.learning_curve_path(run_dir, key)
@@ -207,11 +224,12 @@ def load_learning_curves(run_dir: str | Path) -> pd.DataFrame:
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
             log.warning("skipping unreadable learning curve %s (%s)", path, exc)
             continue
+        frame.insert(0, "repeat", key.repeat)
         frame.insert(0, "fold", key.fold)
         frame.insert(0, "model", key.model)
         frames.append(frame)
     if not frames:
-        return pd.DataFrame(columns=["model", "fold", "iteration", "loss", "lr", "wall_s"])
+        return pd.DataFrame(columns=["model", "fold", "repeat", "iteration", "loss", "lr", "wall_s"])
     return pd.concat(frames, ignore_index=True)
 
 

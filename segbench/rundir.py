@@ -4,17 +4,19 @@ This is the only module that spells a run-directory name; everything else builds
 
     RUN_DIR/
       manifest.json, splits.json, metrics.csv, jobs.csv, run.lock
-      jobs/<model>/fold_<k>/        job_dir(run_dir, job)
+      jobs/<model>/fold_<k>/        job_dir(run_dir, job)  (runs with one repeat)
+      jobs/<model>/fold_<k>/repeat_<r>/   job_dir(run_dir, job)  (runs with R > 1 repeats)
         result.json, result.json.previous, error.txt, error.txt.previous, training_log.csv,
         checkpoint_latest.pt, checkpoint_previous.pt, *.corrupt, job.lock, submitit.json, worker.log,
         predictions/<case_id>.nii.gz
       slurm/                        submitit's pickles and logs
       report/                       the default report folder
 
-A job is addressed by a *job key*: any object with ``model`` and ``fold`` attributes (:class:`JobKey`,
-:class:`segbench.job.JobSpec`, :class:`segbench.results.JobResult`). Repeats (one more folder level when R > 1)
-are added here only: a ``repeat`` field on the keys, one more component in :func:`job_dir` and in
-:func:`iter_job_dirs`.
+A job is addressed by a *job key*: any object with ``model``, ``fold``, ``repeat`` (0-based) and ``repeats`` (the
+run's repeat count R) attributes (:class:`JobKey`, :class:`segbench.job.JobSpec`,
+:class:`segbench.results.JobResult`). A run with R = 1 has no repeat level (the layout of runs made before repeats
+existed); with R > 1 every job folder is ``fold_<k>/repeat_<r>``. Keys without ``repeat``/``repeats`` count as
+repeat 0 of a one-repeat run.
 
 Pure path arithmetic: nothing here reads or writes files except :func:`iter_job_dirs`, which lists folders.
 """
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -39,6 +41,7 @@ REPORT_DIR = "report"  # default output folder of `segbench report`
 
 # --- one job folder -----------------------------------------------------------------------------------------------
 FOLD_PREFIX = "fold_"  # jobs/<model>/fold_<k>
+REPEAT_PREFIX = "repeat_"  # jobs/<model>/fold_<k>/repeat_<r> (only in runs with R > 1)
 RESULT_FILE = "result.json"  # written last: the job's completion marker
 ERROR_FILE = "error.txt"  # traceback of a failed job
 PREVIOUS_SUFFIX = ".previous"  # result.json / error.txt of the attempt before the current one
@@ -56,6 +59,7 @@ PREDICTION_SUFFIX = ".nii.gz"
 ATTEMPT_MARKERS = (RESULT_FILE, ERROR_FILE)
 
 _FOLD_FOLDER = re.compile(re.escape(FOLD_PREFIX) + r"(?P<fold>[0-9]+)")
+_REPEAT_FOLDER = re.compile(re.escape(REPEAT_PREFIX) + r"(?P<repeat>[0-9]+)")
 
 
 class JobRef(Protocol):
@@ -70,10 +74,30 @@ class JobRef(Protocol):
 
 @dataclass(frozen=True, order=True)
 class JobKey:
-    """The identity of one job: which model on which fold."""
+    """The identity of one job: which model on which fold in which repeat (training seed).
+
+    ``repeats`` is the run's repeat count; it only decides the folder layout and is not part of the identity
+    (equality and order use ``model, fold, repeat``).
+    """
 
     model: str
     fold: int
+    repeat: int = 0
+    repeats: int = field(default=1, compare=False)
+
+
+def job_label(job: JobRef) -> str:
+    """``"unet fold 2"``, or ``"unet fold 2 repeat 1"`` in a run with repeats: names a job in logs and reasons."""
+    label = f"{job.model} fold {job.fold}"
+    return label + (f" repeat {_repeat(job)}" if _repeats(job) > 1 else "")
+
+
+def _repeat(job: JobRef) -> int:
+    return int(getattr(job, "repeat", 0) or 0)
+
+
+def _repeats(job: JobRef) -> int:
+    return int(getattr(job, "repeats", 1) or 1)
 
 
 def manifest_path(run_dir: str | Path) -> Path:
@@ -112,8 +136,9 @@ def report_dir(run_dir: str | Path) -> Path:
 
 
 def job_dir(run_dir: str | Path, job: JobRef) -> Path:
-    """Folder of one job: ``RUN_DIR/jobs/<model>/fold_<fold>``."""
-    return jobs_root(run_dir) / job.model / f"{FOLD_PREFIX}{job.fold}"
+    """Folder of one job: ``RUN_DIR/jobs/<model>/fold_<fold>``, plus ``/repeat_<r>`` when the run has R > 1."""
+    folder = jobs_root(run_dir) / job.model / f"{FOLD_PREFIX}{job.fold}"
+    return folder / f"{REPEAT_PREFIX}{_repeat(job)}" if _repeats(job) > 1 else folder
 
 
 def result_path(run_dir: str | Path, job: JobRef) -> Path:
@@ -162,14 +187,25 @@ def prediction_path(run_dir: str | Path, job: JobRef, case_id: str) -> Path:
 
 
 def iter_job_dirs(run_dir: str | Path) -> Iterator[tuple[JobKey, Path]]:
-    """Every job folder ``jobs/<model>/fold_<k>`` that exists, with its key, sorted by folder path.
+    """Every job folder that exists, with its key, sorted by (model, fold, repeat).
 
-    Folders whose name is not ``fold_<integer>`` (and stray files) are skipped.
+    A ``fold_<k>`` folder holding ``repeat_<r>`` folders yields one key per repeat (``repeats`` = at least 2, so that
+    :func:`job_dir` of the key gives the folder back); otherwise it is the job folder of a one-repeat run. Folders
+    whose name is not ``fold_<integer>`` / ``repeat_<integer>`` (and stray files) are skipped.
     """
     root = jobs_root(run_dir)
     if not root.is_dir():
         return
-    for folder in sorted(root.glob(f"*/{FOLD_PREFIX}*")):
+    found = []
+    for folder in root.glob(f"*/{FOLD_PREFIX}*"):
         match = _FOLD_FOLDER.fullmatch(folder.name)
-        if match is not None and folder.is_dir():
-            yield JobKey(folder.parent.name, int(match["fold"])), folder
+        if match is None or not folder.is_dir():
+            continue
+        repeats = [(int(m["repeat"]), sub) for sub in folder.iterdir()
+                   if (m := _REPEAT_FOLDER.fullmatch(sub.name)) is not None and sub.is_dir()]  # fmt: skip
+        model, fold = folder.parent.name, int(match["fold"])
+        if not repeats:
+            found.append((JobKey(model, fold), folder))
+        count = max(2, max((r for r, _ in repeats), default=0) + 1)
+        found += [(JobKey(model, fold, r, repeats=count), sub) for r, sub in repeats]
+    yield from sorted(found, key=lambda item: item[0])

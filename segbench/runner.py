@@ -3,11 +3,12 @@
 Dataflow of :func:`run_comparison`::
 
     dataset (default synthetic or --data) → preflight (every file read fully) → models (registry) → splits
-    → RUN_DIR/manifest.json + splits.json → preprocessing cache → one job per (model, fold) → metrics.csv, jobs.csv
+    → RUN_DIR/manifest.json + splits.json → preprocessing cache → one job per (model, fold, repeat) → metrics.csv,
+    jobs.csv
     → report
 
 Resume (``resume=True``) compares the stored manifest with the new request and refuses a changed config, model
-list, split or dataset, naming each difference; it skips jobs that already have a final result and continues the
+list, split, dataset or training numerics (CPU vs CUDA), naming each difference; it skips jobs that already have a final result and continues the
 others from their checkpoints.
 """
 
@@ -35,6 +36,7 @@ from segbench.executors.base import Executor, as_executor
 from segbench.executors.inprocess import InProcessExecutor
 from segbench.job import JobSpec, out_channels_for
 from segbench.locking import RunLock
+from segbench.metrics import nsd_tolerance_warning
 from segbench.paths import preprocessed_cache
 from segbench.profiling import environment_info
 from segbench.registry import model_info, resolve_models
@@ -54,14 +56,14 @@ class RunOutcome:
     """What a finished ``run_comparison`` call produced."""
 
     run_dir: Path
-    expected_jobs: int  # models × folds
+    expected_jobs: int  # models × folds × repeats
     results: list[results.JobResult]
     problems: list[str]  # unreadable job results met while rebuilding the tables
     report_dir: Path | None
 
     @property
     def all_done(self) -> bool:
-        done = {(r.model, r.fold) for r in self.results if r.status == "done"}
+        done = {(r.model, r.fold, r.repeat) for r in self.results if r.status == "done"}
         return not self.problems and len(done) == self.expected_jobs == len(self.results)
 
 
@@ -107,10 +109,17 @@ def check_writable(run_dir: Path) -> None:
         ) from None
 
 
-def preflight_dataset(path: Path, *, progress: bool) -> DatasetSpec:
-    """Validate every file of the dataset fully; raise one :class:`DatasetError` listing the problems."""
+def preflight_dataset(path: Path, *, progress: bool, tolerance_mm: float | None = None) -> DatasetSpec:
+    """Validate every file of the dataset fully; raise one :class:`DatasetError` listing the problems.
+
+    With ``tolerance_mm`` (the run's NSD tolerance), also warn when it is below the dataset's largest voxel spacing.
+    """
     report = validate_dataset(path, progress=progress)
-    for warning in report.warnings:
+    warnings = list(report.warnings)
+    spacing = (report.summary or {}).get("spacing_max")
+    if tolerance_mm is not None and spacing:
+        warnings.append(nsd_tolerance_warning(tolerance_mm, spacing, flag="--tolerance-mm") or "")
+    for warning in filter(None, warnings):
         log.warning(warning)
     if not report.ok:
         listed = "; ".join(report.problems[:5])
@@ -152,6 +161,23 @@ def build_manifest(config: RunConfig, dataset: DatasetSpec, models: list[str], d
     }
 
 
+def device_type(device: str) -> str | None:
+    """``"cpu"`` or ``"cuda"`` for a resolved device string; ``None`` for ``auto`` (not resolved yet, e.g. Slurm)."""
+    return None if device == "auto" else torch.device(device).type
+
+
+def numerics_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Changes of the device type (CPU ↔ CUDA) between two manifests: they change training numerics.
+
+    ``cuda:0`` → ``cuda:1`` is no difference; an unresolved ``auto`` (Slurm) is never compared. A change of
+    ``train.precision`` is a config difference already.
+    """
+    before, after = old.get("device_type"), new.get("device_type")
+    if before is None or after is None or before == after:
+        return []
+    return [f"device: {before} -> {after} (training on another device type changes the numerics)"]
+
+
 def manifest_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """What changed between a stored manifest and a resume request (results-affecting fields only)."""
     old_config, new_config = dict(old["config"]), dict(new["config"])
@@ -161,6 +187,7 @@ def manifest_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             target = cfg.get(section, {}) if section else cfg
             target.pop(leaf, None)
     differences = [f"config {line}" for line in config_differences(old_config, new_config)]
+    differences += numerics_differences(old, new)
     if old["models"] != new["models"]:
         differences.append(f"models: {', '.join(old['models'])} -> {', '.join(new['models'])}")
     if old["dataset"]["fingerprint"] != new["dataset"]["fingerprint"]:
@@ -196,7 +223,7 @@ def _prepare_run_dir(run_dir: Path, manifest: dict, splits: list, *, resume: boo
                 + "); rerun with the original settings, or start a new run with another --out"
             )
         # Operational settings (device, time limit, workers) may change on resume; jobs read them from here.
-        updated = {**old, "config": manifest["config"]}
+        updated = {**old, "config": manifest["config"], "device_type": old.get("device_type")}
         updated["resumes"] = [
             *old.get("resumes", []),
             {"at": manifest["created_at"], "environment": manifest["environment"]},
@@ -208,12 +235,14 @@ def _prepare_run_dir(run_dir: Path, manifest: dict, splits: list, *, resume: boo
     atomic_write_json(manifest_path, manifest)
 
 
-def plan_jobs(run_dir: Path, models: list[str], folds: int) -> tuple[list[tuple[str, int]], list[str]]:
-    """Jobs still to run (no final result yet) and the problems met reading existing results."""
+def plan_jobs(
+    run_dir: Path, models: list[str], folds: int, repeats: int = 1
+) -> tuple[list[rundir.JobKey], list[str]]:
+    """Jobs of the (model × fold × repeat) grid still to run (no final result yet) and the problems met reading."""
     scan = results.scan_results(run_dir)
-    finished = {(r.model, r.fold) for r in scan.results if r.status in FINAL_STATUSES}
-    todo = [(model, fold) for model in models for fold in range(folds) if (model, fold) not in finished]
-    return todo, scan.problems
+    finished = {rundir.JobKey(r.model, r.fold, r.repeat) for r in scan.results if r.status in FINAL_STATUSES}
+    grid = [rundir.JobKey(m, f, r, repeats) for m in models for f in range(folds) for r in range(repeats)]
+    return [key for key in grid if key not in finished], scan.problems
 
 
 def run_comparison(
@@ -226,7 +255,7 @@ def run_comparison(
     cache_dir: Path | None = None,
     report: bool = True,
 ) -> RunOutcome:
-    """Train and evaluate every (model, fold) job of ``config`` in ``run_dir``.
+    """Train and evaluate every (model, fold, repeat) job of ``config`` in ``run_dir``.
 
     Args:
         config: the resolved run configuration (same recipe for every model).
@@ -255,7 +284,7 @@ def run_comparison(
         device = config.device if executor.resolves_device else resolve_device(config.device)
         case_ids = [case.case_id for case in dataset.training]
         splits = resolve_splits(config.splits, case_ids, folds=config.folds, seed=config.seed)
-        manifest = build_manifest(config, dataset, models, dataset_path)
+        manifest = {**build_manifest(config, dataset, models, dataset_path), "device_type": device_type(device)}
         _prepare_run_dir(run_dir, manifest, splits, resume=resume)
 
         preprocess_dir = preprocessed_cache(cache_dir)
@@ -266,22 +295,22 @@ def run_comparison(
             progress=progress,
         )
         common = {"device": device, "cache_dir": str(preprocess_dir), "progress": progress}
-        specs = [
-            JobSpec(run_dir=str(run_dir), model=m, fold=f, **common) for m, f in _jobs_to_run(run_dir, models, splits)
-        ]
+        todo = _jobs_to_run(run_dir, models, splits, config.repeats)
+        specs = [JobSpec(run_dir=str(run_dir), model=k.model, fold=k.fold, repeat=k.repeat, repeats=k.repeats, **common)
+                 for k in todo]  # fmt: skip
         try:
             executor(specs)
         finally:
             scan = results.rebuild_tables(run_dir)
         report_dir = _write_report(run_dir) if report else None
-    expected = len(models) * len(splits)
+    expected = len(models) * len(splits) * config.repeats
     return RunOutcome(run_dir, expected, scan.results, scan.problems, report_dir)
 
 
-def _jobs_to_run(run_dir: Path, models: list[str], splits: list) -> list[tuple[str, int]]:
-    """(model, fold) of the jobs without a final result, logging how many a resume keeps."""
-    todo, _ = plan_jobs(run_dir, models, len(splits))
-    skipped = len(models) * len(splits) - len(todo)
+def _jobs_to_run(run_dir: Path, models: list[str], splits: list, repeats: int) -> list[rundir.JobKey]:
+    """The jobs without a final result, logging how many a resume keeps."""
+    todo, _ = plan_jobs(run_dir, models, len(splits), repeats)
+    skipped = len(models) * len(splits) * repeats - len(todo)
     if skipped:
         log.info("resume: %d job(s) already finished, %d to run", skipped, len(todo))
     return todo
@@ -299,7 +328,7 @@ def _checked_dataset(config: RunConfig, *, cache_dir: Path | None, progress: boo
         dataset_path = default_dataset_path(cache_dir=cache_dir)
     else:
         dataset_path = Path(config.data)
-    dataset = preflight_dataset(dataset_path, progress=progress)
+    dataset = preflight_dataset(dataset_path, progress=progress, tolerance_mm=config.tolerance_mm)
     if not dataset.foreground_labels:
         raise DatasetError(f"{dataset_path}/dataset.json declares no foreground label")
     return dataset_path, dataset

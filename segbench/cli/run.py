@@ -67,6 +67,17 @@ def _interrupt_on_sigterm() -> None:
 @click.option("--overlap", type=float, default=None, help="Sliding-window overlap in [0, 1).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--repeats",
+    type=int,
+    default=None,
+    help="Training seeds per (model, fold), same splits (default 1). R >= 2 measures training-seed variance and "
+    "lets the report require a winner to be consistent across repeats; 3 is a good start for close results.",
+)
+@click.option(
+    "--tolerance-mm", type=float, default=None, help="NSD (surface Dice) tolerance in mm (default 4; keep it at or "
+    "above the largest voxel spacing)."
+)  # fmt: skip
 @click.option("--job-timeout", type=float, default=None, help="Wall-clock limit per job in seconds (status timeout).")
 @click.option("--num-workers", type=int, default=None, help="Data-loader worker processes per job.")
 @click.option(
@@ -130,6 +141,8 @@ _CONFIG_FLAGS = {
     "folds": ("", "folds", int),
     "splits": ("", "splits", str),
     "seed": ("", "seed", int),
+    "repeats": ("", "repeats", int),
+    "tolerance_mm": ("", "tolerance_mm", float),
     "device": ("", "device", str),
     "target_spacing": ("", "target_spacing", lambda v: tuple(v) if v else None),
     "job_timeout": ("", "job_timeout_s", lambda v: v),
@@ -225,7 +238,8 @@ def _print_summary(outcome) -> None:
             click.echo(table.to_string())
     not_done = jobs[jobs["status"] != "done"] if not jobs.empty else jobs
     for _, row in not_done.iterrows():
-        click.echo(f"job {row['model']} fold {row['fold']}: {row['status']} — {row['reason']}", err=True)
+        repeat = f" repeat {int(row['repeat'])}" if "repeat" in row and jobs["repeat"].nunique() > 1 else ""
+        click.echo(f"job {row['model']} fold {row['fold']}{repeat}: {row['status']} — {row['reason']}", err=True)
     for problem in outcome.problems:
         click.echo(f"warning: {problem}", err=True)
     click.echo(f"\nTables: {rundir.metrics_path(outcome.run_dir)}, {rundir.jobs_table_path(outcome.run_dir)}")

@@ -111,9 +111,9 @@ def write_missing_result(spec: JobSpec, since: float, status: str, reason: str) 
         return
     folder = rundir.job_dir(spec.run_dir, spec)
     try:
-        what = f"segbench driver recording job {spec.model} fold {spec.fold}"
+        what = f"segbench driver recording job {rundir.job_label(spec)}"
         with RunLock(folder, name=rundir.JOB_LOCK_FILE, what=what):
-            results.write_job_result(spec.run_dir, results.JobResult(spec.model, spec.fold, status, reason, {}, []))
+            results.write_job_result(spec.run_dir, results.JobResult.for_job(spec, status, reason, {}, []))
     except RunDirectoryError:
         log.warning("%s fold %d is being run by another process; leaving it to that process", spec.model, spec.fold)
 

@@ -1,0 +1,141 @@
+"""Measure how often segbench's verdict rule declares a winner between two identical architectures (A/A).
+
+Each A/A comparison pits one architecture against itself trained under *different* seeds: run ``i`` of the pool is
+one complete cross-validation run (every fold) of ``--model`` with seed ``SEED0 + i`` on a small synthetic dataset
+and budget, all runs sharing one splits file. Comparison ``c`` with ``R`` repeats takes runs ``2cR … 2cR + R - 1`` as
+the repeats of "A" and the next ``R`` runs as the repeats of "B" (disjoint runs, so comparisons are independent).
+Their metrics go through :func:`segbench.report.stats.pair_verdict` — the function the report uses — and the script
+counts the comparisons that end in "A beats B" or "B beats A". With no true difference every such verdict is a
+false positive; the rate and its Clopper–Pearson 95 % interval go into ``docs/validity.md``.
+
+``R = 1`` is judged by the one-repeat rule (Holm-corrected case-level Wilcoxon test only, as segbench's reports did
+before repeats existed); ``R ≥ 2`` by the shipped rule (case test on each case's mean over repeats AND the job-level
+test over the independently trained (fold, repeat) networks). The R = 1 rate uses every disjoint pair of runs.
+
+Run (compute-heavy; trainings are resumable, a second call only analyses)::
+
+    nice -n 10 python benchmarks/calibrate_verdicts.py --runs /tmp/calibration --comparisons 50 --repeats 3
+
+Not a pytest module: it trains hundreds of tiny models (about 2 s each on one CPU core).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+import pandas as pd
+import torch
+from scipy import stats as scipy_stats
+
+SEED0 = 1000
+MODEL = "fcn"
+CASES, SHAPE, PATCH, FOLDS, ITERATIONS = 12, (24, 24, 16), (16, 16, 16), 3, 40
+
+
+def dataset_and_splits(root: Path) -> tuple[Path, Path]:
+    """The pool's synthetic dataset and the one splits file every run uses (created on first call)."""
+    from segbench.data.synth import make_synthetic_task
+    from segbench.splits import make_splits, save_splits
+
+    data = root / "data"
+    if not (data / "dataset.json").is_file():
+        make_synthetic_task(data, cases=CASES, test_cases=1, seed=11, shape=SHAPE)
+    splits = root / "splits_final.json"
+    if not splits.is_file():
+        ids = sorted(p.name.removesuffix(".nii.gz") for p in (data / "labelsTr").glob("*.nii.gz"))
+        save_splits(splits, make_splits(ids, folds=FOLDS, method="kfold", seed=0))
+    return data, splits
+
+
+def train_pool(root: Path, runs: int, model: str) -> None:
+    """Train runs ``0 … runs-1`` (one seed each), skipping those already complete."""
+    from segbench.config import RunConfig, TrainConfig
+    from segbench.runner import run_comparison
+
+    data, splits = dataset_and_splits(root)
+    train = TrainConfig(iterations=ITERATIONS, patch_size=PATCH, batch_size=2, num_workers=0,
+                        checkpoint_every=ITERATIONS, log_every=ITERATIONS)  # fmt: skip
+    for i in range(runs):
+        run_dir = root / f"run_{i:04d}"
+        if (run_dir / "metrics.csv").is_file():
+            continue
+        config = RunConfig(data=str(data), models=(model,), folds=FOLDS, splits=str(splits), seed=SEED0 + i,
+                           device="cpu", train=train)  # fmt: skip
+        run_comparison(config, run_dir=run_dir, progress=False, report=False, cache_dir=root / "cache")
+        print(f"trained run {i + 1}/{runs}", flush=True)
+
+
+def load_run(root: Path, i: int, name: str, repeat: int) -> pd.DataFrame:
+    """metrics.csv of run ``i``, relabelled as model ``name``, repeat ``repeat``."""
+    from segbench.results import load_metrics
+
+    frame = load_metrics(root / f"run_{i:04d}")
+    return frame.assign(model=name, repeat=repeat)
+
+
+def comparison_verdict(root: Path, a_runs: list[int], b_runs: list[int]) -> str:
+    """The verdict of the report's rule on A = ``a_runs`` (its repeats) against B = ``b_runs``."""
+    from segbench.report import stats, tables
+
+    frames = [load_run(root, i, "A", r) for r, i in enumerate(a_runs)]
+    frames += [load_run(root, i, "B", r) for r, i in enumerate(b_runs)]
+    per_case = tables.per_case_table(pd.concat(frames, ignore_index=True))
+    verdict = stats.pair_verdict(per_case, "A", "B", metric="dice", higher_is_better=True, n_comparisons=1)
+    return verdict.kind
+
+
+def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Exact binomial confidence interval of ``k`` successes in ``n`` trials."""
+    tail = (1 - confidence) / 2
+    low = 0.0 if k == 0 else float(scipy_stats.beta.ppf(tail, k, n - k + 1))
+    high = 1.0 if k == n else float(scipy_stats.beta.ppf(1 - tail, k + 1, n - k))
+    return low, high
+
+
+def rate_row(rule: str, repeats: int, kinds: list[str]) -> dict:
+    n = len(kinds)
+    k = sum(kind == "beats" for kind in kinds)
+    low, high = clopper_pearson(k, n)
+    return {"rule": rule, "repeats": repeats, "comparisons": n, "winners declared": k, "rate": k / n,
+            "CI low": low, "CI high": high}  # fmt: skip
+
+
+def analyse(root: Path, comparisons: int, repeats_list: list[int]) -> pd.DataFrame:
+    runs = sorted(int(p.name.removeprefix("run_")) for p in root.glob("run_*") if (p / "metrics.csv").is_file())
+    pool = [i for i in range(len(runs)) if i in runs]
+    rows = []
+    one = [comparison_verdict(root, [pool[2 * c]], [pool[2 * c + 1]]) for c in range(len(pool) // 2)]
+    rows.append(rate_row("case test only (R = 1)", 1, one))
+    for repeats in repeats_list:
+        count = min(comparisons, len(pool) // (2 * repeats))
+        kinds = []
+        for c in range(count):
+            start = 2 * c * repeats
+            kinds.append(comparison_verdict(root, pool[start : start + repeats], pool[start + repeats : start + 2 * repeats]))
+        rows.append(rate_row("case test AND job-level test", repeats, kinds))
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, required=True, help="folder holding the pool of runs (resumable)")
+    parser.add_argument("--comparisons", type=int, default=50, help="A/A comparisons at the largest R")
+    parser.add_argument("--repeats", type=int, nargs="+", default=[2, 3], help="R values of the shipped rule")
+    parser.add_argument("--model", default=MODEL)
+    parser.add_argument("--analyse-only", action="store_true")
+    args = parser.parse_args()
+    os.environ.setdefault("SEGBENCH_CACHE", str(args.runs / "cache"))
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.WARNING)
+    args.runs.mkdir(parents=True, exist_ok=True)
+    if not args.analyse_only:
+        train_pool(args.runs, 2 * args.comparisons * max(args.repeats), args.model)
+    table = analyse(args.runs, args.comparisons, args.repeats)
+    print(table.to_markdown(index=False, floatfmt=".3f") if hasattr(table, "to_markdown") else table.to_string())
+
+
+if __name__ == "__main__":
+    main()
