@@ -114,7 +114,8 @@ def analyse(root: Path, comparisons: int, repeats_list: list[int]) -> pd.DataFra
         kinds = []
         for c in range(count):
             start = 2 * c * repeats
-            kinds.append(comparison_verdict(root, pool[start : start + repeats], pool[start + repeats : start + 2 * repeats]))
+            a_runs, b_runs = pool[start : start + repeats], pool[start + repeats : start + 2 * repeats]
+            kinds.append(comparison_verdict(root, a_runs, b_runs))
         rows.append(rate_row("case test AND job-level test", repeats, kinds))
     return pd.DataFrame(rows)
 

@@ -77,8 +77,10 @@ def validate_config(config: RunConfig) -> None:
     checks = [
         (config.folds >= 2, f"--folds must be at least 2 (got {config.folds})"),
         (config.repeats >= 1, f"--repeats must be at least 1 (got {config.repeats})"),
-        (config.splits != "nnunet" or config.folds == 5,
-         f"--splits nnunet makes nnU-Net's 5 folds; drop --folds {config.folds} or pass --folds 5"),
+        (
+            config.splits != "nnunet" or config.folds == 5,
+            f"--splits nnunet makes nnU-Net's 5 folds; drop --folds {config.folds} or pass --folds 5",
+        ),
         (len(config.models) > 0, "--models selects no model"),
         (train.iterations > 0, f"--iterations must be positive (got {train.iterations})"),
         (train.time_budget_s is None or train.time_budget_s > 0, "--time-budget must be positive"),

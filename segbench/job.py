@@ -333,9 +333,7 @@ def _train(
     reset_cuda_peak(ctx.device)
     peak_rss.sample()
     total = train_cfg.iterations if train_cfg.time_budget_s is None else None
-    bar = ProgressBar(
-        enabled=spec.progress, total=total, start=state.iteration, desc=f"{rundir.job_label(spec)} train"
-    )
+    bar = ProgressBar(enabled=spec.progress, total=total, start=state.iteration, desc=f"{rundir.job_label(spec)} train")
     callbacks = [
         peak_rss,
         bar,

@@ -31,9 +31,10 @@ def metrics_columns() -> tuple[str, ...]:
 
 
 JOBS_COLUMNS = (
-    "model", "fold", "repeat", "status", "reason", "family", "params", "mflop_per_voxel_forward", "mflop_per_voxel_train",
-    "device", "batch_size", "patch_size", "iterations", "train_seconds", "train_iters_per_s", "train_voxels_per_s",
-    "data_wait_share", "achieved_gflop_per_s", "peak_gpu_mem_allocated_mb", "peak_gpu_mem_reserved_mb",
+    "model", "fold", "repeat", "status", "reason", "family", "params", "mflop_per_voxel_forward",
+    "mflop_per_voxel_train", "device", "batch_size", "patch_size", "iterations", "train_seconds", "train_iters_per_s",
+    "train_voxels_per_s", "data_wait_share", "achieved_gflop_per_s", "peak_gpu_mem_allocated_mb",
+    "peak_gpu_mem_reserved_mb",
     "peak_rss_mb", "inference_seconds_per_case", "final_loss", "num_val_cases",
 )  # fmt: skip
 

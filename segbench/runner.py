@@ -8,8 +8,8 @@ Dataflow of :func:`run_comparison`::
     → report
 
 Resume (``resume=True``) compares the stored manifest with the new request and refuses a changed config, model
-list, split, dataset or training numerics (CPU vs CUDA), naming each difference; it skips jobs that already have a final result and continues the
-others from their checkpoints.
+list, split, dataset or training numerics (CPU vs CUDA), naming each difference; it skips jobs that already have a
+final result and continues the others from their checkpoints.
 """
 
 from __future__ import annotations
@@ -235,9 +235,7 @@ def _prepare_run_dir(run_dir: Path, manifest: dict, splits: list, *, resume: boo
     atomic_write_json(manifest_path, manifest)
 
 
-def plan_jobs(
-    run_dir: Path, models: list[str], folds: int, repeats: int = 1
-) -> tuple[list[rundir.JobKey], list[str]]:
+def plan_jobs(run_dir: Path, models: list[str], folds: int, repeats: int = 1) -> tuple[list[rundir.JobKey], list[str]]:
     """Jobs of the (model × fold × repeat) grid still to run (no final result yet) and the problems met reading."""
     scan = results.scan_results(run_dir)
     finished = {rundir.JobKey(r.model, r.fold, r.repeat) for r in scan.results if r.status in FINAL_STATUSES}

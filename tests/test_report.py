@@ -70,11 +70,16 @@ def test_paired_statistics_match_scipy(run_with_failures, report_dir):
     md = (report_dir / "report.md").read_text(encoding="utf-8")
     # One comparison per metric: Holm leaves the p-value unchanged.
     p_text = "p < 0.001" if direct.pvalue < 0.001 else f"p = {direct.pvalue:.3f}"
-    sentence = re.search(r"unet beats fcn by ([0-9.]+) Dice \(95% CI [0-9.]+–[0-9.]+, (p [^,]+), (\d+) cases\)", md)
+    sentence = re.search(
+        r"unet beats fcn by ([0-9.]+) Dice \(difference of means; 95% CI [0-9.]+–[0-9.]+, (p [^,]+), (\d+) cases"
+        r"; only the (\d+) cases both have \(unet has 16, fcn 12\)\)",
+        md,
+    )
     assert sentence, md
     assert float(sentence.group(1)) == pytest.approx(diff, abs=5e-4)
     assert sentence.group(2) == p_text and int(sentence.group(3)) == len(wide) == 12
-    assert f"| Dice | unet | fcn | 12 | {diff:.3f} |" in md
+    assert int(sentence.group(4)) == 12  # the common cases (the failed fold's cases are not compared)
+    assert f"| Dice | unet | fcn | 12 | 0 | {diff:.3f} |" in md
     assert f"{direct.pvalue:.4f}" in md
     assert "Rank stability" in md
 

@@ -51,7 +51,7 @@ from segbench.results import (
 )
 from segbench.rundir import JOBS_FILE, MANIFEST_FILE, METRICS_FILE, RESULT_FILE, SPLITS_FILE
 
-__all__ = ["metric_definitions", "write_report"]
+__all__ = ["compare_models", "metric_definitions", "write_report"]
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,11 @@ _POLICIES = (
     "Multi-label tasks: each case's value is the mean over its foreground labels; a case is a miss when any label is.",
     "Statistics: 95% confidence intervals are percentile bootstraps over cases (10,000 resamples, seed 0). Each "
     "model is compared with the best one (highest mean Dice) by a two-sided Wilcoxon signed-rank test on the cases "
-    "both have, Holm-corrected over the comparisons of one metric; p < 0.05 counts as significant.",
+    "both have (each case's value is its mean over repeats; zero differences are not tested and are counted "
+    "separately), Holm-corrected over the comparisons of one metric. Verdict rule (docs/validity.md): with one "
+    "repeat, 'A beats B' when the corrected case test gives p < 0.05; with two or more repeats, additionally a "
+    "two-sided Wilcoxon signed-rank test over the independently trained (fold, repeat) networks (each one's mean "
+    "difference on its fold's cases), Holm-corrected the same way, must give p < 0.05 in the same direction.",
 )
 
 
@@ -148,9 +152,24 @@ def _expected_models(inputs: _Inputs) -> list[str]:
 
 
 def _wide(per_case: pd.DataFrame, column: str, models: list[str]) -> pd.DataFrame:
-    # Cases as rows, models as columns; the fold is dropped (each case is out-of-fold exactly once per model).
+    # Cases as rows, models as columns; the fold is dropped (each case is out-of-fold exactly once per model) and
+    # repeats are averaged.
     wide = per_case.pivot_table(index="case_id", columns="model", values=column, aggfunc="mean")
     return wide.reindex(columns=[m for m in models if m in wide.columns])
+
+
+def _long_pair(per_case: pd.DataFrame, column: str, reference: str, other: str) -> pd.DataFrame:
+    """One row per (case_id, fold, repeat) with the two models' values as ``ref`` and ``other`` (NaN if absent)."""
+    wide = per_case[per_case["model"].isin([reference, other])].pivot_table(
+        index=["case_id", "fold", "repeat"], columns="model", values=column, aggfunc="mean"
+    )
+    wide = wide.reindex(columns=[reference, other])
+    return wide.set_axis(["ref", "other"], axis=1).reset_index()
+
+
+def _statistic_name(metric: Metric) -> str:
+    """What a comparison of ``metric`` is a difference of, named as in the leaderboard (``*`` = penalised)."""
+    return "mean" if metric.miss_penalty is None else "penalised mean"
 
 
 def _headline_metrics(per_case: pd.DataFrame) -> list[Metric]:
@@ -158,49 +177,50 @@ def _headline_metrics(per_case: pd.DataFrame) -> list[Metric]:
     return [metric for metric in tables.metrics_in(per_case) if metric.headline]
 
 
-def _comparisons(per_case: pd.DataFrame, best: str, models: list[str], seed: int) -> list[stats.Comparison]:
+def compare_models(per_case: pd.DataFrame, best: str, models: list[str], seed: int = 0) -> list[stats.Comparison]:
+    """Every model against ``best`` on each headline metric, Holm-corrected per metric (the report's verdicts).
+
+    Args:
+        per_case: :func:`segbench.report.tables.per_case_table` rows (one per model, fold, repeat, case).
+        best: the reference model; models: the others (in order; ``best`` itself is skipped).
+        seed: bootstrap seed.
+    """
     results = []
     for metric in _headline_metrics(per_case):
-        wide = _wide(per_case, metric.penalised_column, models)
         family = [
-            stats.paired_comparison(
-                wide[best],
-                wide[other],
+            stats.repeated_comparison(
+                _long_pair(per_case, metric.penalised_column, best, other),
                 metric=metric.label,
                 reference_name=best,
                 other_name=other,
                 higher_is_better=metric.higher_is_better,
                 unit=metric.unit,
                 seed=seed,
+                statistic_name=_statistic_name(metric),
             )  # fmt: skip
-            for other in wide.columns
-            if other != best
+            for other in models
+            if other != best and other in set(per_case["model"])
         ]
         results += stats.with_holm(family)
     return results
 
 
 def _comparison_table(comparisons: list[stats.Comparison]) -> tables.Table:
-    rows = tuple(
-        (
-            c.metric,
-            c.reference,
-            c.other,
-            str(c.n_cases),
-            tables.fmt(c.mean_diff, 3 if not c.unit else 2),
-            f"{tables.fmt(c.ci_low, 3)} to {tables.fmt(c.ci_high, 3)}",
-            tables.fmt(c.statistic, 1),
-            tables.fmt(c.p_value, 4),
-            tables.fmt(c.p_holm, 4),
-        )  # fmt: skip
-        for c in comparisons
-    )
-    columns = ("metric", "best", "other", "cases", "advantage of best", "95% CI", "W", "p", "p (Holm)")
-    return tables.Table(columns, rows)
-
-
-def _p_cell(p: float) -> str:
-    return "< 0.0001" if p < 1e-4 else tables.fmt(p, 4)
+    repeated = any(c.repeats > 1 for c in comparisons)
+    rows = []
+    for c in comparisons:
+        digits = 3 if not c.unit else 2
+        low, high = (c.ci_low, c.ci_high) if c.mean_diff >= 0 else (-c.ci_high, -c.ci_low)
+        row = [c.metric, c.winner, c.loser, str(c.n_tested), str(c.n_zero), tables.fmt(abs(c.mean_diff), digits),
+               f"{tables.fmt(low, digits)} to {tables.fmt(high, digits)}", tables.fmt(c.statistic, 1),
+               stats.p_cell(c.p_value), stats.p_cell(c.p_holm)]  # fmt: skip
+        if repeated:
+            row += [f"{c.repeat_wins}/{c.repeats}", stats.p_cell(c.job_p_holm)]
+        rows.append((*row, c.verdict))
+    columns = ["metric", "better", "worse", "cases tested", "zero diffs", "advantage", "95% CI", "W", "p", "p (Holm)"]
+    if repeated:
+        columns += ["repeats ahead", "job-level p (Holm)"]
+    return tables.Table((*columns, "verdict"), tuple(rows))
 
 
 def _median_case(per_case: pd.DataFrame, model: str) -> tuple[str, int, float] | None:
@@ -212,8 +232,9 @@ def _median_case(per_case: pd.DataFrame, model: str) -> tuple[str, int, float] |
     return str(row["case_id"]), int(row["fold"]), float(row["dice"])
 
 
-def _prediction_path(run_dir: Path, model: str, fold: int, case_id: str) -> Path:
-    folder = rundir.predictions_dir(run_dir, rundir.JobKey(model, fold)).resolve()
+def _prediction_path(run_dir: Path, model: str, fold: int, case_id: str, repeats: int = 1) -> Path:
+    # With repeats, the panel shows repeat 0's prediction.
+    folder = rundir.predictions_dir(run_dir, rundir.JobKey(model, fold, 0, repeats)).resolve()
     path = (folder / f"{case_id}{rundir.PREDICTION_SUFFIX}").resolve()
     if folder not in path.parents:
         raise ValueError(f"case id {case_id!r} does not name a file inside {folder}")
@@ -243,7 +264,8 @@ def _qualitative(
         predictions, missing = {}, []
         for model in models:
             rows = per_case[(per_case["model"] == model) & (per_case["case_id"] == case_id)]
-            path = _prediction_path(run_dir, model, int(rows["fold"].iloc[0]), case_id) if len(rows) else None
+            repeats = int((manifest.get("config") or {}).get("repeats") or 1)
+            path = _prediction_path(run_dir, model, int(rows["fold"].iloc[0]), case_id, repeats) if len(rows) else None
             if path is not None and path.is_file():
                 predictions[model] = read_label(path).array
             else:
@@ -320,7 +342,9 @@ class _Context:
 
     run_dir: Path
     inputs: _Inputs
-    per_case: pd.DataFrame
+    per_case: pd.DataFrame  # one row per (model, fold, case): values averaged over repeats
+    per_repeat: pd.DataFrame  # one row per (model, fold, repeat, case)
+    repeats: int
     grid: pd.DataFrame
     expected_models: list[str]
     models: list[str]
@@ -334,16 +358,25 @@ class _Context:
         return self.ranked[0] if self.ranked else None
 
 
+def _expected_repeats(inputs: _Inputs, per_repeat: pd.DataFrame) -> int:
+    repeats = (inputs.manifest.get("config") or {}).get("repeats")
+    found = int(per_repeat["repeat"].max()) + 1 if not per_repeat.empty else 1
+    return max(int(repeats), found) if isinstance(repeats, int) else found
+
+
 def _context(run_dir: Path, inputs: _Inputs, seed: int) -> _Context:
-    per_case = tables.per_case_table(inputs.metrics)
+    per_repeat = tables.per_case_table(inputs.metrics)
+    per_case = tables.case_means(per_repeat)
+    repeats = _expected_repeats(inputs, per_repeat)
     expected_models = _expected_models(inputs)
     n_folds = _expected_folds(inputs)
-    grid = tables.job_grid(inputs.jobs, models=expected_models, n_folds=n_folds)
+    grid = tables.job_grid(inputs.jobs, models=expected_models, n_folds=n_folds, repeats=repeats)
     models = list(dict.fromkeys(list(grid["model"]) + sorted(set(per_case["model"]))))
     board = tables.leaderboard(per_case, inputs.jobs, models=models, seed=seed)
     primary = f"{PRIMARY_METRIC}_mean"
     ranked = board[board[primary].notna()]["model"].tolist() if not board.empty else []
-    return _Context(run_dir, inputs, per_case, grid, expected_models, models, n_folds, board, ranked, seed)
+    return _Context(run_dir, inputs, per_case, per_repeat, repeats, grid, expected_models, models, n_folds, board,
+                    ranked, seed)  # fmt: skip
 
 
 def _figures(ctx: _Context) -> tuple[list[FigureBlock], list[str]]:
@@ -413,7 +446,7 @@ def _statistics_section(ctx: _Context) -> Section:
     best = ctx.best
     if best is None or len(ctx.ranked) < 2:
         return Section("Statistics", (Paragraph("Paired statistics need at least two models with evaluated cases."),))
-    comparisons = _comparisons(ctx.per_case, best, ctx.models, ctx.seed)
+    comparisons = compare_models(ctx.per_repeat, best, ctx.models, ctx.seed)
     headline = _headline_metrics(ctx.per_case)
     ranks = [
         stats.rank_stability(
@@ -426,12 +459,72 @@ def _statistics_section(ctx: _Context) -> Section:
     ) if ranks else ()  # fmt: skip
     rank_columns = ("model", *(f"P(first) by {m.display(unit=False)}" for m in headline))
     return Section("Statistics", (
-        Paragraph(f"Every model against the best by mean Dice ({best}); paired on case id."),
+        Paragraph(f"Every model against the best by mean Dice ({best}); paired on case id. {_rule_sentence(ctx)}"),
+        *_conditions(ctx),
         Bullets(tuple(stats.comparison_sentence(c) for c in comparisons)),
-        TableBlock(_comparison_table(comparisons), "Wilcoxon signed-rank tests (two-sided), Holm per metric"),
+        TableBlock(_comparison_table(comparisons), "Wilcoxon signed-rank tests (two-sided), Holm per metric; "
+                   "'better' is the model ahead on the cases, 'advantage' its lead"),
         TableBlock(tables.Table(rank_columns, rank_rows),
                    f"Rank stability: share of {stats.RANK_RESAMPLES} case-bootstrap resamples (cases all models "
                    "have) in which the model ranks first"),
+    ))  # fmt: skip
+
+
+def _rule_sentence(ctx: _Context) -> str:
+    if ctx.repeats < 2:
+        return (
+            "Verdict rule: 'A beats B' when the Holm-corrected case-level Wilcoxon test gives p < 0.05. "
+            "Training-seed variance was not measured (one training seed per model and fold): the cases of one fold "
+            "share one trained network, so a difference can be the luck of one seed — docs/validity.md measures how "
+            "often this rule declares a winner between two copies of one architecture. For close results rerun with "
+            "`--repeats 3`."
+        )
+    return (
+        f"Verdict rule ({ctx.repeats} repeats): 'A beats B' only when the Holm-corrected case-level Wilcoxon test "
+        "(each case's mean over repeats) gives p < 0.05 AND the difference is consistent across repeats: the "
+        "Holm-corrected Wilcoxon test over the independently trained (fold, repeat) networks gives p < 0.05 in "
+        "the same direction (docs/validity.md)."
+    )
+
+
+def _conditions(ctx: _Context) -> list[Any]:
+    """Warnings when the compared jobs ran on different hardware or precision (columns of jobs.csv, when present)."""
+    jobs = ctx.inputs.jobs
+    notes = []
+    for column, what in (("hardware", "hardware"), ("precision", "numeric precision")):
+        if jobs.empty or column not in jobs:
+            continue
+        done = jobs[(jobs["status"] == "done") & jobs["model"].isin(ctx.ranked)]
+        values = sorted({str(v) for v in done[column].dropna()})
+        if len(values) > 1:
+            by_model = "; ".join(
+                f"{m}: {', '.join(sorted({str(v) for v in g[column].dropna()}))}" for m, g in done.groupby("model")
+            )
+            notes.append(f"Warning: the compared jobs ran on different {what} ({by_model}); quality differences may "
+                         "partly come from it, and cost columns are not compared across it.")  # fmt: skip
+    return [Paragraph(note) for note in notes]
+
+
+def _seed_section(ctx: _Context) -> Section:
+    """Training-seed variance: per model its mean Dice in each repeat, their SD and a repeat-level interval."""
+    if ctx.repeats < 2:
+        return Section("Training-seed variance", (Paragraph(
+            "Not measured: this run trained one seed per model and fold (`--repeats 1`). Differences between models "
+            "include the luck of one training seed; for close results rerun with `--repeats 3` (docs/validity.md)."
+        ),))  # fmt: skip
+    rows = []
+    for model in ctx.ranked:
+        means = ctx.per_repeat[ctx.per_repeat["model"] == model].groupby("repeat")[PRIMARY_METRIC].mean()
+        low, high = stats.repeat_interval(means.to_numpy(float))
+        sd = float(means.std(ddof=1)) if len(means) > 1 else math.nan
+        rows.append((model, str(len(means)), ", ".join(tables.fmt(v, 3) for v in means),
+                     tables.fmt(float(means.mean()), 3), tables.fmt(sd, 4),
+                     f"{tables.fmt(low, 3)} to {tables.fmt(high, 3)}"))  # fmt: skip
+    columns = ("model", "repeats", "mean Dice per repeat", "mean", "SD across repeats", "95% interval (t, repeats)")
+    return Section("Training-seed variance", (
+        Paragraph(f"{ctx.repeats} training seeds per model and fold (same splits, common random numbers across "
+                  "models within a repeat). The interval is the t-interval of the mean over repeats."),
+        TableBlock(tables.Table(columns, tuple(rows))),
     ))  # fmt: skip
 
 
@@ -495,7 +588,7 @@ def write_report(
     inputs = _read_inputs(run_dir)
     ctx = _context(run_dir, inputs, seed)
     figure_blocks, figure_notes = _figures(ctx)
-    sections = [_leaderboard_section(ctx), _fold_section(ctx), _statistics_section(ctx),
+    sections = [_leaderboard_section(ctx), _fold_section(ctx), _statistics_section(ctx), _seed_section(ctx),
                 Section("Figures", tuple(figure_blocks))]  # fmt: skip
     if speed is not None:
         sections.append(_speed_section(speed, Path(benchmark_json)))

@@ -96,13 +96,23 @@ def holm(p_values: np.ndarray | list[float]) -> np.ndarray:
     return adjusted
 
 
+def min_attainable_p(n: int) -> float:
+    """Smallest two-sided p-value an exact Wilcoxon signed-rank test on ``n`` non-zero differences can give."""
+    return 1.0 if n <= 0 else min(1.0, 2.0 / 2.0**n)
+
+
 @dataclass(frozen=True)
 class Comparison:
     """A paired comparison of ``other`` against ``reference`` on one metric.
 
     ``mean_diff`` and its CI are ``reference - other`` for higher-is-better metrics and ``other - reference``
-    otherwise, so a positive value always means the reference is better. ``p_value`` is the raw Wilcoxon
-    p-value; ``p_holm`` the Holm-adjusted one over the family the comparison belongs to (NaN until set).
+    otherwise, so a positive value always means the reference is better. ``p_value`` is the raw case-level Wilcoxon
+    p-value on ``n_cases - n_zero`` non-zero differences (each case's value is its mean over repeats); ``p_holm`` the
+    Holm-adjusted one over the family the comparison belongs to (NaN until set). With ``repeats`` ≥ 2, ``job_p``
+    is the Wilcoxon p-value over the ``job_units`` independently trained (fold, repeat) networks (mean difference of
+    the fold's cases in that repeat), ``job_p_holm`` its Holm adjustment, and ``repeat_wins`` the number of repeats
+    in which the model ahead on the cases also has the better mean. ``verdict`` applies the rule (see
+    :attr:`verdict`).
     """
 
     metric: str
@@ -116,11 +126,69 @@ class Comparison:
     statistic: float
     p_value: float
     p_holm: float = math.nan
+    n_zero: int = 0
+    statistic_name: str = "mean"  # what mean_diff is a difference of, e.g. "penalised mean"
+    cases_each: tuple[int, int] = (0, 0)  # cases of reference and other (before pairing); 0 = unknown
+    repeats: int = 1
+    job_units: int = 0
+    job_mean_diff: float = math.nan
+    job_p: float = math.nan
+    job_p_holm: float = math.nan
+    repeat_wins: int = 0
+
+    @property
+    def n_tested(self) -> int:
+        """Differences the Wilcoxon test uses (scipy drops zero differences)."""
+        return self.n_cases - self.n_zero
+
+    @property
+    def winner(self) -> str:
+        return self.reference if self.mean_diff >= 0 else self.other
+
+    @property
+    def loser(self) -> str:
+        return self.other if self.mean_diff >= 0 else self.reference
+
+    @property
+    def verdict(self) -> str:
+        """The rule (docs/validity.md): one of ``beats``, ``no significant difference``, ``indistinguishable``,
+        ``too few cases``, ``not consistent``, ``too few jobs``, ``no common case``.
+
+        One repeat: ``beats`` when the Holm-corrected case-level test gives p < 0.05. Two or more repeats:
+        additionally the Holm-corrected job-level test over the (fold, repeat) networks gives p < 0.05 with a
+        difference in the same direction.
+        """
+        p = self.p_holm if not math.isnan(self.p_holm) else self.p_value
+        if self.n_cases == 0:
+            return "no common case"
+        if self.n_tested == 0:
+            return "indistinguishable"
+        if min_attainable_p(self.n_tested) >= ALPHA:
+            return "too few cases"
+        if not p < ALPHA:
+            return "no significant difference"
+        if self.repeats < 2:
+            return "beats"
+        if min_attainable_p(self.job_units) >= ALPHA:
+            return "too few jobs"
+        job_p = self.job_p_holm if not math.isnan(self.job_p_holm) else self.job_p
+        same_direction = (self.job_mean_diff > 0) == (self.mean_diff > 0)
+        return "beats" if job_p < ALPHA and same_direction else "not consistent"
 
     @property
     def significant(self) -> bool:
-        p = self.p_holm if not math.isnan(self.p_holm) else self.p_value
-        return bool(p < ALPHA)
+        return self.verdict == "beats"
+
+
+def _wilcoxon(diff: np.ndarray) -> tuple[float, float]:
+    """(statistic, two-sided p) of the signed-rank test; (0, 1) when every difference is zero, NaN when empty."""
+    if diff.size == 0:
+        return math.nan, math.nan
+    if np.all(diff == 0):
+        # scipy cannot rank an all-zero sample; identical predictions are the textbook "no difference".
+        return 0.0, 1.0
+    result = scipy_stats.wilcoxon(diff)
+    return float(result.statistic), float(result.pvalue)
 
 
 def paired_comparison(
@@ -134,8 +202,9 @@ def paired_comparison(
     unit: str = "",
     seed: int = 0,
     n_resamples: int = DEFAULT_RESAMPLES,
+    statistic_name: str = "mean",
 ) -> Comparison:
-    """Wilcoxon signed-rank test and bootstrap CI of the mean paired difference.
+    """Wilcoxon signed-rank test and bootstrap CI of the mean paired difference (one repeat).
 
     Args:
         reference, other: per-case values indexed by case id; only ids present (and finite) in both are used.
@@ -144,42 +213,74 @@ def paired_comparison(
         higher_is_better: orientation of the metric (Dice yes, HD95 no).
         unit: unit shown after differences (``"mm"`` or ``""``).
         seed, n_resamples: bootstrap settings.
+        statistic_name: what the difference is a difference of (``"mean"``, ``"penalised mean"``).
 
     Returns:
         A :class:`Comparison`; ``p_value`` is 1 when every paired difference is zero, NaN with no common case.
     """
-    joined = pd.concat({"ref": reference, "other": other}, axis=1, join="inner").dropna()
-    joined = joined[np.isfinite(joined["ref"]) & np.isfinite(joined["other"])]
+    long = pd.concat({"ref": reference, "other": other}, axis=1).rename_axis("case_id").reset_index()
+    long = long.assign(fold=0, repeat=0)
+    return repeated_comparison(long, metric=metric, reference_name=reference_name, other_name=other_name,
+                               higher_is_better=higher_is_better, unit=unit, seed=seed, n_resamples=n_resamples,
+                               statistic_name=statistic_name)  # fmt: skip
+
+
+def repeated_comparison(
+    long: pd.DataFrame,
+    *,
+    metric: str,
+    reference_name: str,
+    other_name: str,
+    higher_is_better: bool,
+    unit: str = "",
+    seed: int = 0,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    statistic_name: str = "mean",
+) -> Comparison:
+    """Case-level and job-level paired tests of two models over folds and repeats.
+
+    Args:
+        long: one row per (case_id, fold, repeat) with the two models' values in columns ``ref`` and ``other``
+            (NaN where a model has no value); rows where either is missing or not finite are dropped, so both
+            models are compared on exactly the same (case, repeat) evaluations.
+        Others: as :func:`paired_comparison`.
+
+    Returns:
+        A :class:`Comparison`: the case-level test uses each case's mean over its paired repeats; with two or more
+        repeats the job-level test uses each (fold, repeat)'s mean difference and ``repeat_wins`` counts the
+        repeats whose mean difference favours the model ahead on the cases.
+    """
+    cases_each = (int(long.dropna(subset=["ref"])["case_id"].nunique()),
+                  int(long.dropna(subset=["other"])["case_id"].nunique()))  # fmt: skip
+    paired = long.dropna(subset=["ref", "other"])
+    paired = paired[np.isfinite(paired["ref"].astype(float)) & np.isfinite(paired["other"].astype(float))]
     sign = 1.0 if higher_is_better else -1.0
-    diff = sign * (joined["ref"].to_numpy(float) - joined["other"].to_numpy(float))
+    paired = paired.assign(diff=sign * (paired["ref"].astype(float) - paired["other"].astype(float)))
+    diff = paired.groupby("case_id")["diff"].mean().to_numpy(float)
+    statistic, p_value = _wilcoxon(diff)
     n = int(diff.size)
-    if n == 0:
-        statistic, p_value = math.nan, math.nan
-    elif np.all(diff == 0):
-        # scipy cannot rank an all-zero sample; identical predictions are the textbook "no difference".
-        statistic, p_value = 0.0, 1.0
-    else:
-        result = scipy_stats.wilcoxon(joined["ref"].to_numpy(float), joined["other"].to_numpy(float))
-        statistic, p_value = float(result.statistic), float(result.pvalue)
+    mean_diff = float(diff.mean()) if n else math.nan
     low, high = bootstrap_ci(diff, seed=seed, n_resamples=n_resamples) if n else (math.nan, math.nan)
+    repeats = int(paired["repeat"].nunique()) if n else 0
+    units = paired.groupby(["fold", "repeat"])["diff"].mean().to_numpy(float)
+    per_repeat = paired.groupby("repeat")["diff"].mean().to_numpy(float)
+    ahead = 1.0 if mean_diff >= 0 else -1.0
     return Comparison(
-        metric=metric,
-        unit=unit,
-        reference=reference_name,
-        other=other_name,
-        n_cases=n,
-        mean_diff=float(diff.mean()) if n else math.nan,
-        ci_low=low,
-        ci_high=high,
-        statistic=statistic,
-        p_value=p_value,
-    )
+        metric=metric, unit=unit, reference=reference_name, other=other_name, n_cases=n, mean_diff=mean_diff,
+        ci_low=low, ci_high=high, statistic=statistic, p_value=p_value, n_zero=int(np.sum(diff == 0)),
+        statistic_name=statistic_name, cases_each=cases_each, repeats=max(repeats, 1), job_units=int(units.size),
+        job_mean_diff=float(units.mean()) if units.size else math.nan,
+        job_p=_wilcoxon(units)[1] if repeats >= 2 else math.nan, repeat_wins=int(np.sum(ahead * per_repeat > 0)),
+    )  # fmt: skip
 
 
 def with_holm(comparisons: list[Comparison]) -> list[Comparison]:
-    """Return the comparisons with ``p_holm`` set, adjusting over the whole list as one family."""
+    """Return the comparisons with ``p_holm`` and ``job_p_holm`` set, adjusting over the whole list as one family."""
     adjusted = holm([c.p_value for c in comparisons])
-    return [replace(c, p_holm=float(p)) for c, p in zip(comparisons, adjusted, strict=True)]
+    jobs = holm([c.job_p for c in comparisons])
+    return [
+        replace(c, p_holm=float(p), job_p_holm=float(q)) for c, p, q in zip(comparisons, adjusted, jobs, strict=True)
+    ]
 
 
 def format_p(p: float) -> str:
@@ -191,33 +292,90 @@ def format_p(p: float) -> str:
     return f"p = {p:.3f}"
 
 
-def comparison_sentence(c: Comparison) -> str:
-    """One plain sentence, e.g. ``"unet beats fcn by 0.061 Dice (95% CI 0.040–0.080, p = 0.002, 20 cases)"``.
+def p_cell(p: float) -> str:
+    """A p-value for a table cell: four decimals, ``< 0.0001`` for tiny values (never ``0.0000``), ``–`` for NaN."""
+    if math.isnan(p):
+        return "–"
+    return "< 0.0001" if p < 1e-4 else f"{p:.4f}"
 
-    Uses the Holm-adjusted p-value when set. With ``p ≥ 0.05`` the sentence says "no significant difference".
+
+def comparison_sentence(c: Comparison) -> str:
+    """One plain sentence per verdict (:attr:`Comparison.verdict`), e.g.
+    ``"unet beats fcn by 0.061 Dice (difference of means; 95% CI 0.040–0.080, p = 0.002, 20 cases)."``
+
+    The direction is always the winner's (the model ahead on the cases), as in the comparison table; the sentence
+    names the statistic it compares, the cases the test used (zero differences separately), the common cases when
+    the models were evaluated on different case sets, and with repeats the consistency check.
     """
-    digits = 3 if c.unit == "" else 2
-    p = c.p_holm if not math.isnan(c.p_holm) else c.p_value
-    unit = f" {c.unit}" if c.unit else ""
-    cases = f"{c.n_cases} case" + ("" if c.n_cases == 1 else "s")
-    if c.n_cases == 0:
+    verdict = c.verdict
+    if verdict == "no common case":
         return f"{c.reference} and {c.other} share no case with a finite {c.metric}; no comparison possible."
-    winner, loser = (c.reference, c.other) if c.mean_diff >= 0 else (c.other, c.reference)
-    # Report the difference from the winner's side so that the number is positive.
-    low, high = (c.ci_low, c.ci_high) if c.mean_diff >= 0 else (-c.ci_high, -c.ci_low)
-    detail = f"95% CI {_interval(low, high, digits)}, {format_p(p)}, {cases}"
-    if not p < ALPHA:
+    if verdict == "indistinguishable":
+        return (f"{c.reference} and {c.other} are indistinguishable in {c.metric}: identical on all {c.n_cases} "
+                f"common cases{_over_repeats(c)}.")  # fmt: skip
+    by = _by(c)
+    detail = _detail(c)
+    if verdict == "beats":
+        return f"{c.winner} beats {c.loser} by {by} ({detail}{_consistency(c)})."
+    if verdict == "too few cases":
         return (
-            f"No significant difference between {c.reference} and {c.other} in {c.metric} "
-            f"({winner} better by {abs(c.mean_diff):.{digits}f}{unit}; {detail})."
+            f"Too few paired cases to test {c.reference} against {c.other} in {c.metric}: {c.n_tested} non-zero "
+            f"difference(s) can never reach p < {ALPHA:g} (6 are needed); {c.winner} ahead by {by} ({detail})."
         )
-    return f"{winner} beats {loser} by {abs(c.mean_diff):.{digits}f}{unit} {c.metric} ({detail})."
+    if verdict in ("not consistent", "too few jobs"):
+        why = ("too few independently trained networks to check consistency across repeats (6 are needed)"
+               if verdict == "too few jobs" else "not consistent across repeats")  # fmt: skip
+        return f"No verdict between {c.reference} and {c.other} in {c.metric}: {c.winner} ahead by {by} on the cases ({detail}), but {why}{_consistency(c)}."  # noqa: E501
+    return f"No significant difference between {c.reference} and {c.other} in {c.metric} ({c.winner} ahead by {by}; {detail})."  # noqa: E501
+
+
+def _by(c: Comparison) -> str:
+    digits = 3 if c.unit == "" else 2
+    unit = f" {c.unit}" if c.unit else ""
+    return f"{abs(c.mean_diff):.{digits}f}{unit} {c.metric}"
+
+
+def _detail(c: Comparison) -> str:
+    digits = 3 if c.unit == "" else 2
+    # Report the interval from the winner's side so that it matches the positive difference.
+    low, high = (c.ci_low, c.ci_high) if c.mean_diff >= 0 else (-c.ci_high, -c.ci_low)
+    p = c.p_holm if not math.isnan(c.p_holm) else c.p_value
+    cases = f"{c.n_tested} case" + ("" if c.n_tested == 1 else "s")
+    zeros = f" + {c.n_zero} with zero difference, not tested" if c.n_zero else ""
+    common = ""
+    if max(c.cases_each) > c.n_cases:  # evaluated on different case sets (a missing or failed fold)
+        mine, theirs = c.cases_each
+        common = f"; only the {c.n_cases} cases both have ({c.reference} has {mine}, {c.other} {theirs})"
+    return (f"difference of {c.statistic_name}s{_over_repeats(c)}; 95% CI {_interval(low, high, digits)}, "
+            f"{format_p(p)}, {cases}{zeros}{common}")  # fmt: skip
+
+
+def _over_repeats(c: Comparison) -> str:
+    return f" over {c.repeats} repeats" if c.repeats > 1 else ""
+
+
+def _consistency(c: Comparison) -> str:
+    if c.repeats < 2:
+        return ""
+    p = c.job_p_holm if not math.isnan(c.job_p_holm) else c.job_p
+    return (f"; ahead in {c.repeat_wins} of {c.repeats} repeats, job-level {format_p(p)} over {c.job_units} "
+            "trained networks")  # fmt: skip
 
 
 def _interval(low: float, high: float, digits: int) -> str:
     # An en dash between two numbers reads as a range only when neither is negative.
     separator = "–" if low >= 0 else " to "
     return f"{low:.{digits}f}{separator}{high:.{digits}f}"
+
+
+def repeat_interval(means: np.ndarray, *, confidence: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of the mean of per-repeat means (repeats are independent trainings); NaN below 2 values."""
+    x = np.asarray(means, dtype=float)
+    x = x[np.isfinite(x)]
+    if x.size < 2:
+        return (math.nan, math.nan)
+    half = float(scipy_stats.t.ppf((1 + confidence) / 2, x.size - 1)) * float(x.std(ddof=1)) / math.sqrt(x.size)
+    return (float(x.mean()) - half, float(x.mean()) + half)
 
 
 def rank_stability(

@@ -58,16 +58,18 @@ def per_case_table(metrics: pd.DataFrame) -> pd.DataFrame:
         metrics: ``metrics.csv`` rows (see docs/run-directory.md).
 
     Returns:
-        Columns ``model, fold, case_id``, then for every catalogue metric present in ``metrics`` its column (e.g.
+        Columns ``model, fold, repeat, case_id`` (repeat 0 for runs made before repeats existed), then for every
+        catalogue metric present in ``metrics`` its column (e.g.
         ``hd95``, keeping ``inf`` for misses) and, for metrics with a miss penalty, ``<name>_pen`` (misses replaced
-        by the penalty before averaging over labels); then ``miss, labels``. Sorted by model, fold, case_id.
+        by the penalty before averaging over labels); then ``miss, labels``. Sorted by model, fold, repeat, case_id.
     """
     present = metrics_in(metrics)
     values = [c for m in present for c in dict.fromkeys((m.name, m.penalised_column))]
-    columns = ["model", "fold", "case_id", *values, "miss", "labels"]
+    columns = ["model", "fold", "repeat", "case_id", *values, "miss", "labels"]
     if metrics.empty:
         return pd.DataFrame(columns=columns)
     frame = metrics.copy()
+    frame["repeat"] = pd.to_numeric(frame["repeat"], errors="coerce").fillna(0).astype(int) if "repeat" in frame else 0
     frame["case_id"] = frame["case_id"].astype(str)
     frame["model"] = frame["model"].astype(str)
     diagonal = pd.to_numeric(frame["diagonal_mm"], errors="coerce").to_numpy(float)
@@ -75,11 +77,28 @@ def per_case_table(metrics: pd.DataFrame) -> pd.DataFrame:
         frame[metric.name] = pd.to_numeric(frame[metric.name], errors="coerce")
         frame[metric.penalised_column] = penalise(metric, frame[metric.name], diagonal)
     frame["miss"] = frame["miss"].map(_as_bool).fillna(False).astype(bool)
-    grouped = frame.groupby(["model", "fold", "case_id"], sort=True)
+    grouped = frame.groupby(["model", "fold", "repeat", "case_id"], sort=True)
     out = grouped[values].mean()
     out["miss"] = grouped["miss"].any()
     out["labels"] = grouped.size()
     return out.reset_index()[columns]
+
+
+def case_means(per_case: pd.DataFrame) -> pd.DataFrame:
+    """:func:`per_case_table` averaged over repeats: one row per (model, fold, case_id), ``repeats`` = how many.
+
+    Every value column is the mean over the case's repeats (its out-of-fold prediction by each training seed);
+    ``miss`` is true when any repeat missed. With one repeat the values are unchanged.
+    """
+    if per_case.empty:
+        return per_case.drop(columns="repeat", errors="ignore").assign(repeats=pd.Series(dtype=int))
+    values = [c for c in per_case.columns if c not in ("model", "fold", "repeat", "case_id", "miss", "labels")]
+    grouped = per_case.groupby(["model", "fold", "case_id"], sort=True)
+    out = grouped[values].mean()
+    out["miss"] = grouped["miss"].any()
+    out["labels"] = grouped["labels"].max()
+    out["repeats"] = grouped.size()
+    return out.reset_index()
 
 
 def _as_bool(value: Any) -> Any:
@@ -90,33 +109,37 @@ def _as_bool(value: Any) -> Any:
     return bool(value)
 
 
-def job_grid(jobs: pd.DataFrame, *, models: list[str], n_folds: int) -> pd.DataFrame:
-    """The expected (model × fold) grid with each job's status; never drops a job.
+def job_grid(jobs: pd.DataFrame, *, models: list[str], n_folds: int, repeats: int = 1) -> pd.DataFrame:
+    """The expected (model × fold × repeat) grid with each job's status; never drops a job.
 
     Args:
-        jobs: ``jobs.csv`` rows.
+        jobs: ``jobs.csv`` rows (without a ``repeat`` column every row is repeat 0).
         models: expected models (manifest order); models only present in ``jobs`` are appended.
         n_folds: number of folds in splits.json; folds beyond it found in ``jobs`` are kept too.
+        repeats: the run's repeat count; repeats beyond it found in ``jobs`` are kept too.
 
     Returns:
-        Columns ``model, fold, status, reason``; ``status`` is ``"missing"`` where no result exists.
+        Columns ``model, fold, repeat, status, reason``; ``status`` is ``"missing"`` where no result exists.
     """
-    seen = {(str(m), int(f)): (str(s), str(r)) for m, f, s, r in _job_rows(jobs)}
-    all_models = list(models) + sorted({m for m, _ in seen} - set(models))
-    folds = sorted(set(range(n_folds)) | {f for _, f in seen})
+    seen = {(str(m), int(f), int(r)): (str(s), str(why)) for m, f, r, s, why in _job_rows(jobs)}
+    all_models = list(models) + sorted({m for m, _, _ in seen} - set(models))
+    folds = sorted(set(range(n_folds)) | {f for _, f, _ in seen})
+    repeat_ids = sorted(set(range(repeats)) | {r for _, _, r in seen})
     rows = []
     for model in all_models:
         for fold in folds:
-            status, reason = seen.get((model, fold), (MISSING, f"no {RESULT_FILE}: the job never finished"))
-            rows.append({"model": model, "fold": fold, "status": status, "reason": reason})
-    return pd.DataFrame(rows, columns=["model", "fold", "status", "reason"])
+            for repeat in repeat_ids:
+                status, reason = seen.get((model, fold, repeat), (MISSING, f"no {RESULT_FILE}: the job never finished"))
+                rows.append({"model": model, "fold": fold, "repeat": repeat, "status": status, "reason": reason})
+    return pd.DataFrame(rows, columns=["model", "fold", "repeat", "status", "reason"])
 
 
-def _job_rows(jobs: pd.DataFrame) -> list[tuple[Any, Any, Any, Any]]:
+def _job_rows(jobs: pd.DataFrame) -> list[tuple[Any, Any, Any, Any, Any]]:
     if jobs.empty:
         return []
     reasons = jobs["reason"].fillna("") if "reason" in jobs else pd.Series("", index=jobs.index)
-    return list(zip(jobs["model"], jobs["fold"], jobs["status"], reasons, strict=True))
+    repeat = jobs["repeat"].fillna(0).astype(int) if "repeat" in jobs else pd.Series(0, index=jobs.index)
+    return list(zip(jobs["model"], jobs["fold"], repeat, jobs["status"], reasons, strict=True))
 
 
 def _done_jobs(jobs: pd.DataFrame, model: str) -> pd.DataFrame:
@@ -397,7 +420,11 @@ def format_fold_table(table: pd.DataFrame, grid: pd.DataFrame, *, digits: int = 
     """Per-fold cells; a fold without cases shows its job status (``failed``, ``missing``, …) instead."""
     fold_columns = [c for c in table.columns if c.startswith("fold_")]
     columns = ("model",) + tuple(c.replace("_", " ") for c in fold_columns) + ("mean of fold means", "pooled mean")
-    status = {(m, int(f)): s for m, f, s in zip(grid["model"], grid["fold"], grid["status"], strict=True)}
+    status: dict[tuple[str, int], str] = {}
+    for m, f, s in zip(grid["model"], grid["fold"], grid["status"], strict=True):
+        # With repeats, a fold shows the first status that is not done (any repeat).
+        if status.get((m, int(f)), "done") == "done":
+            status[(m, int(f))] = s
     rows = []
     for model, r in table.iterrows():
         cells = [str(model)]
@@ -417,7 +444,12 @@ def format_fold_table(table: pd.DataFrame, grid: pd.DataFrame, *, digits: int = 
 def format_jobs(grid: pd.DataFrame) -> Table:
     """Jobs that are not ``done`` (failed, diverged, oom, killed, timeout, missing) with their reason."""
     bad = grid[grid["status"] != "done"]
-    rows = tuple((str(m), str(int(f)), str(s), str(r)) for m, f, s, r in bad.itertuples(index=False))
+    if "repeat" in grid and grid["repeat"].nunique() > 1:
+        selected = bad[["model", "fold", "repeat", "status", "reason"]].itertuples(index=False)
+        rows = tuple((str(m), str(int(f)), str(int(r)), str(s), str(why)) for m, f, r, s, why in selected)
+        return Table(("model", "fold", "repeat", "status", "reason"), rows)
+    rows = tuple((str(m), str(int(f)), str(s), str(r)) for m, f, s, r in bad[["model", "fold", "status", "reason"]]
+                 .itertuples(index=False))  # fmt: skip
     return Table(("model", "fold", "status", "reason"), rows)
 
 
