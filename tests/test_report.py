@@ -72,7 +72,7 @@ def test_paired_statistics_match_scipy(run_with_failures, report_dir):
     p_text = "p < 0.001" if direct.pvalue < 0.001 else f"p = {direct.pvalue:.3f}"
     sentence = re.search(
         r"unet beats fcn by ([0-9.]+) Dice \(difference of means; 95% CI [0-9.]+–[0-9.]+, (p [^,]+), (\d+) cases"
-        r"; only the (\d+) cases both have \(unet has 16, fcn 12\)\)",
+        r"; only the (\d+) cases both have \(unet has 16, fcn 16\)\)",
         md,
     )
     assert sentence, md
