@@ -76,15 +76,19 @@ def load_run(root: Path, i: int, name: str, repeat: int) -> pd.DataFrame:
     return frame.assign(model=name, repeat=repeat)
 
 
-def comparison_verdict(root: Path, a_runs: list[int], b_runs: list[int]) -> str:
-    """The verdict of the report's rule on A = ``a_runs`` (its repeats) against B = ``b_runs``."""
-    from segbench.report import stats, tables
+def comparison(root: Path, a_runs: list[int], b_runs: list[int]):
+    """The report's Dice comparison (:func:`segbench.report.compare_models`) of A = ``a_runs`` against B."""
+    from segbench.report import compare_models, tables
 
     frames = [load_run(root, i, "A", r) for r, i in enumerate(a_runs)]
     frames += [load_run(root, i, "B", r) for r, i in enumerate(b_runs)]
     per_case = tables.per_case_table(pd.concat(frames, ignore_index=True))
-    verdict = stats.pair_verdict(per_case, "A", "B", metric="dice", higher_is_better=True, n_comparisons=1)
-    return verdict.kind
+    return next(c for c in compare_models(per_case, "A", ["A", "B"]) if c.metric == "Dice")
+
+
+def case_test_only(c) -> bool:
+    """The one-repeat rule (Holm-corrected case-level test alone), applied to any comparison."""
+    return c.n_tested > 0 and c.p_holm < 0.05
 
 
 def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -95,28 +99,26 @@ def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, fl
     return low, high
 
 
-def rate_row(rule: str, repeats: int, kinds: list[str]) -> dict:
-    n = len(kinds)
-    k = sum(kind == "beats" for kind in kinds)
+def rate_row(rule: str, repeats: int, declared: list[bool]) -> dict:
+    n, k = len(declared), sum(declared)
     low, high = clopper_pearson(k, n)
-    return {"rule": rule, "repeats": repeats, "comparisons": n, "winners declared": k, "rate": k / n,
-            "CI low": low, "CI high": high}  # fmt: skip
+    return {"rule": rule, "repeats R": repeats, "A/A comparisons": n, "winners declared": k, "rate": k / n,
+            "95% CI (Clopper-Pearson)": f"{low:.3f}–{high:.3f}"}  # fmt: skip
 
 
 def analyse(root: Path, comparisons: int, repeats_list: list[int]) -> pd.DataFrame:
-    runs = sorted(int(p.name.removeprefix("run_")) for p in root.glob("run_*") if (p / "metrics.csv").is_file())
-    pool = [i for i in range(len(runs)) if i in runs]
-    rows = []
-    one = [comparison_verdict(root, [pool[2 * c]], [pool[2 * c + 1]]) for c in range(len(pool) // 2)]
-    rows.append(rate_row("case test only (R = 1)", 1, one))
+    """False-positive rates: R = 1 over every disjoint pair of runs, R ≥ 2 over up to ``comparisons`` each."""
+    pool = sorted(int(p.name.removeprefix("run_")) for p in root.glob("run_*") if (p / "metrics.csv").is_file())
+    one = [comparison(root, [pool[2 * c]], [pool[2 * c + 1]]) for c in range(len(pool) // 2)]
+    rows = [rate_row("case test (shipped rule for R = 1)", 1, [c.verdict == "beats" for c in one])]
     for repeats in repeats_list:
         count = min(comparisons, len(pool) // (2 * repeats))
-        kinds = []
+        found = []
         for c in range(count):
             start = 2 * c * repeats
-            a_runs, b_runs = pool[start : start + repeats], pool[start + repeats : start + 2 * repeats]
-            kinds.append(comparison_verdict(root, a_runs, b_runs))
-        rows.append(rate_row("case test AND job-level test", repeats, kinds))
+            found.append(comparison(root, pool[start : start + repeats], pool[start + repeats : start + 2 * repeats]))
+        rows.append(rate_row("case test only (on means over repeats)", repeats, [case_test_only(c) for c in found]))
+        rows.append(rate_row("case test AND job-level test (shipped)", repeats, [c.verdict == "beats" for c in found]))
     return pd.DataFrame(rows)
 
 
@@ -135,7 +137,9 @@ def main() -> None:
     if not args.analyse_only:
         train_pool(args.runs, 2 * args.comparisons * max(args.repeats), args.model)
     table = analyse(args.runs, args.comparisons, args.repeats)
-    print(table.to_markdown(index=False, floatfmt=".3f") if hasattr(table, "to_markdown") else table.to_string())
+    print("| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns))
+    for row in table.itertuples(index=False):
+        print("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row) + " |")
 
 
 if __name__ == "__main__":

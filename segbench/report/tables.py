@@ -206,6 +206,8 @@ def _cost_columns(jobs: pd.DataFrame, model: str) -> dict[str, Any]:
         "train_seconds": _job_mean(done, "train_seconds"),
         "jobs_done": int(len(done)),
         "jobs": int(len(model_jobs)),
+        # Where the figures were measured (jobs.csv `hardware`, when the run records it): costs compare only within one.
+        "hardware": ", ".join(sorted({str(v) for v in done["hardware"].dropna()})) if "hardware" in done else "",
     }
 
 
@@ -216,7 +218,8 @@ def leaderboard(per_case: pd.DataFrame, jobs: pd.DataFrame, *, models: list[str]
     metrics ``dice_mean, dice_sd, dice_ci_low, dice_ci_high, hd95_median, hd95_mean, assd_mean, nsd_mean``, all with
     misses counted as the penalty); ``misses, params, mflop_per_voxel, peak_mem_mb, peak_mem_kind`` (``gpu`` = CUDA
     peak allocated, ``rss`` = process peak RSS), ``train_iters_per_s, inference_seconds_per_case, train_seconds``
-    (means over done jobs, named as in jobs.csv), ``jobs_done, jobs``.
+    (means over done jobs, named as in jobs.csv), ``jobs_done, jobs``, ``hardware`` (the jobs' hardware, "" when
+    jobs.csv does not record it) and ``complete`` (the model has every case any model was evaluated on).
     """
     all_models = list(models) + sorted(set(per_case["model"].astype(str)) - set(models))
     rows = []
@@ -227,6 +230,8 @@ def leaderboard(per_case: pd.DataFrame, jobs: pd.DataFrame, *, models: list[str]
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
+    all_cases = per_case["case_id"].nunique()
+    frame["complete"] = frame["cases"] == all_cases
     # Best mean of the primary metric first; models without cases last; ties by name so the order is deterministic.
     primary = get_metric(PRIMARY_METRIC)
     key = frame[f"{primary.name}_mean"].astype(float)
@@ -377,6 +382,9 @@ def _peak_memory(r: pd.Series) -> str:
     return fmt(value, 0) + ("" if pd.isna(value) else f" ({r['peak_mem_kind']})")
 
 
+# Costs measured on the job's hardware: compared (best marked) only when every model's jobs ran on the same one.
+HARDWARE_COSTS = ("peak_mem_mb", "train_iters_per_s", "inference_seconds_per_case", "train_seconds")
+
 # Costs after the metrics: (header, summary.csv column = jobs.csv quantity, digits or "count", higher is better).
 _COST_COLUMNS = (
     ("misses", "misses", "count", False),
@@ -400,18 +408,30 @@ def leaderboard_columns(board: pd.DataFrame) -> list[_Column]:
 
 
 def format_leaderboard(board: pd.DataFrame) -> Table:
-    """Leaderboard cells; best value per column marked (ties all marked)."""
+    """Leaderboard cells; best value per column marked (ties all marked).
+
+    Quality columns are marked only among complete models (evaluated on every case): models evaluated on different
+    case sets are never marked against each other, and incomplete ones say so next to their name. Hardware-dependent
+    costs (:data:`HARDWARE_COSTS`) are marked only when every model's jobs ran on the same hardware.
+    """
     spec = leaderboard_columns(board)
     columns = ("model", "cases", "jobs done") + tuple(c.header for c in spec)
+    complete = board["complete"].astype(bool) if "complete" in board else pd.Series(True, index=board.index)
+    hardware = {h for h in board.get("hardware", pd.Series(dtype=str)).fillna("") if h}
+    same_hardware = len(hardware) <= 1 and not any("," in h for h in hardware)
     rows = []
-    for _, r in board.iterrows():
-        cells = [str(r["model"]), str(int(r["cases"])), f"{int(r['jobs_done'])}/{int(r['jobs'])}"]
+    for (_, r), whole in zip(board.iterrows(), complete, strict=True):
+        name = str(r["model"]) + ("" if whole else " (incomplete)")
+        cells = [name, str(int(r["cases"])), f"{int(r['jobs_done'])}/{int(r['jobs'])}"]
         rows.append(tuple(cells + [c.cell(r) for c in spec]))
+    costs = {column for _, column, _, _ in _COST_COLUMNS}
     best = set()
     for offset, column in enumerate(spec):
-        if column.best_of is None or board.empty:
+        if column.best_of is None or board.empty or (column.best_of in HARDWARE_COSTS and not same_hardware):
             continue
-        for row in _best_rows(board[column.best_of], column.higher_is_better):
+        eligible = complete if column.best_of not in costs else pd.Series(True, index=board.index)
+        values = board[column.best_of].where(eligible.to_numpy())
+        for row in _best_rows(values, column.higher_is_better):
             best.add((row, 3 + offset))
     return Table(columns, tuple(rows), frozenset(best))
 
