@@ -252,3 +252,73 @@ def test_report_warns_when_compared_jobs_ran_on_different_hardware(tmp_path):
     table = tables.format_leaderboard(board)
     iters = table.columns.index("train it/s")
     assert not any(column == iters for _, column in table.best)  # throughput not compared across hardware
+
+
+# ------------------------------------------------------------------------------------ metric inputs that mislead
+
+
+def test_scoring_label_zero_is_refused_with_the_way_to_score_background():
+    from segbench.metrics import compute_case_metrics
+
+    pred = np.zeros((4, 4, 4), np.uint8)
+    pred[1:3, 1:3, 1:3] = 1
+    with pytest.raises(ValueError, match=r"pass boolean masks instead, e.g. compute_case_metrics\(pred == 0"):
+        compute_case_metrics(pred, pred.copy(), (1.0, 1.0, 1.0), labels=[0])
+    (row,) = compute_case_metrics(pred == 0, pred == 0, (1.0, 1.0, 1.0))  # background as a boolean mask
+    assert row["dice"] == 1.0 and not row["pred_empty"]
+
+
+def test_nsd_tolerance_below_the_voxel_spacing_warns(tiny_task, caplog):
+    from segbench.metrics import nsd_tolerance_warning
+    from segbench.runner import preflight_dataset
+
+    assert nsd_tolerance_warning(4.0, (3.125, 3.125, 3.4)) is None
+    message = nsd_tolerance_warning(2.0, (3.125, 3.125, 3.4), flag="--tolerance-mm")
+    assert "below the largest voxel spacing 3.4 mm" in message and "--tolerance-mm 3.5" in message
+    with caplog.at_level("WARNING"):
+        preflight_dataset(tiny_task, progress=False, tolerance_mm=2.0)
+    assert "NSD tolerance 2 mm is below the largest voxel spacing" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        preflight_dataset(tiny_task, progress=False, tolerance_mm=RunConfig().tolerance_mm)
+    assert "NSD tolerance" not in caplog.text  # the default τ is informative on the embedded dataset's spacing
+
+
+def test_tolerance_and_repeats_flags_reach_the_config(tmp_path):
+    import click
+
+    from segbench.cli.run import _config_from_options, run
+
+    ctx = click.Context(run)
+    options = {name: None for name in ("data", "models", "folds", "splits", "device", "target_spacing", "job_timeout",
+                                       "iterations", "time_budget", "patch", "batch_size", "lr", "optimizer",
+                                       "num_workers", "mirror", "overlap", "out")}  # fmt: skip
+    options.update(seed=0, repeats=3, tolerance_mm=5.0, resume=False)
+    config = _config_from_options(options, ctx)
+    assert (config.repeats, config.tolerance_mm) == (3, 5.0)
+
+
+def test_nnunet_splits_need_five_folds():
+    from segbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--splits nnunet makes nnU-Net's 5 folds; drop --folds 3"):
+        RunConfig(splits="nnunet", folds=3)
+    assert RunConfig(splits="nnunet", folds=5).folds == 5
+
+
+# ----------------------------------------------------------------------------------------- comparable conditions
+
+
+def test_resume_refuses_a_device_type_change_but_not_another_gpu_index():
+    from segbench.runner import device_type, manifest_differences
+
+    base = {"config": {"device": "cpu", "train": {}}, "models": ["fcn"], "dataset": {"fingerprint": "x", "path": "d"}}
+
+    def manifest(device: str) -> dict:
+        return {**base, "config": {**base["config"], "device": device}, "device_type": device_type(device)}
+
+    assert manifest_differences(manifest("cpu"), manifest("cuda")) == [
+        "device: cpu -> cuda (training on another device type changes the numerics)"
+    ]
+    assert manifest_differences(manifest("cuda:0"), manifest("cuda:1")) == []
+    assert manifest_differences(manifest("cuda"), manifest("auto")) == []  # Slurm: resolved where the job runs
