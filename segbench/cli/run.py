@@ -230,7 +230,7 @@ def _print_summary(outcome) -> None:
     jobs = results.load_jobs(outcome.run_dir)
     if not metrics.empty:
         # The report's leaderboard (summary.csv numbers), metric columns only: one definition of every statistic.
-        board = tables.leaderboard(tables.per_case_table(metrics), jobs, models=[])
+        board = tables.leaderboard(tables.case_means(tables.per_case_table(metrics)), jobs, models=[])
         statistics = [c for m in tables.metrics_in(metrics) for c in tables.statistic_columns(m) if "_ci_" not in c]
         table = board.set_index("model")[["cases", *statistics, "misses"]]
         with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 160):
