@@ -110,28 +110,22 @@ def test_one_repeat_keeps_the_flat_layout_and_iter_job_dirs_round_trips(tmp_path
 # ------------------------------------------------------------------------------------------------- verdict rule
 
 
-def _per_case(values: dict[tuple[str, int, int], list[float]], cases_per_fold: int) -> pd.DataFrame:
-    """per_case_table-like rows: {(model, fold, repeat): [dice of each case of the fold]}."""
+def _two_models(seed: int, shifts: tuple[float, float], noise: float) -> pd.DataFrame:
+    """per_case_table-like rows of models A and B: 3 folds × 2 repeats × 8 cases; A = B + shift of the repeat."""
+    rng = np.random.default_rng(seed)
     rows = []
-    for (model, fold, repeat), dice in values.items():
-        for i, value in enumerate(dice):
-            rows.append({"model": model, "fold": fold, "repeat": repeat, "case_id": f"c{fold}_{i}", "dice": value,
-                         "miss": False, "labels": 1})  # fmt: skip
-    assert all(len(v) == cases_per_fold for v in values.values())
+    for fold in range(3):
+        for repeat, shift in enumerate(shifts):
+            base = rng.uniform(0.7, 0.8, 8)
+            for model, dice in (("A", base + shift + rng.normal(0, noise, 8)), ("B", base)):
+                rows += [{"model": model, "fold": fold, "repeat": repeat, "case_id": f"c{fold}_{i}", "dice": value,
+                          "miss": False, "labels": 1} for i, value in enumerate(dice)]  # fmt: skip
     return pd.DataFrame(rows)
 
 
 def test_case_test_significant_but_inconsistent_across_repeats_gives_no_verdict():
-    rng = np.random.default_rng(0)
-    values = {}
-    for fold in range(3):
-        for repeat in range(2):
-            base = rng.uniform(0.7, 0.8, 8)
-            # A leads by a lot in repeat 0 and trails a little in repeat 1 of every fold: the case means favour A.
-            shift = 0.1 if repeat == 0 else -0.02
-            values[("A", fold, repeat)] = list(base + shift + rng.normal(0, 0.001, 8))
-            values[("B", fold, repeat)] = list(base)
-    (c,) = compare_models(_per_case(values, 8), "A", ["A", "B"])
+    # A leads by a lot in repeat 0 and trails a little in repeat 1 of every fold: the case means favour A.
+    (c,) = compare_models(_two_models(0, (0.1, -0.02), 0.001), "A", ["A", "B"])
     assert c.repeats == 2 and c.job_units == 6 and c.p_holm < 0.05
     assert c.repeat_wins == 1 and c.verdict == "not consistent"
     sentence = stats.comparison_sentence(c)
@@ -140,14 +134,7 @@ def test_case_test_significant_but_inconsistent_across_repeats_gives_no_verdict(
 
 
 def test_consistent_difference_over_repeats_is_a_verdict():
-    rng = np.random.default_rng(1)
-    values = {}
-    for fold in range(3):
-        for repeat in range(2):
-            base = rng.uniform(0.7, 0.8, 8)
-            values[("A", fold, repeat)] = list(base + 0.05 + rng.normal(0, 0.005, 8))
-            values[("B", fold, repeat)] = list(base)
-    (c,) = compare_models(_per_case(values, 8), "A", ["A", "B"])
+    (c,) = compare_models(_two_models(1, (0.05, 0.05), 0.005), "A", ["A", "B"])
     assert c.verdict == "beats" and c.repeat_wins == 2
     assert stats.comparison_sentence(c).startswith("A beats B by 0.04")
     assert "over 2 repeats" in stats.comparison_sentence(c) and "ahead in 2 of 2 repeats" in stats.comparison_sentence(
