@@ -4,17 +4,18 @@ Each A/A comparison pits one architecture against itself trained under *differen
 one complete cross-validation run (every fold) of ``--model`` with seed ``SEED0 + i`` on a small synthetic dataset
 and budget, all runs sharing one splits file. Comparison ``c`` with ``R`` repeats takes runs ``2cR … 2cR + R - 1`` as
 the repeats of "A" and the next ``R`` runs as the repeats of "B" (disjoint runs, so comparisons are independent).
-Their metrics go through :func:`segbench.report.stats.pair_verdict` — the function the report uses — and the script
+Their metrics go through :func:`segbench.report.compare_models` — the function the report uses — and the script
 counts the comparisons that end in "A beats B" or "B beats A". With no true difference every such verdict is a
 false positive; the rate and its Clopper–Pearson 95 % interval go into ``docs/validity.md``.
 
 ``R = 1`` is judged by the one-repeat rule (Holm-corrected case-level Wilcoxon test only, as segbench's reports did
-before repeats existed); ``R ≥ 2`` by the shipped rule (case test on each case's mean over repeats AND the job-level
-test over the independently trained (fold, repeat) networks). The R = 1 rate uses every disjoint pair of runs.
+before repeats existed); ``R ≥ 2`` both by the case test alone (on each case's mean over repeats) and by the shipped
+rule (that case test AND the job-level test over the independently trained (fold, repeat) networks). The R = 1 rate
+uses every disjoint pair of runs of the pool.
 
 Run (compute-heavy; trainings are resumable, a second call only analyses)::
 
-    nice -n 10 python benchmarks/calibrate_verdicts.py --runs /tmp/calibration --comparisons 50 --repeats 3
+    nice -n 10 python benchmarks/calibrate_verdicts.py --runs /tmp/calibration --comparisons 50 --repeats 2 3
 
 Not a pytest module: it trains hundreds of tiny models (about 2 s each on one CPU core).
 """
