@@ -6,6 +6,7 @@ calls it after every step and once more with ``state.finished = True``.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,8 @@ import psutil
 from segbench import results, stop
 from segbench.rundir import JobRef
 from segbench.training import LoopState
+
+log = logging.getLogger(__name__)
 
 
 class JobTimeout(RuntimeError):
@@ -123,6 +126,7 @@ class StopAtBoundary:
     def __call__(self, loop: LoopState) -> None:
         if stop.STOP_REQUESTED.is_set():
             self.checkpointer.save_now(loop)
+            log.warning("stopping: checkpoint saved at iteration %d", loop.iteration)
             raise stop.stop_exception()
 
 
