@@ -20,7 +20,7 @@ import socket
 import time
 import traceback
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -298,7 +298,7 @@ def _resume(ctx: JobContext, state: LoopState, record: dict[str, Any]) -> tuple[
     return curve, extras
 
 
-def _batches(ctx: JobContext, prepared: dict[str, PreparedCase], *, start: int) -> Iterator[dict]:
+def _batches(ctx: JobContext, prepared: dict[str, PreparedCase], *, start: int) -> Generator[dict, None, None]:
     """Training batches from ``start`` on: patches of the fold's training cases, labels as class indices."""
     train_cfg = ctx.config.train
     patch_dataset = PatchDataset(
@@ -360,6 +360,9 @@ def _train(
             )
     finally:
         bar.close()
+        # Shut the loader's workers down now, even when a stop or an error leaves this frame in a traceback: a
+        # worker ignores SIGTERM, so interpreter exit (which terminates and joins children) would wait for it forever.
+        batches.close()
     throughput = state.meter.summary()
     if throughput.get("steady_iterations", 0) == 0 and extras.get("throughput"):
         # Resumed after training had finished (e.g. killed while predicting): keep the measured figures.

@@ -15,6 +15,7 @@ are still alive and submits only the lost ones (see :mod:`segbench.executors.sta
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import re
@@ -99,12 +100,18 @@ class CheckpointableJob:
             try:
                 result = run_job(self.spec)
             except stop.Preempted as exc:
-                # The checkpoint of the last finished step is saved: now do what submitit would have done at once.
-                log.info("%s fold %d: %s, checkpoint saved", self.spec.model, self.spec.fold, exc)
-                handler = previous.get(exc.signum)
-                if exc.signum != signal.SIGTERM and callable(handler):
-                    handler(exc.signum, None)  # checkpoint() + requeue + exit, or UncompletedJobError when it can't
-                raise SystemExit(1) from None  # SIGTERM: Slurm is cancelling or requeueing the job itself
+                signum = exc.signum
+            else:
+                signum = None
+            if signum is not None:
+                # The checkpoint of the last finished step is saved, and leaving the `except` block freed the
+                # training frames, so the DataLoader has shut its worker down. Now do what submitit would have done.
+                gc.collect()
+                log.info("%s fold %d stopped on %s", self.spec.model, self.spec.fold, signal.Signals(signum).name)
+                handler = previous.get(signum)
+                if signum != signal.SIGTERM and callable(handler):
+                    handler(signum, None)  # checkpoint() + requeue + exit, or UncompletedJobError when it can't
+                raise SystemExit(1)  # SIGTERM: Slurm is cancelling or requeueing the job itself
         log.info("%s fold %d ended: %s %s", self.spec.model, self.spec.fold, result.status, result.reason)
         return {"status": result.status, "reason": result.reason}
 
