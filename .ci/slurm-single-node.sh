@@ -4,7 +4,7 @@
 #   slurm-single-node.sh up       configure and start munged, [mariadbd, slurmdbd,] slurmctld, slurmd
 #   slurm-single-node.sh down     cancel jobs, stop those daemons by PID, remove Slurm state
 # ACCOUNTING=0 skips MariaDB + slurmdbd (then `sacct` fails; segbench falls back to `squeue`).
-# Why each slurm.conf setting is there: README, "Slurm"; the full record: docs/slurm.md.
+# Why each non-default slurm.conf setting is there: README, "Trying it on one machine".
 set -euo pipefail
 PACKAGES=(munge slurmctld slurmd slurm-client slurmdbd mariadb-server)
 ACCOUNTING=${ACCOUNTING:-1}
