@@ -55,6 +55,11 @@ def request_stop(exception: Callable[[], BaseException] = KeyboardInterrupt) -> 
     return True
 
 
+def stop_pending() -> bool:
+    """Whether a deferred stop waits for the next step boundary of a running training loop."""
+    return bool(_state["deferring"]) and STOP_REQUESTED.is_set()
+
+
 def stop_exception() -> BaseException:
     """The exception a training loop raises for the pending stop request (``KeyboardInterrupt`` by default)."""
     factory = _state["exception"] or KeyboardInterrupt

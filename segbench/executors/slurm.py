@@ -128,7 +128,7 @@ def _checkpoint_on_signals() -> Iterator[dict[int, Any]]:
     """Inside a submitit job: the pre-emption signal and SIGTERM stop training at the next step, after a checkpoint.
 
     Yields submitit's own handlers by signal number (the caller runs them once training has stopped). Outside
-    training (setup, prediction) and for a second signal, submitit's handler runs at once. Outside a submitit job
+    training (setup, prediction), submitit's handler runs at once; a repeated signal is ignored. Outside a submitit job
     process (the ``debug`` backend runs jobs inside the driver) nothing is changed.
     """
     signums = (preempt_signal(), signal.SIGTERM)
@@ -140,6 +140,8 @@ def _checkpoint_on_signals() -> Iterator[dict[int, Any]]:
     def handler(signum: int, frame: Any) -> None:
         if stop.request_stop(lambda: stop.Preempted(signum)):
             log.warning("caught %s: saving a checkpoint at the next training step", signal.Signals(signum).name)
+            return
+        if stop.stop_pending():  # the same signal again (Slurm and srun may both deliver it): already on its way
             return
         if callable(previous[signum]):
             previous[signum](signum, frame)
