@@ -35,6 +35,7 @@ from segbench.executors.base import Executor, as_executor
 from segbench.executors.inprocess import InProcessExecutor
 from segbench.job import JobSpec, out_channels_for
 from segbench.locking import RunLock
+from segbench.matching import match_run
 from segbench.paths import preprocessed_cache
 from segbench.profiling import environment_info
 from segbench.registry import model_info, resolve_models
@@ -253,9 +254,16 @@ def run_comparison(
         check_patch(models, tuple(config.train.patch_size), len(dataset.channels), out_channels)
         # A remote executor (Slurm) resolves the device where the job runs, not on this (login) node.
         device = config.device if executor.resolves_device else resolve_device(config.device)
+        # --match: family members become the width matching the reference's cost; these names are what is trained.
+        matching = match_run(
+            config, models, in_channels=len(dataset.channels), out_channels=out_channels, device=device
+        )
+        models = matching.resolved if matching is not None else models
         case_ids = [case.case_id for case in dataset.training]
         splits = resolve_splits(config.splits, case_ids, folds=config.folds, seed=config.seed)
         manifest = build_manifest(config, dataset, models, dataset_path)
+        if matching is not None:
+            manifest["matching"] = matching.as_dict()
         _prepare_run_dir(run_dir, manifest, splits, resume=resume)
 
         preprocess_dir = preprocessed_cache(cache_dir)
