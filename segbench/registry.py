@@ -168,8 +168,8 @@ class FamilySpec:
         for label, knob, value in (("width", self.width, width), ("depth", self.depth, depth)):
             if value not in knob:
                 raise ModelError(
-                    f"model {self.member(width, depth)!r}: {label} {value} is outside family {self.name!r}'s "
-                    f"valid range {knob.describe()}; choose a {label} in that range"
+                    f"model {self.member(width, depth)!r}: {label} {value} is outside the valid range "
+                    f"{knob.describe()} of family {self.name}; choose a {label} in that range"
                 )
 
 

@@ -88,7 +88,7 @@ def test_no_width_within_25_percent_is_refused_naming_the_nearest(monkeypatch):
     message = str(excinfo.value)
     assert "no width of narrow_w{W}_d2 (W 4–6) gets within 25% of unet's 7.69e+05 parameters" in message
     assert "the nearest is narrow_w6_d2" in message
-    with pytest.raises(ModelError, match="width 7 is outside family 'narrow''s valid range 4–6"):
+    with pytest.raises(ModelError, match="width 7 is outside the valid range 4–6 of family narrow"):
         build_model("narrow_w7_d2", in_channels=1, out_channels=1)
 
 
@@ -142,7 +142,7 @@ def test_plugin_family_declares_knobs_lists_its_grid_and_is_matched(plugins):
     assert family_member("stack") is None  # the plain name is the builder's defaults, a fixed model
     model = build_model("stack_w10_d3", in_channels=1, out_channels=2)
     assert len(model) == 8 and model[0].out_channels == 10
-    with pytest.raises(ModelError, match="width 11 is outside family 'stack''s valid range 2–64 step 2"):
+    with pytest.raises(ModelError, match="width 11 is outside the valid range 2–64 step 2 of family stack"):
         build_model("stack_w11_d3", in_channels=1, out_channels=1)
 
     listing = CliRunner().invoke(main, ["models", "stack*"])
