@@ -209,3 +209,20 @@ def test_matched_run_through_the_console_script(tiny_task: Path, tmp_path: Path)
     resumed = subprocess.run([*command[:3], "run", "--resume", "--out", str(run_dir), "--quiet", "--no-report"],
                              capture_output=True, text=True, timeout=300)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
+
+
+@pytest.mark.parametrize(
+    ("attributes", "message"),
+    [
+        ("build.segbench_width = ('channels', 0, 8)\nbuild.segbench_depth = ('levels', 1, 3)",
+         "declares segbench_width=\\('channels', 0, 8\\), not \\(keyword, min, max\\[, step\\]\\)"),
+        ("build.segbench_width = ('channels', 2, 8)", "declares segbench_depth=None"),
+        ("build.segbench_width = ('channels', 2, 8)\nbuild.segbench_depth = ('levels', 1, 3)\n"
+         "build.segbench_grid = ((10, 1),)", "width 10 is outside the valid range 2–8 of family bad"),
+    ],
+)  # fmt: skip
+def test_bad_plugin_family_declarations_are_clear_errors(plugins, attributes, message):
+    source = FAMILY_PLUGIN.split("build.segbench_width")[0] + attributes + "\n"
+    plugins.add("segbench-bad", {"bad": "bad_family:build"}, module="bad_family", source=source)
+    with pytest.raises(ModelError, match=message):
+        build_model("bad_w4_d1", in_channels=1, out_channels=1)
