@@ -248,7 +248,10 @@ def match_models(models: Sequence[str], *, measure: str, reference: str, context
             target by more than :data:`MAX_DEVIATION` (the message names the nearest width).
         ModelError: unknown reference.
     """
-    target = model_cost(reference, measure, context)
+    try:
+        target = model_cost(reference, measure, context)
+    except ModelError as exc:
+        raise ModelError(f"--match-to {reference}: {exc}") from None
     matched = [_match_one(name, measure=measure, reference=reference, target=target, context=context)
                for name in models]  # fmt: skip
     matched = [replace(m, costs=_all_costs(m.model, context)) for m in matched]

@@ -167,6 +167,9 @@ def test_model_cost_of_a_patch_the_model_does_not_suit_is_one_clear_error():
 def test_match_flags_are_validated():
     from segbench.config import RunConfig
 
+    with pytest.raises(ModelError, match="--match-to vnet: unknown model 'vnet'; did you mean 'unet'?"):
+        match_models(["unet_w20_d3"], measure="flops", reference="vnet", context=CONTEXT)
+
     with pytest.raises(ConfigError, match="--match needs --match-to MODEL"):
         RunConfig(match="flops")
     with pytest.raises(ConfigError, match="--match-to needs --match"):
