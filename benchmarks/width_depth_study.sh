@@ -33,7 +33,7 @@ read -r -a patch <<<"$PATCH"
 args+=(--patch "${patch[@]}")
 [[ -n "$DATA" ]] && args+=(--data "$DATA")
 [[ -n "$ITERATIONS" ]] && args+=(--iterations "$ITERATIONS")
-if segbench run --help | grep -q -- "--repeats"; then
+if segbench run --help | grep -- "--repeats" >/dev/null; then  # no -q: an early exit would fail the pipe
     args+=(--repeats "$REPEATS")
 elif [[ "$REPEATS" != 1 ]]; then
     echo "note: this segbench has no --repeats; running one training seed per fold" >&2
