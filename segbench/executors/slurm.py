@@ -59,7 +59,6 @@ MIN_TIME_MIN = 2
 # sbatch error text -> the flag that caused it (first match wins).
 _REJECTIONS = (
     ("generic resource", "--slurm-gpus (the partition has no such GPUs; --slurm-gpus 0 for CPU jobs)"),
-    ("gres", "--slurm-gpus (the partition has no such GPUs; --slurm-gpus 0 for CPU jobs)"),
     ("more processors requested", "--slurm-cpus (more CPUs than a node of the partition has)"),
     ("memory specification", "--slurm-mem (more memory than a node of the partition has)"),
     ("time limit", "--slurm-time (longer than the partition allows)"),
