@@ -9,7 +9,8 @@ knows every job that is pending or running, and ended ones for ``MinJobAge`` (30
   knows it at all (``GONE``: it ended more than ``MinJobAge`` ago and accounting has no record of it);
 - ``UNKNOWN`` (counted as alive) only while neither command answers, e.g. the controller itself is down.
 
-Jobs pending for a reason no node can ever satisfy (``PartitionConfig``, ``BadConstraints``, …) are reported once.
+Jobs pending for a reason that waiting does not resolve (``PartitionConfig``, ``BadConstraints``, a partition that is
+down, …) are reported once, naming the flag that usually causes it.
 """
 
 from __future__ import annotations
@@ -145,8 +146,8 @@ class SlurmQueue:
             if self.state(job_id) == "PENDING" and reason in HOPELESS_REASONS:
                 self._warn_once(
                     f"reason:{reason}",
-                    "slurm job %s stays pending because no node can ever run it (Slurm reason %s); cancel the run "
-                    "(scancel), change %s, and continue with --resume",
+                    "slurm job %s stays pending (Slurm reason %s) and will not start as things are; check %s, "
+                    "or cancel the jobs (scancel), fix that and continue with --resume",
                     job_id,
                     reason,
                     HOPELESS_REASONS[reason],

@@ -255,3 +255,18 @@ def test_without_accounting_the_driver_neither_hangs_nor_misreports(tiny_task, t
     assert jobs.loc[1, "status"] == "done"
     # A resumed driver does not re-attach to the cancelled job (the hang of a resume without accounting).
     assert not recorded_job_alive(read_record(rundir.job_dir(run_dir, JobKey("fcn", 0))))
+
+
+def test_jobs_pending_for_a_hopeless_reason_are_reported_not_waited_on_silently(tiny_task, tmp_path):
+    partition = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True).stdout.split()[0]
+    subprocess.run(["scontrol", "update", f"PartitionName={partition}", "State=DOWN"], check=True)
+    try:
+        log = tmp_path / "log"
+        driver = start("run", "--data", str(tiny_task), "--models", "fcn", "--folds", "2", "--iterations", "2",
+                       *JOB, *SLURM, "--slurm-time", "10", "--out", str(tmp_path / "run"), log=log)  # fmt: skip
+        wait_until(lambda: "Slurm reason PartitionDown" in log.read_text(), timeout=120,
+                   what="the driver saying why the jobs pend", driver=driver)  # fmt: skip
+        assert "--slurm-partition" in log.read_text()
+    finally:
+        subprocess.run(["scontrol", "update", f"PartitionName={partition}", "State=UP"], check=True)
+    assert driver.wait(timeout=180) == 0, log.read_text()  # and it goes on once the partition is back
