@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
 import click
@@ -11,16 +10,11 @@ from segbench.cli.group import main
 
 
 def _interrupt_on_sigterm() -> None:
-    # Slurm and `kill` send SIGTERM: treat it like Ctrl-C so the running job records `killed` and finished
-    # results stay as they are.
-    def handler(signum, frame):  # noqa: ARG001
-        from segbench.stop import STOP_REQUESTED
+    # Slurm and `kill` send SIGTERM: treat it like Ctrl-C. A training job saves a checkpoint at its next step and
+    # records `killed`; finished results stay as they are.
+    from segbench.stop import install_interrupt_handlers
 
-        STOP_REQUESTED.set()
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    install_interrupt_handlers()
 
 
 @main.command()
@@ -43,6 +37,14 @@ def _interrupt_on_sigterm() -> None:
     show_default=True,
     help="kfold (seeded), nnunet (nnU-Net's folds) or a splits_final.json file.",
 )
+@click.option(
+    "--match",
+    type=click.Choice(["flops", "params", "memory"]),
+    default=None,
+    help="Scale every family member (e.g. unet_w20_d4) to the width whose training FLOPs per voxel, parameters or "
+    "peak tensor memory is closest to --match-to's; fixed models (fcn, unet) run as they are.",
+)
+@click.option("--match-to", default=None, metavar="MODEL", help="Reference model of --match (any model name).")
 @click.option("--iterations", type=int, default=None, help="Training iterations per job (same for every model).")
 @click.option(
     "--time-budget",
@@ -100,13 +102,20 @@ def _interrupt_on_sigterm() -> None:
     "--slurm-time",
     type=int,
     default=None,
-    help="slurm: time limit per job in minutes; a job reaching it is requeued and resumes. Default: 120.",
+    help="slurm: time limit per job in minutes (at least 2); a job reaching it saves a checkpoint, is requeued and "
+    "resumes. Default: 120.",
 )
 @click.option("--slurm-gpus", type=int, default=None, help="slurm: GPUs per job (0 = CPU jobs). Default: 1.")
 @click.option("--slurm-cpus", type=int, default=None, help="slurm: CPUs per job. Default: 8.")
 @click.option("--slurm-mem", type=float, default=None, help="slurm: memory per job in GB. Default: the partition's.")
 @click.option(
     "--slurm-array-parallelism", type=int, default=None, help="slurm: jobs running at the same time. Default: 16."
+)
+@click.option(
+    "--slurm-poll",
+    type=float,
+    default=None,
+    help="slurm: seconds between two questions to the scheduler (sacct, else squeue). Default: 30.",
 )
 @click.option("--no-report", is_flag=True, help="Skip writing the report at the end.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
@@ -146,6 +155,8 @@ _CONFIG_FLAGS = {
     "device": ("", "device", str),
     "target_spacing": ("", "target_spacing", lambda v: tuple(v) if v else None),
     "job_timeout": ("", "job_timeout_s", lambda v: v),
+    "match": ("", "match", str),
+    "match_to": ("", "match_to", str),
     "iterations": ("train", "iterations", int),
     "time_budget": ("train", "time_budget_s", float),
     "patch": ("train", "patch_size", tuple),
@@ -198,6 +209,7 @@ _SLURM_FLAGS = {
     "slurm_cpus": "cpus_per_job",
     "slurm_mem": "mem_gb",
     "slurm_array_parallelism": "array_parallelism",
+    "slurm_poll": "poll_s",
 }
 
 
@@ -225,9 +237,13 @@ def _print_summary(outcome) -> None:
 
     from segbench import results, rundir
     from segbench.report import tables
+    from segbench.report.matching import matching_lines, matching_record
 
     metrics = results.load_metrics(outcome.run_dir)
     jobs = results.load_jobs(outcome.run_dir)
+    record = matching_record(results.load_manifest(outcome.run_dir))
+    if record is not None:
+        click.echo("\n" + "\n".join(matching_lines(record)))
     if not metrics.empty:
         # The report's leaderboard (summary.csv numbers), metric columns only: one definition of every statistic.
         board = tables.leaderboard(tables.case_means(tables.per_case_table(metrics)), jobs, models=[])
