@@ -271,18 +271,14 @@ def test_nsd_tolerance_below_the_voxel_spacing_warns(tiny_task, caplog):
     assert "NSD tolerance" not in caplog.text  # the default τ is informative on the embedded dataset's spacing
 
 
-def test_tolerance_and_repeats_flags_reach_the_config(tmp_path):
-    import click
-
+def test_tolerance_and_repeats_flags_reach_the_config():
     from segbench.cli.run import _config_from_options, run
 
-    ctx = click.Context(run)
-    options = {name: None for name in ("data", "models", "folds", "splits", "device", "target_spacing", "job_timeout",
-                                       "iterations", "time_budget", "patch", "batch_size", "lr", "optimizer",
-                                       "num_workers", "mirror", "overlap", "out")}  # fmt: skip
-    options.update(seed=0, repeats=3, tolerance_mm=5.0, resume=False)
-    config = _config_from_options(options, ctx)
+    ctx = run.make_context("run", ["--repeats", "3", "--tolerance-mm", "5"])
+    config = _config_from_options(ctx.params, ctx)
     assert (config.repeats, config.tolerance_mm) == (3, 5.0)
+    default = run.make_context("run", [])
+    assert _config_from_options(default.params, default).repeats == 1
 
 
 def test_nnunet_splits_need_five_folds():
