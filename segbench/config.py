@@ -155,7 +155,7 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
     if legacy:
         replaced = ", ".join(f"train.{key} (now train.{_LEGACY_TRAIN_KEYS[key]})" for key in legacy)
         raise ConfigError(
-            f"this run's manifest.json uses {replaced} from a segbench version before --precision/--memory-format; "
+            f"the stored run configuration uses {replaced} from a segbench version before --precision/--memory-format; "
             "its jobs cannot be continued with this version (they trained with other numerics): start a new run "
             "with another --out (`segbench report` still reads the old run)"
         )
