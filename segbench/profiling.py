@@ -267,7 +267,9 @@ def matmul_peak_flops(
         device: where to measure.
         size: matrix side; ``2 * size**3`` FLOPs per product.
         repeats: timed products.
-        dtype: e.g. ``torch.float16`` for the AMP reference on GPUs.
+        dtype: the precision to measure in, matching the work it is a reference for: ``torch.bfloat16`` for bf16
+            autocast (on CPUs without native bf16 instructions it is emulated, hence slow), ``torch.float16`` for
+            fp16, ``torch.float32`` for fp32 (on GPUs subject to ``torch.backends.cuda.matmul.allow_tf32``).
 
     Returns:
         FLOP/s (float).
