@@ -1,24 +1,29 @@
-"""Forward-pass and training-step speed of every registered model, with FLOP/s and share of a matmul peak.
+"""Forward-pass and training-step speed of every registered model in each precision, with FLOP/s and share of a
+matmul peak measured in that same precision.
 
-Scenario (per device):
+Scenario (per device; the thread count is torch's default, as in a user's run):
 
-* CPU: batch 1, a 32³ patch (rounded up to the model's divisor), float32, one thread (the benchmark machine
-  is shared; one thread also makes timings steadier).
-* CUDA: batch 2, a Task02-sized (128, 128, 64) patch (rounded up to the divisor), bfloat16 autocast and
-  channels-last as in the training recipe; ``torch.cuda.synchronize()`` inside every timed call.
+* CPU: batch 2, the default run's (32, 32, 24) patch (rounded up to the model's divisor); precisions fp32 and bf16.
+* CUDA: batch 2, a Task02-sized (128, 128, 64) patch (rounded up to the divisor); precisions fp32, bf16 and fp16;
+  ``torch.cuda.synchronize()`` inside every timed call.
 
-A training step is: zero grads, forward, BCE-with-logits loss against a fixed random mask, backward, SGD step.
-Each test records in ``extra_info``: parameters, input shape, device, precision, FLOPs of one call (counted
-with ``torch.utils.flop_counter`` on the ``meta`` device for the exact shape), achieved FLOP/s (FLOPs / median
-time) and its share of the peak of a large matrix product measured once per session on the same device with
-the same precision — the reference that makes figures from different machines comparable.
+Every model runs in the memory format ``auto`` resolves to (channels-last-3d); ``fcn`` and ``unet`` also run
+contiguous, so the four columns of the "fp32 / channels-last / bf16 / channels-last + bf16" table come from one run.
 
-Run (CPU subset, about a minute)::
+A training step is the training recipe's (:mod:`segbench.training`): zero grads, forward under the precision's
+autocast, Dice + BCE loss in fp32 against a fixed random mask, backward, gradient clipping at 12, Adam step.
+Each test records in ``extra_info``: parameters, input shape, device, threads, precision, memory format, FLOPs of
+one call (``torch.utils.flop_counter`` on the ``meta`` device for the exact shape), achieved FLOP/s (FLOPs / median
+time) and its share of the best of five square matrix products measured once per session on the same device *in the
+same precision* (a bf16 step is compared with a bf16 matmul) — the reference that makes figures from different
+machines comparable.
 
-    pytest benchmarks/test_bench_models.py -k "fcn or unet_w20" --benchmark-only --benchmark-autosave
+Run (the CPU table, a few minutes)::
 
-Compare with an earlier run: ``--benchmark-compare``. Select models with ``-k``; the MONAI models appear
-when MONAI is installed.
+    pytest benchmarks/test_bench_models.py -k "train_step and (fcn- or unet-)" --benchmark-only --benchmark-autosave
+
+Compare with an earlier run: ``--benchmark-compare``. Select models with ``-k``; the MONAI models appear when
+MONAI is installed.
 """
 
 from __future__ import annotations
@@ -27,18 +32,24 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import smoke_mode
 
+from segbench import precision as numerics
 from segbench.profiling import count_flops, matmul_peak_flops
 from segbench.registry import build_model, list_models, model_info
+from segbench.training import segmentation_loss
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 SMOKE = smoke_mode()  # CI: tiny shapes, the bodies run once untimed (--benchmark-disable)
-BATCH, PATCH = (1, (16, 16, 16)) if SMOKE else (2, (128, 128, 64)) if CUDA else (1, (32, 32, 32))
-AMP_DTYPE = torch.bfloat16 if CUDA else None
-ROUNDS, WARMUP_ROUNDS = (10, 2) if CUDA else (3, 1)
+BATCH, PATCH = (1, (16, 16, 16)) if SMOKE else (2, (128, 128, 64)) if CUDA else (2, (32, 32, 24))
+PRECISIONS = ("fp32", "bf16", "fp16") if CUDA else ("fp32", "bf16")
+ROUNDS, WARMUP_ROUNDS = (10, 2) if CUDA else (5, 1)
+# (model, precision, memory format): every model in the resolved format, the tutorial's two also contiguous.
+CASES = [(name, p, "auto") for name in list_models() for p in PRECISIONS] + [
+    (name, p, "contiguous") for name in ("fcn", "unet") for p in PRECISIONS
+]
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _sync() -> None:
@@ -46,24 +57,18 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _autocast():
-    return torch.autocast("cuda", dtype=AMP_DTYPE) if AMP_DTYPE is not None else torch.autocast("cpu", enabled=False)
+class _MatmulPeaks(dict):
+    """FLOP/s of a large square matrix product (best of 5) per precision, measured on first use."""
 
-
-@pytest.fixture(scope="session", autouse=True)
-def _threads():
-    previous = torch.get_num_threads()
-    if not CUDA:
-        torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    def __missing__(self, precision: str) -> float:
+        size = 256 if SMOKE else 8192 if CUDA else 1024
+        self[precision] = matmul_peak_flops(DEVICE, size=size, repeats=5, dtype=_DTYPES[precision])
+        return self[precision]
 
 
 @pytest.fixture(scope="session")
-def matmul_peak() -> float:
-    """FLOP/s of a large square matrix product (best of 5) in the precision the models run in."""
-    n = 256 if SMOKE else 8192 if CUDA else 1024
-    return matmul_peak_flops(DEVICE, size=n, repeats=5, dtype=AMP_DTYPE or torch.float32)
+def matmul_peaks() -> dict[str, float]:
+    return _MatmulPeaks()
 
 
 def _input_shape(divisor: int) -> tuple[int, ...]:
@@ -80,9 +85,10 @@ def _flops(name: str, shape: tuple[int, ...], *, train_step: bool) -> int:
         return count_flops(build_model(name, in_channels=1, out_channels=1), shape, train_step=train_step)
 
 
-def _record(benchmark, name: str, model: torch.nn.Module, shape, flops: int, peak: float) -> None:
+def _record(benchmark, case: tuple[str, str, str], model: torch.nn.Module, shape, flops: int, peak: float) -> None:
     if benchmark.disabled:  # smoke mode: the body ran; there is nothing timed to record
         return
+    name, precision, memory_format = case
     median = benchmark.stats.stats.median
     achieved = flops / median
     benchmark.extra_info.update(
@@ -90,9 +96,10 @@ def _record(benchmark, name: str, model: torch.nn.Module, shape, flops: int, pea
             "model": name,
             "params": sum(p.numel() for p in model.parameters()),
             "input_shape": list(shape),
-            "device": torch.cuda.get_device_name() if CUDA else "cpu",
+            "device": numerics.hardware_name(DEVICE),
             "threads": torch.get_num_threads(),
-            "precision": str(AMP_DTYPE or torch.float32),
+            "precision": precision,
+            "memory_format": numerics.resolve_memory_format(memory_format, DEVICE),
             "flops": flops,
             "achieved_flop_per_s": achieved,
             "matmul_peak_flop_per_s": peak,
@@ -101,45 +108,55 @@ def _record(benchmark, name: str, model: torch.nn.Module, shape, flops: int, pea
     )
 
 
-def _prepare(name: str):
+def _prepare(name: str, memory_format: str):
     torch.manual_seed(0)
     shape = _input_shape(model_info(name).divisor)
-    model = build_model(name, in_channels=1, out_channels=1).to(DEVICE)
-    x = torch.randn(shape, device=DEVICE)
-    if CUDA:
-        model = model.to(memory_format=torch.channels_last_3d)
-        x = x.contiguous(memory_format=torch.channels_last_3d)
+    resolved = numerics.resolve_memory_format(memory_format, DEVICE)
+    model = numerics.to_memory_format(build_model(name, in_channels=1, out_channels=1).to(DEVICE), resolved)
+    x = numerics.to_memory_format(torch.randn(shape, device=DEVICE), resolved)
     return model, x, shape
 
 
-@pytest.mark.parametrize("name", list_models())
-def test_forward(benchmark, matmul_peak, name):
-    model, x, shape = _prepare(name)
+def _case_id(case: tuple[str, str, str]) -> str:
+    name, precision, memory_format = case
+    return f"{name}-{precision}" + ("" if memory_format == "auto" else f"-{memory_format}")
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_forward(benchmark, matmul_peaks, case):
+    name, precision, memory_format = case
+    model, x, shape = _prepare(name, memory_format)
     model.eval()
 
     def forward() -> None:
-        with torch.inference_mode(), _autocast():
+        with torch.inference_mode(), numerics.autocast(precision, DEVICE):
             model(x)
         _sync()
 
     benchmark.pedantic(forward, rounds=ROUNDS, warmup_rounds=WARMUP_ROUNDS, iterations=1)
-    _record(benchmark, name, model, shape, _flops(name, shape, train_step=False), matmul_peak)
+    _record(benchmark, case, model, shape, _flops(name, shape, train_step=False), matmul_peaks[precision])
 
 
-@pytest.mark.parametrize("name", list_models())
-def test_train_step(benchmark, matmul_peak, name):
-    model, x, shape = _prepare(name)
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_train_step(benchmark, matmul_peaks, case):
+    name, precision, memory_format = case
+    model, x, shape = _prepare(name, memory_format)
     model.train()
-    target = (torch.rand(shape, device=DEVICE) > 0.5).float()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    target = (torch.rand((shape[0], *shape[2:]), generator=torch.Generator().manual_seed(1)) > 0.7).long().to(DEVICE)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
+    # fp16 on CUDA trains with loss scaling, as the training loop does; a scaler that is disabled is a no-op.
+    scaler = torch.amp.GradScaler(DEVICE.type, enabled=numerics.uses_grad_scaler(precision, DEVICE))
 
     def train_step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with _autocast():
-            loss = F.binary_cross_entropy_with_logits(model(x).float(), target)
-        loss.backward()
-        optimizer.step()
+        with numerics.autocast(precision, DEVICE):
+            logits = model(x)
+        scaler.scale(segmentation_loss(logits, target, kind="dice_bce")).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
+        scaler.step(optimizer)
+        scaler.update()
         _sync()
 
     benchmark.pedantic(train_step, rounds=ROUNDS, warmup_rounds=WARMUP_ROUNDS, iterations=1)
-    _record(benchmark, name, model, shape, _flops(name, shape, train_step=True), matmul_peak)
+    _record(benchmark, case, model, shape, _flops(name, shape, train_step=True), matmul_peaks[precision])

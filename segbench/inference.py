@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from segbench import precision as numerics
 from segbench.errors import ConfigError, ModelError
 
 # Floor of the un-normalised Gaussian: a window's border voxels are the only cover of the volume's corners,
@@ -87,7 +88,8 @@ def sliding_window_predict(
     gaussian: bool = True,
     sigma_scale: float = 0.125,
     device: torch.device | str = "cpu",
-    amp: bool = False,
+    precision: str = "fp32",
+    memory_format: str = "contiguous",
     progress: bool = False,
 ) -> torch.Tensor:
     """Predict logits for a whole volume by blending overlapping windows.
@@ -105,7 +107,10 @@ def sliding_window_predict(
         gaussian: weight each window by :func:`gaussian_importance_map`; ``False`` gives a plain average.
         sigma_scale: Gaussian standard deviation as a fraction of the patch length.
         device: where windows are run and logits are accumulated.
-        amp: run the model under ``torch.autocast`` (float16); only honoured on CUDA.
+        precision: resolved precision of the forward passes, as in training (:mod:`segbench.precision`):
+            ``"fp32"``, or ``"bf16"`` / ``"fp16"`` autocast; logits are accumulated in fp32 either way.
+        memory_format: ``"channels_last"`` feeds the windows in channels-last-3d (the model should already be in
+            it, as training leaves it), ``"contiguous"`` as they are.
         progress: show a tqdm bar over batches on stderr.
 
     Returns:
@@ -114,6 +119,7 @@ def sliding_window_predict(
     Raises:
         ValueError: ``image`` is not 4-D.
         ConfigError: bad ``patch_size``, ``overlap`` or ``batch_size``.
+        ValueError: ``precision`` is not one of fp32, bf16, fp16.
         ModelError: the model's output is not ``(B, K, *patch_size)``.
     """
     image = torch.as_tensor(image)
@@ -123,6 +129,8 @@ def sliding_window_predict(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"--batch-size must be a positive integer, got {batch_size!r}")
     device = torch.device(device)
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"precision must be a resolved one (fp32, bf16 or fp16), got {precision!r}")
 
     padded, crop = _pad_to_patch(image.to(torch.float32), patch_size)
     starts = [window_starts(s, p, overlap) for s, p in zip(padded.shape[1:], patch_size, strict=True)]
@@ -132,7 +140,6 @@ def sliding_window_predict(
     else:
         weight = torch.ones(patch_size, device=device)
 
-    use_amp = amp and device.type == "cuda"
     was_training = model.training
     model.eval()
     try:
@@ -142,8 +149,8 @@ def sliding_window_predict(
             logits = None
             for batch in _batches(corners, batch_size, progress):
                 windows = [_window(c, patch_size) for c in batch]
-                x = torch.stack([padded[(slice(None), *w)] for w in windows])
-                with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                x = numerics.to_memory_format(torch.stack([padded[(slice(None), *w)] for w in windows]), memory_format)
+                with numerics.autocast(precision, device):
                     pred = _forward(model, x, mirror)
                 if pred.ndim != 5 or pred.shape[0] != len(batch) or tuple(pred.shape[2:]) != patch_size:
                     raise ModelError(

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from segbench import precision as numerics
 from segbench import results, rundir, stop
 from segbench.atomic import atomic_write_text
 from segbench.callbacks import Checkpointer, CurveLogger, Deadline, JobTimeout, PeakRss, ProgressBar, StopAtBoundary
@@ -230,7 +231,7 @@ def _train_and_evaluate(spec: JobSpec, record: dict[str, Any], started: float) -
     record.update(_training_figures(state, curve, throughput, info))
 
     record["phase"] = "prediction"
-    rows, seconds = _evaluate(ctx, model, prepared)
+    rows, seconds = _evaluate(ctx, model, prepared, resolved=(state.precision, state.memory_format))
     allocated, reserved = cuda_peak_mb(ctx.device)
     peak_rss.sample()
     record.update(
@@ -257,6 +258,10 @@ def _setup_figures(ctx: JobContext, info: ModelInfo) -> dict[str, Any]:
     }
     if ctx.device.type == "cuda":
         figures["gpu"] = torch.cuda.get_device_name(ctx.device)
+    # Resolved where the job runs (a Slurm node may differ from the login node); train() resolves the same way.
+    figures["hardware"] = numerics.hardware_name(ctx.device)
+    figures["precision"] = numerics.resolve_precision(train_cfg.precision, ctx.device)
+    figures["memory_format"] = numerics.resolve_memory_format(train_cfg.memory_format, ctx.device)
     return figures
 
 
@@ -383,8 +388,13 @@ def _sample_count(train_cfg) -> int:
     return iterations * train_cfg.batch_size
 
 
-def _evaluate(ctx: JobContext, model: torch.nn.Module, prepared: dict[str, PreparedCase]) -> tuple[list, list]:
-    """Predict and score the fold's validation cases: (metrics.csv rows, prediction seconds per case)."""
+def _evaluate(
+    ctx: JobContext, model: torch.nn.Module, prepared: dict[str, PreparedCase], *, resolved: tuple[str, str]
+) -> tuple[list, list]:
+    """Predict and score the fold's validation cases: (metrics.csv rows, prediction seconds per case).
+
+    ``resolved`` is the (precision, memory format) training resolved: prediction runs in the same.
+    """
     rundir.predictions_dir(ctx.spec.run_dir, ctx.spec).mkdir(exist_ok=True)
     labels_by_id = {case.case_id: case for case in ctx.dataset.training}
     rows: list[dict] = []
@@ -399,7 +409,7 @@ def _evaluate(ctx: JobContext, model: torch.nn.Module, prepared: dict[str, Prepa
         case = prepared[case_id]
         image, _ = load_prepared(case, mmap=False)
         tic = time.perf_counter()
-        prediction = _predict_case(ctx, model, image, case)
+        prediction = _predict_case(ctx, model, image, case, resolved=resolved)
         seconds.append(time.perf_counter() - tic)
         affine = np.asarray(case.affine, dtype=float).reshape(4, 4)
         path = rundir.prediction_path(ctx.spec.run_dir, ctx.spec, case_id)
@@ -409,11 +419,14 @@ def _evaluate(ctx: JobContext, model: torch.nn.Module, prepared: dict[str, Prepa
     return rows, seconds
 
 
-def _predict_case(ctx: JobContext, model: torch.nn.Module, image: np.ndarray, case: PreparedCase) -> np.ndarray:
+def _predict_case(
+    ctx: JobContext, model: torch.nn.Module, image: np.ndarray, case: PreparedCase, *, resolved: tuple[str, str]
+) -> np.ndarray:
     """Sliding-window prediction of one prepared case, as label values in the case's original geometry.
 
     Args:
         image: ``(C, D, H, W)`` float, the prepared (normalised, resampled) image of ``case``.
+        resolved: (precision, memory format) of the forward passes.
 
     Returns:
         ``(D, H, W)`` uint8 label values (0 and the dataset's foreground labels) on the original voxel grid.
@@ -428,7 +441,8 @@ def _predict_case(ctx: JobContext, model: torch.nn.Module, image: np.ndarray, ca
         mirror=config.inference.mirror,
         gaussian=config.inference.gaussian,
         device=device,
-        amp=config.train.amp and device.type == "cuda",
+        precision=resolved[0],
+        memory_format=resolved[1],
     )
     logits = restore_to_original(logits, case)
     classes = torch.from_numpy(logits_to_labels(logits).astype(np.int64))

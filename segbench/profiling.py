@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from segbench.precision import cpu_features, cpu_model
+
 log = logging.getLogger(__name__)
 
 _MIB = 2**20
@@ -219,7 +221,9 @@ def environment_info(*, cwd: str | Path | None = None) -> dict[str, Any]:
     Returns:
         JSON-serialisable dict: ``python``, ``platform``, ``torch``, ``cuda`` (build version or None),
         ``cudnn`` (version or None), ``gpus`` (names, empty without CUDA), ``cpu`` (model name),
-        ``cpu_count``, ``numpy``, ``segbench``, ``git_commit`` (None outside a git repository).
+        ``cpu_features`` (torch's kernel capability and vector instruction sets, which decide the CPU kernels and
+        hence the results: :func:`segbench.precision.cpu_features`), ``cpu_count``, ``numpy``, ``segbench``,
+        ``git_commit`` (None outside a git repository).
     """
     from segbench import __version__
 
@@ -231,24 +235,13 @@ def environment_info(*, cwd: str | Path | None = None) -> dict[str, Any]:
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda_ok else [],
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
+        "cpu_features": cpu_features(),
         "cpu_count": os.cpu_count(),
         "numpy": np.__version__,
         "segbench": __version__,
         "git_commit": _git_commit(Path.cwd() if cwd is None else Path(cwd)),
     }
-
-
-def _cpu_model() -> str:
-    # platform.processor() is often just "x86_64" on Linux; /proc/cpuinfo has the marketing name.
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _git_commit(folder: Path) -> str | None:
@@ -274,7 +267,9 @@ def matmul_peak_flops(
         device: where to measure.
         size: matrix side; ``2 * size**3`` FLOPs per product.
         repeats: timed products.
-        dtype: e.g. ``torch.float16`` for the AMP reference on GPUs.
+        dtype: the precision to measure in, matching the work it is a reference for: ``torch.bfloat16`` for bf16
+            autocast (on CPUs without native bf16 instructions it is emulated, hence slow), ``torch.float16`` for
+            fp16, ``torch.float32`` for fp32 (on GPUs subject to ``torch.backends.cuda.matmul.allow_tf32``).
 
     Returns:
         FLOP/s (float).

@@ -32,15 +32,15 @@ def metrics_columns() -> tuple[str, ...]:
 
 JOBS_COLUMNS = (
     "model", "fold", "repeat", "status", "reason", "family", "params", "mflop_per_voxel_forward",
-    "mflop_per_voxel_train", "device", "batch_size", "patch_size", "iterations", "train_seconds", "train_iters_per_s",
-    "train_voxels_per_s", "data_wait_share", "achieved_gflop_per_s", "peak_gpu_mem_allocated_mb",
-    "peak_gpu_mem_reserved_mb",
-    "peak_rss_mb", "inference_seconds_per_case", "final_loss", "num_val_cases",
+    "mflop_per_voxel_train", "device", "hardware", "precision", "memory_format", "batch_size", "patch_size",
+    "iterations", "train_seconds", "train_iters_per_s", "train_voxels_per_s", "data_wait_share", "achieved_gflop_per_s",
+    "peak_gpu_mem_allocated_mb", "peak_gpu_mem_reserved_mb", "peak_rss_mb", "inference_seconds_per_case",
+    "final_loss", "num_val_cases",
 )  # fmt: skip
 
 # Columns that are identifiers or free text, never numbers (a case id "001" must not become 1).
 TEXT_COLUMNS = ("model", "case_id", "label_name", "status", "reason", "family", "device", "patch_size", "host",
-                "gpu", "phase")  # fmt: skip
+                "gpu", "phase", "hardware", "precision", "memory_format")  # fmt: skip
 TEXT_DTYPES = {column: str for column in TEXT_COLUMNS}
 
 

@@ -5,11 +5,14 @@ poly schedule computed from the progress through that budget, so resuming needs 
 measures how long it waited for data and how long the step took (with ``torch.cuda.synchronize`` on CUDA), raises
 :class:`TrainingDiverged` on a NaN/inf loss, and hands a :class:`LoopState` to each callback (learning-curve logging,
 checkpoints, time limits). The final weights are what gets evaluated: there is no best-on-validation selection.
+
+Numerics: the forward pass runs under the resolved ``precision`` (:mod:`segbench.precision`: bf16 or fp16 autocast,
+or fp32) and model and batches in the resolved memory format; the loss is computed in fp32 outside autocast. Only this
+loop creates a GradScaler, and only for fp16 on CUDA.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -19,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segbench import precision as numerics
 from segbench.config import TrainConfig
 from segbench.profiling import ThroughputMeter, synchronize
 
@@ -38,7 +42,7 @@ class LoopState:
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler | None = None  # created by train() when it uses AMP
+    scaler: torch.amp.GradScaler | None = None  # created by train() for fp16 on CUDA
     iteration: int = 0
     elapsed_s: float = 0.0  # training wall time so far, including time before a resume
     loss: float = math.nan
@@ -46,6 +50,8 @@ class LoopState:
     meter: ThroughputMeter = field(default_factory=ThroughputMeter)
     finished: bool = False
     scaler_state: dict | None = None  # AMP scaler state of a restored checkpoint, loaded when train() makes the scaler
+    precision: str = "fp32"  # resolved by train(): "fp32", "bf16" or "fp16"
+    memory_format: str = "contiguous"  # resolved by train(): "channels_last" or "contiguous"
 
 
 Callback = Callable[[LoopState], None]
@@ -117,7 +123,7 @@ def train(
         optimizer: built by :func:`make_optimizer` (its state may come from a checkpoint).
         batches: iterator of dicts with ``image`` ``(B, C, D, H, W)`` float and ``label`` ``(B, D, H, W)`` integer
             class indices; it must already be positioned at ``state.iteration`` when resuming.
-        config: budget, learning rate schedule, loss, AMP.
+        config: budget, learning rate schedule, loss, precision and memory format (``auto`` resolved for ``device``).
         device: where to train.
         out_channels: number of logit channels (1 = binary task with BCE).
         state: a restored state to continue from (iteration, elapsed time, AMP scaler state); ``None`` starts
@@ -128,13 +134,14 @@ def train(
         TrainingDiverged: the loss became NaN or infinite (the offending step is not applied).
         torch.OutOfMemoryError: propagated for the caller to record as an ``oom`` result.
     """
-    amp = config.amp and device.type == "cuda"
     if state is None:
         state = LoopState(model=model, optimizer=optimizer)
-    if amp and state.scaler is None:
+    state.precision = numerics.resolve_precision(config.precision, device)
+    state.memory_format = numerics.resolve_memory_format(config.memory_format, device)
+    if numerics.uses_grad_scaler(state.precision, device) and state.scaler is None:
         state.scaler = _make_scaler(state.scaler_state)
-    if device.type == "cuda" and config.channels_last:
-        model.to(memory_format=torch.channels_last_3d)
+    # In place (parameters keep their identity), so the optimizer built before still holds them.
+    numerics.to_memory_format(model, state.memory_format)
     kind = loss_kind(config, out_channels)
     model.train()
     while (progress := _progress(config, state)) < 1.0:
@@ -164,20 +171,16 @@ def _step(state: LoopState, batches: Iterator[dict], *, config: TrainConfig, dev
     Raises:
         TrainingDiverged: the loss is NaN or infinite (the step is not applied).
     """
-    channels_last = device.type == "cuda" and config.channels_last
     started = time.perf_counter()
     batch = next(batches)
-    image = batch["image"].to(device, non_blocking=True)
+    image = numerics.to_memory_format(batch["image"].to(device, non_blocking=True), state.memory_format)
     label = batch["label"].to(device, non_blocking=True)
-    if channels_last:
-        image = image.contiguous(memory_format=torch.channels_last_3d)
     fetched = time.perf_counter()
 
     state.optimizer.zero_grad(set_to_none=True)
-    autocast = torch.autocast("cuda", dtype=torch.float16) if state.scaler is not None else contextlib.nullcontext()
-    with autocast:
+    with numerics.autocast(state.precision, device):
         logits = state.model(image)
-    loss = segmentation_loss(logits, label, kind=kind)
+    loss = segmentation_loss(logits, label, kind=kind)  # fp32: the logits are cast first
     loss_value = float(loss.detach())  # synchronises; also what makes the divergence check exact
     if not math.isfinite(loss_value):
         raise TrainingDiverged(state.iteration + 1, loss_value)

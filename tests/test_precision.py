@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from click.testing import CliRunner
 
-from segbench import precision
+from segbench import precision, results, rundir, training
+from segbench.cli import main
+from segbench.config import RunConfig, TrainConfig, config_from_dict, config_to_dict
+from segbench.errors import ConfigError
+from segbench.runner import run_comparison
 
 
 def test_cpu_auto_follows_native_bf16_instructions():
@@ -57,3 +64,108 @@ def test_channels_last_moves_tensors_and_modules():
 def test_hardware_name_names_the_cpu_and_its_kernels():
     name = precision.hardware_name("cpu")
     assert precision.cpu_features()["capability"] in name
+
+
+# --- wiring: config, training loop, run directory ---------------------------------------------------------------
+
+
+def test_config_validates_precision_and_memory_format():
+    with pytest.raises(ConfigError, match="--precision must be one of auto, fp32, bf16, fp16"):
+        RunConfig(train=TrainConfig(precision="half"))
+    with pytest.raises(ConfigError, match="--memory-format"):
+        RunConfig(train=TrainConfig(memory_format="nhwc"))
+    assert RunConfig().train.precision == "auto" and RunConfig().train.memory_format == "auto"
+
+
+def test_a_config_with_the_old_amp_keys_is_refused_naming_the_new_ones():
+    data = config_to_dict(RunConfig())
+    del data["train"]["precision"], data["train"]["memory_format"]
+    data["train"].update(amp=True, channels_last=True)
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(data)
+    message = str(info.value)
+    assert "train.amp (now train.precision)" in message and "train.channels_last (now train.memory_format)" in message
+    assert "start a new run" in message
+
+
+def _tiny_batches(seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        yield {"image": torch.randn((2, 1, 8, 8, 8), generator=generator),
+               "label": (torch.rand((2, 8, 8, 8), generator=generator) > 0.6).long()}  # fmt: skip
+
+
+@pytest.mark.parametrize(("requested", "fmt"), [("bf16", "channels_last"), ("fp16", "contiguous"), ("fp32", "auto")])
+def test_training_loop_runs_the_forward_in_the_precision_and_the_loss_in_fp32(requested, fmt):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d
+    model = torch.nn.Sequential(conv(1, 4, 3, padding=1), torch.nn.ReLU(), conv(4, 4, 3, padding=1), conv(4, 1, 1))
+    seen: list[torch.dtype] = []
+    model[3].register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    config = TrainConfig(iterations=2, precision=requested, memory_format=fmt, log_every=1, checkpoint_every=1)
+    losses: list[torch.Tensor] = []
+    real_loss = training.segmentation_loss
+
+    def spy(logits, target, **kwargs):
+        losses.append(real_loss(logits, target, **kwargs))
+        return losses[-1]
+
+    training.segmentation_loss, previous = spy, training.segmentation_loss
+    try:
+        state = training.train(model=model, optimizer=training.make_optimizer(model, config), batches=_tiny_batches(),
+                               config=config, device=torch.device("cpu"), out_channels=1)  # fmt: skip
+    finally:
+        training.segmentation_loss = previous
+    expected = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[requested]
+    assert seen == [expected, expected]
+    assert all(loss.dtype == torch.float32 for loss in losses)
+    assert state.scaler is None  # a GradScaler only for fp16 on CUDA
+    assert state.precision == requested
+    assert state.memory_format == ("contiguous" if fmt == "contiguous" else "channels_last")
+    weight = model[2].weight  # (4, 4, 3, 3, 3): its two layouts differ
+    assert weight.is_contiguous(memory_format=torch.channels_last_3d) == (state.memory_format == "channels_last")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fp16_on_cuda_makes_the_one_grad_scaler():
+    model = torch.nn.Conv3d(1, 1, 3, padding=1).cuda()
+    config = TrainConfig(iterations=1, precision="fp16", log_every=1, checkpoint_every=1)
+    state = training.train(model=model, optimizer=training.make_optimizer(model, config), batches=_tiny_batches(),
+                           config=config, device=torch.device("cuda"), out_channels=1)  # fmt: skip
+    assert isinstance(state.scaler, torch.amp.GradScaler)
+
+
+def test_run_help_shows_the_precision_options_with_defaults():
+    result = CliRunner().invoke(main, ["run", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "--precision [auto|fp32|bf16|fp16]" in text and "--memory-format [auto|channels_last|contiguous]" in text
+    assert text.count("[default: auto]") >= 3  # --precision, --memory-format and --device
+
+
+def test_jobs_table_and_manifest_record_the_resolved_numerics(tiny_task, tmp_path):
+    train = TrainConfig(iterations=2, patch_size=(16, 16, 16), num_workers=0, log_every=1, checkpoint_every=1)
+    config = RunConfig(data=str(tiny_task), models=("fcn",), folds=2, train=train)
+    outcome = run_comparison(config, run_dir=tmp_path / "run", progress=False, report=False)
+    assert outcome.all_done
+    jobs = results.load_jobs(tmp_path / "run")
+    assert set(jobs["precision"]) == {precision.resolve_precision("auto", "cpu")}
+    assert set(jobs["memory_format"]) == {"channels_last"}
+    assert set(jobs["hardware"]) == {precision.hardware_name("cpu")}
+    environment = results.load_manifest(tmp_path / "run")["environment"]
+    assert environment["cpu_features"] == precision.cpu_features()
+    assert environment["cpu"] == precision.cpu_model()
+
+
+def test_resuming_a_run_made_before_precision_existed_is_one_clear_sentence(tiny_task, tmp_path):
+    run_dir = tmp_path / "old"
+    train = TrainConfig(iterations=1, patch_size=(16, 16, 16), num_workers=0, log_every=1, checkpoint_every=1)
+    run_comparison(RunConfig(data=str(tiny_task), models=("fcn",), folds=2, train=train), run_dir=run_dir,
+                   progress=False, report=False)  # fmt: skip
+    manifest = json.loads(rundir.manifest_path(run_dir).read_text())
+    del manifest["config"]["train"]["precision"], manifest["config"]["train"]["memory_format"]
+    manifest["config"]["train"].update(amp=True, channels_last=True)
+    rundir.manifest_path(run_dir).write_text(json.dumps(manifest))
+    result = CliRunner().invoke(main, ["run", "--resume", "--out", str(run_dir), "--quiet"])
+    assert result.exit_code != 0
+    assert "train.amp (now train.precision)" in result.output and "Traceback" not in result.output

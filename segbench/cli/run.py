@@ -65,6 +65,22 @@ def _interrupt_on_sigterm() -> None:
     metavar="SD SH SW",
     help="Resample to this spacing in mm (predictions are resampled back).",
 )
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+    default="auto",
+    show_default=True,
+    help="Training and inference numerics. auto: bf16 where the CPU (AVX-512 BF16/AMX) or GPU runs it natively, "
+    "fp16 with loss scaling on older GPUs, else fp32. Recorded per job in the jobs table.",
+)
+@click.option(
+    "--memory-format",
+    "memory_format",
+    type=click.Choice(["auto", "channels_last", "contiguous"]),
+    default="auto",
+    show_default=True,
+    help="Layout of 5-D tensors. auto: channels_last (channels-last-3d, faster on CPU and CUDA as measured).",
+)
 @click.option("--mirror/--no-mirror", default=None, help="Mirroring test-time augmentation.")
 @click.option("--overlap", type=float, default=None, help="Sliding-window overlap in [0, 1).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -164,6 +180,8 @@ _CONFIG_FLAGS = {
     "lr": ("train", "lr", float),
     "optimizer": ("train", "optimizer", str),
     "num_workers": ("train", "num_workers", int),
+    "precision": ("train", "precision", str),
+    "memory_format": ("train", "memory_format", str),
     "mirror": ("inference", "mirror", bool),
     "overlap": ("inference", "overlap", float),
 }
