@@ -22,6 +22,8 @@ from segbench.metrics import metric_keys
 log = logging.getLogger(__name__)
 
 JOB_STATUSES = ("done", "failed", "diverged", "oom", "killed", "timeout")
+# jobs.csv only: an expected job of the manifest's grid without a result.json (never written to a result.json).
+MISSING_STATUS = "missing"
 
 
 def metrics_columns() -> tuple[str, ...]:
@@ -159,32 +161,94 @@ def metrics_table(results: list[JobResult]) -> pd.DataFrame:
     return frame.sort_values(["model", "fold", "case_id", "label"], kind="stable").reset_index(drop=True)
 
 
-def jobs_table(results: list[JobResult]) -> pd.DataFrame:
-    """One row per (model, fold) with its status and costs, sorted."""
+def jobs_table(results: list[JobResult], *, missing: list[dict[str, Any]] = ()) -> pd.DataFrame:
+    """One row per (model, fold) with its status and costs, plus the ``missing`` rows (:func:`missing_rows`), sorted."""
     rows = [{**result.job, "model": result.model, "fold": result.fold, "status": result.status,
              "reason": result.reason} for result in results]  # fmt: skip
+    rows += list(missing)
     frame = _frame(rows, JOBS_COLUMNS)
     return frame.sort_values(["model", "fold"], kind="stable").reset_index(drop=True)
 
 
 def rebuild_tables(run_dir: str | Path) -> ScanResult:
-    """Rewrite ``metrics.csv`` and ``jobs.csv`` from the job folders (atomically); returns what was read."""
+    """Rewrite ``metrics.csv`` and ``jobs.csv`` from the job folders (atomically); returns what was read.
+
+    Every expected job of the manifest's grid (models × folds × repeats) without a readable ``result.json`` gets a
+    jobs.csv row with status ``missing`` and a reason (:func:`missing_rows`), so the table always lists the whole grid.
+    """
     scan = scan_results(run_dir)
+    jobs = jobs_table(scan.results, missing=missing_rows(run_dir, scan.results))
     atomic_write_text(rundir.metrics_path(run_dir), metrics_table(scan.results).to_csv(index=False))
-    atomic_write_text(rundir.jobs_table_path(run_dir), jobs_table(scan.results).to_csv(index=False))
+    atomic_write_text(rundir.jobs_table_path(run_dir), jobs.to_csv(index=False))
     for problem in scan.problems:
         log.warning(problem)
     return scan
 
 
+def expected_grid(run_dir: str | Path) -> list[tuple[str, int, int]]:
+    """(model, fold, repeat) of every job the run's manifest asks for; empty without a readable manifest.
+
+    Folds come from ``splits.json`` (or ``config.folds`` when it is unreadable), repeats from ``config.repeats``
+    (1 when absent).
+    """
+    try:
+        manifest = load_manifest(run_dir)
+    except (OSError, ValueError):
+        return []
+    config = manifest.get("config") or {}
+    try:
+        folds = len(json.loads(rundir.splits_path(run_dir).read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        folds = int(config.get("folds") or 0)
+    repeats = int(config.get("repeats") or 1)
+    models = [str(m) for m in manifest.get("models") or config.get("models") or []]
+    return [(model, fold, repeat) for model in models for fold in range(folds) for repeat in range(repeats)]
+
+
+def missing_rows(run_dir: str | Path, found: list[JobResult]) -> list[dict[str, Any]]:
+    """jobs.csv rows (status ``missing`` and why) for the expected jobs that have no readable result."""
+    have = {(r.model, r.fold, int(getattr(r, "repeat", 0))) for r in found}
+    grid = expected_grid(run_dir)
+    repeated = len({repeat for _, _, repeat in grid}) > 1
+    rows = []
+    for model, fold, repeat in grid:
+        if (model, fold, repeat) in have:
+            continue
+        row = {"model": model, "fold": fold, "status": MISSING_STATUS, "reason": _missing_reason(run_dir, model, fold)}
+        rows.append({**row, "repeat": repeat} if repeated else row)
+    return rows
+
+
+def _missing_reason(run_dir: str | Path, model: str, fold: int) -> str:
+    folder = rundir.job_dir(run_dir, rundir.JobKey(model, fold))
+    if not folder.is_dir():
+        return "never started (the run stopped before this job, or it was never submitted)"
+    if rundir.result_path(run_dir, rundir.JobKey(model, fold)).exists():
+        return f"its {rundir.RESULT_FILE} is unreadable; `segbench run --resume` redoes the job"
+    if (folder / rundir.CHECKPOINT_LATEST).exists():
+        return (
+            "stopped before finishing (interrupted or still running); `segbench run --resume` continues it from its "
+            "checkpoint"
+        )
+    return f"started but left no {rundir.RESULT_FILE} (interrupted or still running); `segbench run --resume` runs it"
+
+
+def _read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    # An empty file (a table written by hand, or by an old version, for a run without any row) is an empty table.
+    try:
+        return pd.read_csv(path, dtype=TEXT_DTYPES, keep_default_na=False, na_values=[""])
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame(columns=list(columns))
+
+
 def load_metrics(run_dir: str | Path) -> pd.DataFrame:
     """``metrics.csv`` as a DataFrame (``inf`` distances preserved)."""
-    return pd.read_csv(rundir.metrics_path(run_dir), dtype=TEXT_DTYPES, keep_default_na=False, na_values=[""])
+    return _read_table(rundir.metrics_path(run_dir), metrics_columns())
 
 
 def load_jobs(run_dir: str | Path) -> pd.DataFrame:
     """``jobs.csv`` as a DataFrame (``reason`` empty string for done jobs)."""
-    frame = pd.read_csv(rundir.jobs_table_path(run_dir), dtype=TEXT_DTYPES, keep_default_na=False, na_values=[""])
+    frame = _read_table(rundir.jobs_table_path(run_dir), JOBS_COLUMNS)
     if "reason" in frame:
         frame["reason"] = frame["reason"].astype(object).fillna("")
     return frame

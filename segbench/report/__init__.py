@@ -395,9 +395,14 @@ def _leaderboard_section(ctx: _Context) -> Section:
         f"{len(ctx.models)} models × {ctx.n_folds} folds; values pooled over each model's out-of-fold cases. "
         "Best value per column in bold. * = misses count as the stated penalty (distances: the image diagonal, mm). "
         "misses = cases where exactly one of prediction and reference is empty. "
-        "peak mem: gpu = CUDA peak allocated, rss = process peak resident memory (CPU runs)."
+        "A model without a finished job shows – (see Jobs)."
     )
-    return Section("Leaderboard", (intro, TableBlock(tables.format_leaderboard(ctx.board))))
+    costs = TableBlock(
+        tables.format_costs(ctx.board),
+        "Costs, from each model's done jobs (means; maxima for parameters and memory). peak mem: gpu = CUDA peak "
+        "allocated, rss = process peak resident memory (CPU runs).",
+    )
+    return Section("Leaderboard", (intro, TableBlock(tables.format_leaderboard(ctx.board)), costs))
 
 
 def _fold_section(ctx: _Context) -> Section:
@@ -442,16 +447,28 @@ def _speed_section(speed: pd.DataFrame, benchmark_json: Path) -> Section:
     ))  # fmt: skip
 
 
+_MISSING_NOTE = (
+    " A missing job never wrote a result: `segbench run --resume --out RUN_DIR` runs it, or continues it from its "
+    "checkpoint."
+)
+
+
 def _jobs_section(ctx: _Context, notes: list[str]) -> Section:
     grid, n_expected = ctx.grid, len(ctx.expected_models)
+    n_jobs, n_done = n_expected * ctx.n_folds, int((grid["status"] == "done").sum())
     not_done = grid[grid["status"] != "done"]
-    blocks: list[Any] = [
-        Paragraph(
-            f"Expected grid: {n_expected} models × {ctx.n_folds} folds = {n_expected * ctx.n_folds} jobs; "
-            f"{int((grid['status'] == 'done').sum())} done, {len(not_done)} not done (listed below)."
-        ),
-        TableBlock(tables.format_jobs(grid)),
-    ]
+    counts = ", ".join(f"{n} {status}" for status, n in not_done["status"].value_counts().sort_index().items())
+    if not_done.empty:
+        blocks: list[Any] = [Paragraph(f"All {n_done} jobs done ({n_expected} models × {ctx.n_folds} folds).")]
+    else:
+        blocks = [
+            Paragraph(
+                f"Expected grid: {n_expected} models × {ctx.n_folds} folds = {n_jobs} jobs; {n_done} done, "
+                f"{len(not_done)} not done ({counts}), listed below with the reason."
+                + (_MISSING_NOTE if (not_done["status"] == tables.MISSING).any() else "")
+            ),
+            TableBlock(tables.format_jobs(grid)),
+        ]
     if notes:
         blocks += [Paragraph("Notes:"), Bullets(tuple(notes))]
     return Section("Jobs", tuple(blocks))
