@@ -341,6 +341,9 @@ def _context(run_dir: Path, inputs: _Inputs, seed: int) -> _Context:
     grid = tables.job_grid(inputs.jobs, models=expected_models, n_folds=n_folds)
     models = list(dict.fromkeys(list(grid["model"]) + sorted(set(per_case["model"]))))
     board = tables.leaderboard(per_case, inputs.jobs, models=models, seed=seed)
+    if not board.empty:  # "jobs done k/n" counts the expected grid, also jobs that left no row in jobs.csv
+        expected = grid.groupby("model").size()
+        board["jobs"] = [int(expected.get(m, n)) for m, n in zip(board["model"], board["jobs"], strict=True)]
     primary = f"{PRIMARY_METRIC}_mean"
     ranked = board[board[primary].notna()]["model"].tolist() if not board.empty else []
     return _Context(run_dir, inputs, per_case, grid, expected_models, models, n_folds, board, ranked, seed)
