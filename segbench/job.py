@@ -14,6 +14,7 @@ learning-curve files in :mod:`segbench.results`, their names in :mod:`segbench.r
 from __future__ import annotations
 
 import gc
+import importlib
 import logging
 import os
 import socket
@@ -42,6 +43,8 @@ from segbench.locking import RunLock
 from segbench.metrics import compute_case_metrics
 from segbench.paths import preprocessed_cache
 from segbench.profiling import cuda_peak_mb, reset_cuda_peak
+from segbench.progress import job_line, line_interval
+from segbench.progress import log as progress_log
 from segbench.registry import ModelInfo, build_model, model_info
 from segbench.splits import load_splits
 from segbench.stop import KILLED_REASON, STOP_REQUESTED
@@ -62,6 +65,8 @@ class JobSpec:
     device: str = "cpu"  # resolved device ("cpu", "cuda", "cuda:0")
     cache_dir: str | None = None  # preprocessing cache folder; None = the default (segbench.paths)
     progress: bool = False  # show iteration / case progress bars (in-process runs)
+    # Modules a job process imports before it runs (they register plugin models / metrics in that process).
+    imports: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,8 @@ def run_job(spec: JobSpec) -> results.JobResult:
     Resumes from the job's latest checkpoint when one exists. Exceptions inside training or inference become
     statuses; only a failure to write ``result.json`` itself propagates (after a last attempt to record ``failed``).
     """
+    for module in spec.imports:  # a no-op where they are imported already (in-process); needed in worker processes
+        importlib.import_module(module)
     folder = rundir.job_dir(spec.run_dir, spec)
     folder.mkdir(parents=True, exist_ok=True)
     # One writer per job folder, even across executors and a resubmitting driver: a second process refuses here.
@@ -165,7 +172,9 @@ def _run_locked(spec: JobSpec, folder: Path) -> results.JobResult:
     if status == "done":
         record.pop("phase", None)  # only meaningful for a job that stopped somewhere
     record["job_seconds"] = round(time.perf_counter() - started, 3)
-    return _write_result(spec, status, reason, record, metrics)
+    written = _write_result(spec, status, reason, record, metrics)
+    progress_log.info(job_line(spec.model, spec.fold, status, reason, record, metrics))
+    return written
 
 
 def _out_of_memory(exc: BaseException, device: torch.device, record: dict[str, Any]) -> str:
@@ -325,8 +334,9 @@ def _train(
     peak_rss.sample()
     total = train_cfg.iterations if train_cfg.time_budget_s is None else None
     bar = ProgressBar(
-        enabled=spec.progress, total=total, start=state.iteration, desc=f"{spec.model} fold {spec.fold} train"
-    )
+        enabled=spec.progress, total=total, start=state.iteration, desc=f"{spec.model} fold {spec.fold}",
+        lines_every=line_interval(total, every=train_cfg.log_every),
+    )  # fmt: skip
     callbacks = [
         peak_rss,
         bar,
@@ -374,7 +384,7 @@ def _evaluate(ctx: JobContext, model: torch.nn.Module, prepared: dict[str, Prepa
         from tqdm.auto import tqdm
 
         desc = f"{ctx.spec.model} fold {ctx.spec.fold} predict"
-        iterator = tqdm(iterator, desc=desc, unit="case", leave=False)
+        iterator = tqdm(iterator, desc=desc, unit="case", leave=False, disable=None)  # no bar off a TTY
     for case_id in iterator:
         case = prepared[case_id]
         image, _ = load_prepared(case, mmap=False)

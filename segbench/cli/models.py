@@ -25,7 +25,7 @@ def models_command(pattern: str | None, in_channels: int, out_channels: int) -> 
     from tqdm import tqdm
 
     from segbench.errors import ModelError
-    from segbench.registry import list_models, model_info, resolve_models
+    from segbench.registry import list_models, model_info, resolve_models, unavailable_models
 
     # resolve_models also accepts exact unlisted family members, and names the choices for a bad pattern.
     names = list_models() if pattern is None else resolve_models(pattern)
@@ -54,6 +54,11 @@ def models_command(pattern: str | None, in_channels: int, out_channels: int) -> 
     click.echo(_format_table(COLUMNS, rows))
     for message in broken:
         click.echo(f"warning: {message}", err=True)
+    unavailable = unavailable_models()
+    if unavailable:
+        click.echo("\nNot available here (optional):")
+        for name, reason in unavailable.items():
+            click.echo(f"  {name}: {reason}")
 
 
 def _mflop(value: float) -> str:
