@@ -87,7 +87,7 @@ def validate_config(config: RunConfig) -> None:
         (train.num_workers >= 0, f"--num-workers must not be negative (got {train.num_workers})"),
         (train.log_every > 0, "log_every must be positive"),
         # A checkpoint mid-window would lose the partial loss window on resume: the curve would differ.
-        (train.checkpoint_every > 0 and train.checkpoint_every % train.log_every == 0,
+        (train.checkpoint_every > 0 and train.log_every > 0 and train.checkpoint_every % train.log_every == 0,
          f"--checkpoint-every must be a positive multiple of the learning-curve interval ({train.log_every} "
          f"iterations), got {train.checkpoint_every}"),
         (train.grad_clip >= 0 and train.weight_decay >= 0, "grad_clip and weight_decay must not be negative"),

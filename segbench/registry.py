@@ -119,6 +119,7 @@ class _Plugin:
 
 _MODELS: dict[str, _Entry] = {}
 _FAMILIES: dict[str, _Family] = {}
+_importing: str | None = None  # source of the user module import_user_modules is importing now
 _UNAVAILABLE: dict[str, str] = {}  # optional model name -> what to install for it (see declare_unavailable)
 _FAMILY_NAME = re.compile(r"^(?P<family>[a-z][a-z0-9]*)_w(?P<width>[1-9][0-9]*)_d(?P<depth>[1-9][0-9]*)$")
 _builtins_loaded = False
@@ -138,9 +139,9 @@ def register_model(
         name: unique model name (used on the command line, in run directories and reports).
         family: architecture family shown in tables.
         divisor: input sizes must be multiples of it (e.g. ``2**poolings``).
-        source: who provides it (``"segbench"``, ``"monai"``, or a distribution name); default: ``"segbench"`` for
-            segbench's own modules, else the distribution that installed the builder's module, or the module's
-            name for code that is not installed (a user's own module, see :func:`import_user_modules`).
+        source: who provides it (``"segbench"``, ``"monai"``, or a distribution name); default: ``"segbench"``, or
+            for a model registered by a module :func:`import_user_modules` imports (``--import``), the distribution
+            that installed it or else the module's name.
 
     Returns:
         A decorator that registers the builder and returns it unchanged.
@@ -156,7 +157,7 @@ def register_model(
         if name in _MODELS:
             raise ModelError(f"model {name!r} is already registered (by {_MODELS[name].source}); choose another name")
         _MODELS[name] = _Entry(builder=builder, family=family, divisor=divisor,
-                               source=source or module_source(getattr(builder, "__module__", None)))  # fmt: skip
+                               source=source or _importing or "segbench")  # fmt: skip
         model_info.cache_clear()
         return builder
 
@@ -225,9 +226,11 @@ def import_user_modules(modules: Sequence[str]) -> dict[str, str]:
     """
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
+    global _importing
     _ensure_builtins()  # a user's module registering a built-in name fails now, clearly
     found = {}
     for module in modules:
+        _importing = module_source(module)
         try:
             importlib.import_module(module)
         except ModelError:
@@ -237,6 +240,8 @@ def import_user_modules(modules: Sequence[str]) -> dict[str, str]:
                 f"--import {module}: the module could not be imported ({type(exc).__name__}: {exc}); make it "
                 "importable from the current folder or install it"
             ) from None
+        finally:
+            _importing = None
         found[module] = module_source(module)
     return found
 

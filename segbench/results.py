@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,7 +184,42 @@ def rebuild_tables(run_dir: str | Path) -> ScanResult:
     atomic_write_text(rundir.jobs_table_path(run_dir), jobs.to_csv(index=False))
     for problem in scan.problems:
         log.warning(problem)
+    link_oof_predictions(run_dir, scan.results)
     return scan
+
+
+def link_oof_predictions(run_dir: str | Path, found: list[JobResult]) -> dict[str, int]:
+    """(Re)build ``RUN_DIR/predictions/<model>/``: every prediction of the model's done jobs, one file per case.
+
+    Files are hard links to the job folders' predictions (copies where the file system has no hard links), so the
+    merged folders cost no space. Only ``done`` jobs count (with repeats, repeat 0); files of other jobs are removed.
+    Returns model → number of files.
+    """
+    wanted: dict[Path, Path] = {}
+    for result in found:
+        if result.status != "done" or getattr(result, "repeat", 0) != 0:  # with repeats: the first one's
+            continue
+        folder = rundir.predictions_dir(run_dir, result)
+        for source in sorted(folder.glob(f"*{rundir.PREDICTION_SUFFIX}")) if folder.is_dir() else ():
+            wanted[rundir.oof_predictions_dir(run_dir, result.model) / source.name] = source
+    root = rundir.oof_predictions_root(run_dir)
+    for stale in sorted(root.glob(f"*/*{rundir.PREDICTION_SUFFIX}")) if root.is_dir() else ():
+        if stale not in wanted:
+            stale.unlink()
+    counts: dict[str, int] = {}
+    for target, source in wanted.items():
+        counts[target.parent.name] = counts.get(target.parent.name, 0) + 1
+        if target.exists() and os.path.samefile(target, source):
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.tmp")
+        temporary.unlink(missing_ok=True)
+        try:
+            os.link(source, temporary)
+        except OSError:  # no hard links here (another file system, some network mounts)
+            shutil.copy2(source, temporary)
+        os.replace(temporary, target)
+    return counts
 
 
 def expected_grid(run_dir: str | Path) -> list[tuple[str, int, int]]:

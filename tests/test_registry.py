@@ -67,7 +67,7 @@ def test_register_and_build(scratch_registry):
     train = forward + forward + 2 * 5 * 3
     params = 2 * 5 * 27 + 5 + 5 * 3 + 3
     assert info == ModelInfo(
-        "tiny", "toy", "test_registry", params, 1, pytest.approx(forward / 1e6), pytest.approx(train / 1e6)
+        "tiny", "toy", "segbench", params, 1, pytest.approx(forward / 1e6), pytest.approx(train / 1e6)
     )
     assert "tiny" in list_models("t*")
 

@@ -15,7 +15,9 @@ COLUMNS = ("name", "family", "source", "params", "MFLOP/vox fwd", "MFLOP/vox tra
 @click.argument("pattern", required=False)
 @click.option("--in-channels", default=1, show_default=True, help="Image channels the models are built for.")
 @click.option("--out-channels", default=1, show_default=True, help="Logit channels the models are built for.")
-def models_command(pattern: str | None, in_channels: int, out_channels: int) -> None:
+@click.option("--import", "imports", multiple=True, metavar="MODULE",
+              help="Import MODULE first (repeatable): your own module that registers models; its source is shown.")
+def models_command(pattern: str | None, in_channels: int, out_channels: int, imports: tuple[str, ...]) -> None:
     """List models: name, family, source, parameters, MFLOP per voxel (forward and training step), divisor.
 
     PATTERN filters names with wildcards, comma-separated (e.g. 'unet_*' or 'fcn,unet_w20_*'); an exact
@@ -25,7 +27,9 @@ def models_command(pattern: str | None, in_channels: int, out_channels: int) -> 
     from tqdm import tqdm
 
     from segbench.errors import ModelError
-    from segbench.registry import list_models, model_info, resolve_models, unavailable_models
+    from segbench.registry import import_user_modules, list_models, model_info, resolve_models, unavailable_models
+
+    import_user_modules(imports)
 
     # resolve_models also accepts exact unlisted family members, and names the choices for a bad pattern.
     names = list_models() if pattern is None else resolve_models(pattern)
@@ -54,11 +58,9 @@ def models_command(pattern: str | None, in_channels: int, out_channels: int) -> 
     click.echo(_format_table(COLUMNS, rows))
     for message in broken:
         click.echo(f"warning: {message}", err=True)
-    unavailable = unavailable_models()
-    if unavailable:
-        click.echo("\nNot available here (optional):")
-        for name, reason in unavailable.items():
-            click.echo(f"  {name}: {reason}")
+    # On stderr, like the warnings: stdout stays the table alone, for scripts.
+    for name, reason in unavailable_models().items():
+        click.echo(f"not available: {name} {reason}", err=True)
 
 
 def _mflop(value: float) -> str:

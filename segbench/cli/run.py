@@ -11,6 +11,7 @@ import click
 
 from segbench.cli.group import main
 from segbench.config import InferenceConfig, TrainConfig
+from segbench.rundir import MANIFEST_FILE
 
 _TRAIN, _INFER = TrainConfig(), InferenceConfig()  # the defaults --help shows (with --resume: the stored run's)
 
@@ -191,7 +192,7 @@ def _interrupt_on_sigterm() -> None:
     multiple=True,
     metavar="MODULE",
     help="Import MODULE first (repeatable): a module of your own that registers models with "
-    "segbench.registry.register_model. Recorded in manifest.json and reused by --resume.",
+    f"segbench.registry.register_model. Recorded in {MANIFEST_FILE} and reused by --resume.",
 )
 @click.option("--no-report", is_flag=True, help="Skip writing the report at the end.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or iteration lines: one line per finished job.")
