@@ -130,8 +130,11 @@ body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; ma
        padding: 0 1rem; color: #222; line-height: 1.45; }
 h1 { border-bottom: 2px solid #444; padding-bottom: .3rem; }
 h2 { margin-top: 2.2rem; border-bottom: 1px solid #ccc; padding-bottom: .2rem; }
-table { border-collapse: collapse; margin: .6rem 0 1.2rem; font-size: .86rem; }
-th, td { border: 1px solid #ccc; padding: .25rem .5rem; text-align: right; white-space: nowrap; }
+/* Separate borders: with collapsed ones a sticky first column would lose its cell borders while scrolling. */
+table { border-collapse: separate; border-spacing: 0; margin: .6rem 0 1.2rem; font-size: .86rem;
+        border-top: 1px solid #ccc; border-left: 1px solid #ccc; }
+th, td { border-right: 1px solid #ccc; border-bottom: 1px solid #ccc; padding: .25rem .5rem; text-align: right;
+         white-space: nowrap; }
 th { background: #f0f0f0; white-space: normal; vertical-align: bottom; }
 td:first-child, th:first-child { text-align: left; }
 /* The model column stays in view when a wide table scrolls sideways (narrow windows, phones). */
