@@ -115,3 +115,19 @@ def test_report_of_a_run_with_no_finished_job_and_empty_tables(tmp_path):
     page = write_report(run).read_text(encoding="utf-8")
     assert "0 done, 4 not done (4 killed)" in page
     assert "Paired statistics need at least two models" in page
+
+
+def test_committed_example_report_holds_no_machine_paths():
+    example = Path(__file__).parents[1] / "reports" / "example"
+    for name in ("report.md", "report.html", "summary.csv"):
+        text = (example / name).read_text(encoding="utf-8")
+        assert "/tmp/" not in text and "/home/" not in text and "/root/" not in text, name
+        assert "command: –" not in text
+
+
+def test_provenance_shows_the_command_and_no_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    run = make_run_dir(tmp_path, models=("fcn",), n_folds=2, cases=CASES[:4], dataset=True)
+    page = write_report(run).read_text(encoding="utf-8")
+    assert "command: segbench run --folds 2" in page
+    assert "at ~/data," in page and str(tmp_path) not in page.split("Provenance")[1].split("Environment")[0]

@@ -281,7 +281,7 @@ def _provenance(inputs: _Inputs) -> list[Any]:
                 f"command: {manifest.get('command', '–')}",
                 f"segbench version: {manifest.get('segbench_version', '–')}",
                 f"created at: {manifest.get('created_at', '–')}",
-                f"dataset: {dataset.get('name', '–')} ({dataset.get('format', '–')}) at {dataset.get('path', '–')}, "
+                f"dataset: {dataset.get('name', '–')} ({dataset.get('format', '–')}) at {_dataset_place(manifest)}, "
                 f"{dataset.get('num_training', '–')} training cases, fingerprint {dataset.get('fingerprint', '–')}",
                 f"labels: {json.dumps(dataset.get('labels', {}), sort_keys=True, ensure_ascii=False)}",
             )
@@ -304,6 +304,15 @@ def _provenance(inputs: _Inputs) -> list[Any]:
     blocks.append(Paragraph("Metric definitions:"))
     blocks.append(Bullets(metric_definitions()))
     return blocks
+
+
+def _dataset_place(manifest: dict[str, Any]) -> str:
+    """Where the dataset was, without a machine's cache or home folder: a report may be shared or committed."""
+    path = str((manifest.get("dataset") or {}).get("path") or "–")
+    if "data" in (manifest.get("config") or {}) and manifest["config"]["data"] is None:
+        return f"segbench's embedded synthetic dataset (generated on first use into the cache as {Path(path).name})"
+    home = str(Path.home())
+    return "~" + path[len(home) :] if home not in ("", "/") and path.startswith(home + "/") else path
 
 
 def _plain(value: Any) -> str:
