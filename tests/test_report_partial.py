@@ -131,3 +131,21 @@ def test_provenance_shows_the_command_and_no_home_folder(tmp_path, monkeypatch):
     page = write_report(run).read_text(encoding="utf-8")
     assert "command: segbench run --folds 2" in page
     assert "at ~/data," in page and str(tmp_path) not in page.split("Provenance")[1].split("Environment")[0]
+
+
+@pytest.mark.parametrize("width", [4.0, 6.0])
+def test_long_plot_titles_are_wrapped_inside_the_figure(width):
+    from matplotlib.figure import Figure
+
+    from segbench.report.figures import set_title
+
+    figure = Figure(figsize=(width, 4), dpi=100, layout="constrained")
+    ax = figure.add_subplot()
+    models = ", ".join(f"unet_w{w}_d4_instance_norm" for w in (8, 16))
+    set_title(ax, f"HD95 (mm, misses = diagonal) per case of {models}")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(figure)  # what savefig(format="png") draws with, constrained layout included
+    canvas.draw()
+    title = ax.title.get_window_extent(renderer=canvas.get_renderer())
+    assert title.x0 >= 0 and title.x1 <= width * 100 and title.y1 <= 400, (title, width)
