@@ -118,7 +118,7 @@ class ProgressBar:
         if self._bar is not None:
             self._bar.update(1)
             self._bar.set_postfix(loss=f"{loop.loss:.3f}")
-        elif self._lines_every and loop.iteration % self._lines_every == 0:
+        elif self._lines_every and (loop.iteration % self._lines_every == 0 or loop.iteration == self._total):
             from segbench import progress
 
             seconds, first = time.perf_counter() - self._started[0], self._started[1]
