@@ -223,8 +223,8 @@ def run(**options) -> None:  # fmt: skip
             on_resume=_print_resume_plan,
         )  # fmt: skip
     except KeyboardInterrupt:
-        click.echo(f"interrupted: finished jobs are kept and the running job saved a checkpoint; continue with:\n"
-                   f"  {resume_command(run_dir)}", err=True)  # fmt: skip
+        click.echo("interrupted: finished jobs are kept and the interrupted one continues from its latest checkpoint; "
+                   f"continue with:\n  {resume_command(run_dir)}", err=True)  # fmt: skip
         raise SystemExit(130) from None
     _print_summary(outcome)
     raise SystemExit(0 if outcome.all_done else 1)
