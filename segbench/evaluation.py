@@ -77,8 +77,10 @@ def case_id_from_name(name: str, *, suffix: str = "") -> str | None:
 def _list_cases(folder: Path, *, suffix: str, role: str) -> dict[str, Path]:
     if not folder.is_dir():
         raise DatasetError(f"{role} folder {folder} does not exist or is not a folder")
-    if role == "reference" and (folder / "labelsTr").is_dir() and not any(
-        case_id_from_name(p.name) for p in folder.iterdir()
+    if (
+        role == "reference"
+        and (folder / "labelsTr").is_dir()
+        and not any(case_id_from_name(p.name) for p in folder.iterdir())
     ):
         labels = folder / "labelsTr"
         raise DatasetError(f"reference folder {folder} is a dataset folder; pass its label folder {labels}")

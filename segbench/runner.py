@@ -36,6 +36,7 @@ from segbench.executors.base import Executor, as_executor
 from segbench.executors.inprocess import InProcessExecutor
 from segbench.job import JobSpec, out_channels_for
 from segbench.locking import RunLock
+from segbench.matching import Matching, match_run
 from segbench.paths import preprocessed_cache
 from segbench.profiling import environment_info
 from segbench.registry import model_info, module_source, resolve_models
@@ -181,8 +182,10 @@ def build_manifest(
     *,
     command: str | None = None,
     imports: Sequence[str] = (),
+    matching: Matching | None = None,
 ) -> dict[str, Any]:
-    """``manifest.json``: version, command line, config, models (with who provides each), dataset, environment."""
+    """``manifest.json``: version, command line, --import modules, config, models, dataset, environment, matching."""
+    matched = {"matching": matching.as_dict()} if matching is not None else {}
     return {
         "segbench_version": __version__,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -200,6 +203,7 @@ def build_manifest(
             "labels": {str(k): v for k, v in sorted(dataset.labels.items()) if k != 0},
         },
         "environment": environment_info(),
+        **matched,
     }
 
 
@@ -381,16 +385,15 @@ def _run_locked(config: RunConfig, run_dir: Path, *, resume: bool, progress: boo
                 on_resume: Callable[[ResumePlan], None] | None) -> RunOutcome:  # fmt: skip
     """:func:`run_comparison` once the run directory is locked."""
     dataset_path, dataset, summary = _checked_dataset(config, cache_dir=cache_dir, progress=progress)
-    models = resolve_models(",".join(config.models))
-    out_channels = out_channels_for(tuple(dataset.foreground_labels))
-    divisor = check_patch(models, tuple(config.train.patch_size), len(dataset.channels), out_channels)
-    if not resume and (warning := warn_small_patch(config, summary.get("shape_median"), divisor)):
-        log.warning(warning)
     # A remote executor (Slurm) resolves the device where the job runs, not on this (login) node.
     device = config.device if executor.resolves_device else resolve_device(config.device)
+    models, matching, divisor = _selected_models(config, dataset, device)
+    if not resume and (warning := warn_small_patch(config, summary.get("shape_median"), divisor)):
+        log.warning(warning)
     case_ids = [case.case_id for case in dataset.training]
     splits = resolve_splits(config.splits, case_ids, folds=config.folds, seed=config.seed)
-    manifest = build_manifest(config, dataset, models, dataset_path, command=command, imports=imports)
+    manifest = build_manifest(config, dataset, models, dataset_path, command=command, imports=imports,
+                              matching=matching)  # fmt: skip
     _prepare_run_dir(run_dir, manifest, splits, resume=resume)
     if resume and on_resume is not None:
         on_resume(plan_resume(run_dir, models, len(splits)))
@@ -411,6 +414,17 @@ def _run_locked(config: RunConfig, run_dir: Path, *, resume: bool, progress: boo
     report_dir = _write_report(run_dir) if report else None
     expected = len(models) * len(splits)
     return RunOutcome(run_dir, expected, scan.results, scan.problems, report_dir)
+
+
+def _selected_models(config: RunConfig, dataset: DatasetSpec, device: str) -> tuple[list[str], Matching | None, int]:
+    """The models to train: ``--models`` resolved and checked against the patch; with ``--match`` each family member
+    becomes the width whose cost matches the reference's (those names are what is trained and shown). Also the
+    least common multiple of the models' divisors (for patch planning)."""
+    models = resolve_models(",".join(config.models))
+    out_channels = out_channels_for(tuple(dataset.foreground_labels))
+    divisor = check_patch(models, tuple(config.train.patch_size), len(dataset.channels), out_channels)
+    matching = match_run(config, models, in_channels=len(dataset.channels), out_channels=out_channels, device=device)
+    return (matching.resolved if matching is not None else models), matching, divisor
 
 
 def _jobs_to_run(run_dir: Path, models: list[str], splits: list) -> list[tuple[str, int]]:

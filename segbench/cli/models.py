@@ -15,14 +15,28 @@ COLUMNS = ("name", "family", "source", "params", "MFLOP/vox fwd", "MFLOP/vox tra
 @click.argument("pattern", required=False)
 @click.option("--in-channels", default=1, show_default=True, help="Image channels the models are built for.")
 @click.option("--out-channels", default=1, show_default=True, help="Logit channels the models are built for.")
-@click.option("--import", "imports", multiple=True, metavar="MODULE",
-              help="Import MODULE first (repeatable): your own module that registers models; its source is shown.")
-def models_command(pattern: str | None, in_channels: int, out_channels: int, imports: tuple[str, ...]) -> None:
+@click.option(
+    "--families",
+    "show_families",
+    is_flag=True,
+    help="List the width/depth families instead: their knobs, valid ranges and listed grid.",
+)
+@click.option(
+    "--import",
+    "imports",
+    multiple=True,
+    metavar="MODULE",
+    help="Import MODULE first (repeatable): your own module that registers models; its source is shown.",
+)
+def models_command(
+    pattern: str | None, in_channels: int, out_channels: int, show_families: bool, imports: tuple[str, ...]
+) -> None:
     """List models: name, family, source, parameters, MFLOP per voxel (forward and training step), divisor.
 
     PATTERN filters names with wildcards, comma-separated (e.g. 'unet_*' or 'fcn,unet_w20_*'); an exact
     family member that is not listed by default (e.g. unet_w32_d4) is shown too. Sources are "segbench",
-    "monai" or the distribution of a plugin. Input sizes must be multiples of the divisor.
+    "monai" or the distribution of a plugin. Input sizes must be multiples of the divisor. Plugins are imported,
+    so that the grids of plugin families are listed.
     """
     from tqdm import tqdm
 
@@ -31,8 +45,11 @@ def models_command(pattern: str | None, in_channels: int, out_channels: int, imp
 
     import_user_modules(imports)
 
+    if show_families:
+        click.echo(_families_table(pattern))
+        return
     # resolve_models also accepts exact unlisted family members, and names the choices for a bad pattern.
-    names = list_models() if pattern is None else resolve_models(pattern)
+    names = list_models(load_plugins=True) if pattern is None else resolve_models(pattern)
     if not names:
         raise ModelError("no models are available; reinstall segbench")
 
@@ -63,15 +80,44 @@ def models_command(pattern: str | None, in_channels: int, out_channels: int, imp
         click.echo(f"not available: {name} {reason}", err=True)
 
 
+FAMILY_COLUMNS = ("family", "source", "width knob", "depth knob", "listed grid (width x depth)")
+
+
+def _families_table(pattern: str | None) -> str:
+    """One row per width/depth family (plugins included): knob keywords, valid ranges, listed grid."""
+    import fnmatch
+
+    from segbench.registry import families
+
+    patterns = [p.strip() for p in (pattern or "*").split(",") if p.strip()]
+    rows = []
+    for spec in families(load_plugins=True):
+        if not any(fnmatch.fnmatchcase(spec.name, p) for p in patterns):
+            continue
+        rows.append((f"{spec.name}_w{{W}}_d{{D}}", spec.source, f"{spec.width.parameter} {spec.width.describe()}",
+                     f"{spec.depth.parameter} {spec.depth.describe()}", _grid(spec.grid)))  # fmt: skip
+    return _format_table(FAMILY_COLUMNS, rows, numeric_from=len(FAMILY_COLUMNS))
+
+
+def _grid(grid: tuple[tuple[int, int], ...]) -> str:
+    """``"10,20,40 x 2,3"`` for a full product of widths and depths, else the pairs ``"16x3, 32x4"``."""
+    widths, depths = sorted({w for w, _ in grid}), sorted({d for _, d in grid})
+    if not grid:
+        return "none"
+    if len(set(grid)) == len(widths) * len(depths):
+        return f"{','.join(map(str, widths))} x {','.join(map(str, depths))}"
+    return ", ".join(f"{w}x{d}" for w, d in grid)
+
+
 def _mflop(value: float) -> str:
     # NaN: the model builds but its forward pass failed while counting (see the logged warning).
     return f"{value:.4f}" if math.isfinite(value) else "?"
 
 
-def _format_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-    """Plain-text table: text columns left-aligned, numeric columns right-aligned."""
+def _format_table(header: tuple[str, ...], rows: list[tuple[str, ...]], *, numeric_from: int = 3) -> str:
+    """Plain-text table: text columns left-aligned, numeric columns (from ``numeric_from`` on) right-aligned."""
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
-    numeric = [index >= 3 for index in range(len(header))]
+    numeric = [index >= numeric_from for index in range(len(header))]
 
     def line(cells: tuple[str, ...]) -> str:
         return "  ".join(
