@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from segbench import __version__, results, rundir
+from segbench import __version__, results, rundir, stop
 from segbench.atomic import atomic_write_json
 from segbench.config import RunConfig, TrainConfig, config_differences, config_to_dict
 from segbench.data.dataset import DatasetSpec, dataset_fingerprint, load_dataset
@@ -41,7 +41,6 @@ from segbench.paths import preprocessed_cache
 from segbench.profiling import environment_info
 from segbench.registry import model_info, module_source, resolve_models
 from segbench.splits import resolve_splits, save_splits
-from segbench.stop import STOP_REQUESTED
 
 log = logging.getLogger(__name__)
 
@@ -342,7 +341,7 @@ def run_comparison(
             "--resume to start a new run"
         )
     executor = as_executor(executor) if executor is not None else InProcessExecutor()
-    STOP_REQUESTED.clear()  # a previous interrupted call in this process must not stop this one
+    stop.clear()  # a previous interrupted call in this process must not stop this one
     created = _first_missing(run_dir)
     check_writable(run_dir)
     try:

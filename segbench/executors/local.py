@@ -24,6 +24,7 @@ from segbench.executors.base import job_progress_bar, log_job_start
 from segbench.executors.inprocess import run_in_process
 from segbench.executors.state import split_running, wait_for_locks, write_missing_result
 from segbench.job import JobSpec, run_job
+from segbench.stop import install_interrupt_handlers
 
 log = logging.getLogger(__name__)
 
@@ -195,10 +196,8 @@ def worker_main(argv: Sequence[str]) -> int:
     spec = JobSpec(**fields)
     log_job_start(spec)
 
-    def interrupt(signum, frame):  # noqa: ARG001 - `kill` / the driver: record `killed`, like Ctrl-C
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
+    # `kill` / the driver's forwarded Ctrl-C: checkpoint at the next step, record `killed`.
+    install_interrupt_handlers()
     result = run_job(spec)
     log.info("%s fold %d ended: %s %s", spec.model, spec.fold, result.status, result.reason)
     return 0
