@@ -131,19 +131,36 @@ class StopAtBoundary:
 
 
 class ProgressBar:
-    """A tqdm bar of training iterations with the current loss (``enabled=False``: does nothing)."""
+    """Training progress: a tqdm bar on a terminal, else a plain line every ``lines_every`` iterations.
 
-    def __init__(self, *, enabled: bool, total: int | None, start: int, desc: str) -> None:
+    ``enabled=False`` shows nothing. The plain lines go to :data:`segbench.progress.log` (see :mod:`segbench.progress`).
+    """
+
+    def __init__(self, *, enabled: bool, total: int | None, start: int, desc: str, lines_every: int = 10) -> None:
+        from segbench import progress
+
         self._bar = None
-        if enabled:
+        self._lines_every = lines_every if enabled and not progress.interactive() else 0
+        self._desc, self._total = desc, total
+        self._started = (time.perf_counter(), start)
+        if enabled and progress.interactive():
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=total, initial=start, desc=desc, unit="it", leave=False)
 
     def __call__(self, loop: LoopState) -> None:
-        if self._bar is not None and not loop.finished:
+        if loop.finished:
+            return
+        if self._bar is not None:
             self._bar.update(1)
             self._bar.set_postfix(loss=f"{loop.loss:.3f}")
+        elif self._lines_every and (loop.iteration % self._lines_every == 0 or loop.iteration == self._total):
+            from segbench import progress
+
+            seconds, first = time.perf_counter() - self._started[0], self._started[1]
+            speed = (loop.iteration - first) / seconds if seconds > 0 else float("nan")
+            progress.log.info(progress.iteration_line(self._desc, iteration=loop.iteration, total=self._total,
+                                                      loss=loop.loss, iters_per_s=speed))  # fmt: skip
 
     def close(self) -> None:
         if self._bar is not None:

@@ -112,9 +112,13 @@ def validate_config(config: RunConfig) -> None:
         (0 <= config.inference.overlap < 1, "inference overlap must lie in [0, 1)"),
         (config.inference.batch_size > 0, "inference batch_size must be positive"),
         (train.num_workers >= 0, f"--num-workers must not be negative (got {train.num_workers})"),
-        (train.log_every > 0 and train.checkpoint_every > 0, "log_every and checkpoint_every must be positive"),
+        (train.log_every > 0, "log_every must be positive"),
         # A checkpoint mid-window would lose the partial loss window on resume: the curve would differ.
-        (train.checkpoint_every % train.log_every == 0, "checkpoint_every must be a multiple of log_every"),
+        (
+            train.checkpoint_every > 0 and train.log_every > 0 and train.checkpoint_every % train.log_every == 0,
+            f"--checkpoint-every must be a positive multiple of the learning-curve interval ({train.log_every} "
+            f"iterations), got {train.checkpoint_every}",
+        ),
         (train.grad_clip >= 0 and train.weight_decay >= 0, "grad_clip and weight_decay must not be negative"),
         (config.job_timeout_s is None or config.job_timeout_s > 0, "--job-timeout must be positive"),
         (config.tolerance_mm >= 0, "--tolerance-mm must not be negative"),

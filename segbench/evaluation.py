@@ -77,6 +77,13 @@ def case_id_from_name(name: str, *, suffix: str = "") -> str | None:
 def _list_cases(folder: Path, *, suffix: str, role: str) -> dict[str, Path]:
     if not folder.is_dir():
         raise DatasetError(f"{role} folder {folder} does not exist or is not a folder")
+    if (
+        role == "reference"
+        and (folder / "labelsTr").is_dir()
+        and not any(case_id_from_name(p.name) for p in folder.iterdir())
+    ):
+        labels = folder / "labelsTr"
+        raise DatasetError(f"reference folder {folder} is a dataset folder; pass its label folder {labels}")
     cases: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         case_id = case_id_from_name(path.name, suffix=suffix)
@@ -98,13 +105,17 @@ def _listing(names: Sequence[str]) -> str:
     return shown if len(names) <= _MAX_LISTED else f"{shown} and {len(names) - _MAX_LISTED} more"
 
 
-def match_cases(pred_dir: str | Path, gt_dir: str | Path, *, pred_suffix: str = "") -> list[CasePair]:
+def match_cases(
+    pred_dir: str | Path, gt_dir: str | Path, *, pred_suffix: str = "", subset: bool = False
+) -> list[CasePair]:
     """Pair every prediction in ``pred_dir`` with the reference of the same case id in ``gt_dir``.
 
     Args:
         pred_dir: folder of predicted label maps (``<case_id><pred_suffix>.nii.gz`` or ``.nii``).
         gt_dir: folder of reference label maps (``<case_id>.nii.gz`` or ``.nii``).
         pred_suffix: text between the case id and the extension in prediction names (e.g. ``_seg``).
+        subset: score only the references that have a prediction (``--subset``); otherwise a reference without
+            prediction is an error. A prediction without reference is always an error.
 
     Returns:
         Pairs sorted by case id.
@@ -117,7 +128,7 @@ def match_cases(pred_dir: str | Path, gt_dir: str | Path, *, pred_suffix: str = 
     preds = _list_cases(pred_dir, suffix=pred_suffix, role="prediction")
     refs = _list_cases(gt_dir, suffix="", role="reference")
     no_ref = sorted(preds.keys() - refs.keys())
-    no_pred = sorted(refs.keys() - preds.keys())
+    no_pred = [] if subset else sorted(refs.keys() - preds.keys())
     if no_ref or no_pred:
         problems = []
         if no_ref:
@@ -127,6 +138,8 @@ def match_cases(pred_dir: str | Path, gt_dir: str | Path, *, pred_suffix: str = 
             problems.append(f"{len(no_pred)} reference(s) in {gt_dir} have no prediction in {pred_dir}: "
                             f"{_listing([refs[c].name for c in no_pred])}")  # fmt: skip
         hint = "name predictions <case_id>.nii.gz like the references, or give --pred-suffix (e.g. _seg)"
+        if no_pred:
+            hint += ", or pass --subset to score only the cases that have a prediction"
         raise DatasetError("; ".join(problems) + f"; {hint}")
     return [CasePair(case_id, preds[case_id], refs[case_id]) for case_id in sorted(preds)]
 
@@ -170,6 +183,16 @@ def evaluate_pair(pair: CasePair, *, labels: Sequence[int] | None = None, tolera
         rows=[{"case_id": pair.case_id, **row} for row in rows],
         diagonal_mm=image_diagonal_mm(ref.array.shape, ref.spacing),
     )
+
+
+def absent_labels(frame: pd.DataFrame, labels: Sequence[int]) -> list[int]:
+    """Labels of ``labels`` that are in no prediction and no reference of ``frame`` (every row of them empty)."""
+    absent = []
+    for label in labels:
+        rows = frame[frame["label"] == label]
+        if rows.empty or (rows["pred_empty"].astype(bool) & rows["ref_empty"].astype(bool)).all():
+            absent.append(int(label))
+    return absent
 
 
 def csv_columns() -> tuple[str, ...]:

@@ -218,7 +218,7 @@ def _batches(corners: list[tuple[int, ...]], batch_size: int, progress: bool) ->
     if progress:
         from tqdm.auto import tqdm
 
-        chunks = tqdm(chunks, desc="sliding window", unit="batch", leave=False)
+        chunks = tqdm(chunks, desc="sliding window", unit="batch", leave=False, disable=None)  # no bar off a TTY
     yield from chunks
 
 

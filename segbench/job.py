@@ -14,6 +14,7 @@ learning-curve files in :mod:`segbench.results`, their names in :mod:`segbench.r
 from __future__ import annotations
 
 import gc
+import importlib
 import logging
 import os
 import socket
@@ -43,6 +44,8 @@ from segbench.locking import RunLock
 from segbench.metrics import compute_case_metrics
 from segbench.paths import preprocessed_cache
 from segbench.profiling import cuda_peak_mb, reset_cuda_peak
+from segbench.progress import job_line, line_interval
+from segbench.progress import log as progress_log
 from segbench.registry import ModelInfo, build_model, model_info
 from segbench.splits import load_splits
 from segbench.stop import KILLED_REASON, STOP_REQUESTED
@@ -65,6 +68,8 @@ class JobSpec:
     device: str = "cpu"  # resolved device ("cpu", "cuda", "cuda:0")
     cache_dir: str | None = None  # preprocessing cache folder; None = the default (segbench.paths)
     progress: bool = False  # show iteration / case progress bars (in-process runs)
+    # Modules a job process imports before it runs (they register plugin models / metrics in that process).
+    imports: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -133,6 +138,8 @@ def run_job(spec: JobSpec) -> results.JobResult:
     Resumes from the job's latest checkpoint when one exists. Exceptions inside training or inference become
     statuses; only a failure to write ``result.json`` itself propagates (after a last attempt to record ``failed``).
     """
+    for module in spec.imports:  # a no-op where they are imported already (in-process); needed in worker processes
+        importlib.import_module(module)
     folder = rundir.job_dir(spec.run_dir, spec)
     folder.mkdir(parents=True, exist_ok=True)
     # One writer per job folder, even across executors and a resubmitting driver: a second process refuses here.
@@ -175,7 +182,9 @@ def _run_locked(spec: JobSpec, folder: Path) -> results.JobResult:
     if status == "done":
         record.pop("phase", None)  # only meaningful for a job that stopped somewhere
     record["job_seconds"] = round(time.perf_counter() - started, 3)
-    return _write_result(spec, status, reason, record, metrics)
+    written = _write_result(spec, status, reason, record, metrics)
+    progress_log.info(job_line(spec.model, spec.fold, status, reason, record, metrics))
+    return written
 
 
 def _out_of_memory(exc: BaseException, device: torch.device, record: dict[str, Any]) -> str:
@@ -345,7 +354,10 @@ def _train(
     reset_cuda_peak(ctx.device)
     peak_rss.sample()
     total = train_cfg.iterations if train_cfg.time_budget_s is None else None
-    bar = ProgressBar(enabled=spec.progress, total=total, start=state.iteration, desc=f"{rundir.job_label(spec)} train")
+    bar = ProgressBar(
+        enabled=spec.progress, total=total, start=state.iteration, desc=rundir.job_label(spec),
+        lines_every=line_interval(total, every=train_cfg.log_every),
+    )  # fmt: skip
     logger = CurveLogger(spec.run_dir, spec, every=train_cfg.log_every, curve=curve, window=extras.get("window"))
 
     def snapshot_with_window(loop: LoopState) -> dict[str, Any]:
@@ -404,7 +416,7 @@ def _evaluate(
         from tqdm.auto import tqdm
 
         desc = f"{rundir.job_label(ctx.spec)} predict"
-        iterator = tqdm(iterator, desc=desc, unit="case", leave=False)
+        iterator = tqdm(iterator, desc=desc, unit="case", leave=False, disable=None)  # no bar off a TTY
     for case_id in iterator:
         case = prepared[case_id]
         image, _ = load_prepared(case, mmap=False)

@@ -45,7 +45,8 @@ import logging
 import math
 import os
 import re
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -70,7 +71,9 @@ __all__ = [
     "register_family",
     "register_model",
     "resolve_models",
+    "unavailable_models",
     "unregister_model",
+    "declare_unavailable",
 ]
 
 logger = logging.getLogger(__name__)
@@ -219,6 +222,8 @@ class _Plugin:
 
 _MODELS: dict[str, _Entry] = {}
 _FAMILIES: dict[str, _Family] = {}
+_importing: str | None = None  # source of the user module import_user_modules is importing now
+_UNAVAILABLE: dict[str, str] = {}  # optional model name -> what to install for it (see declare_unavailable)
 _FAMILY_NAME = re.compile(r"^(?P<family>[a-z][a-z0-9]*)_w(?P<width>[1-9][0-9]*)_d(?P<depth>[1-9][0-9]*)$")
 _builtins_loaded = False
 
@@ -228,14 +233,16 @@ _builtins_loaded = False
 # ---------------------------------------------------------------------------------------------------------
 
 
-def register_model(name: str, *, family: str, divisor: int, source: str = "segbench") -> Callable[[Builder], Builder]:
+def register_model(name: str, *, family: str, divisor: int, source: str | None = None) -> Callable[[Builder], Builder]:
     """Decorator registering ``builder(*, in_channels, out_channels, **options) -> nn.Module`` as ``name``.
 
     Args:
         name: unique model name (used on the command line, in run directories and reports).
         family: architecture family shown in tables.
         divisor: input sizes must be multiples of it (e.g. ``2**poolings``).
-        source: who provides it (``"segbench"``, ``"monai"``, or a distribution name).
+        source: who provides it (``"segbench"``, ``"monai"``, or a distribution name); default: ``"segbench"``, or
+            for a model registered by a module :func:`import_user_modules` imports (``--import``), the distribution
+            that installed it or else the module's name.
 
     Returns:
         A decorator that registers the builder and returns it unchanged.
@@ -250,7 +257,8 @@ def register_model(name: str, *, family: str, divisor: int, source: str = "segbe
         _ensure_builtins()  # so a clash with a built-in name is reported now, not when the built-ins load
         if name in _MODELS:
             raise ModelError(f"model {name!r} is already registered (by {_MODELS[name].source}); choose another name")
-        _MODELS[name] = _Entry(builder=builder, family=family, divisor=divisor, source=source)
+        _MODELS[name] = _Entry(builder=builder, family=family, divisor=divisor,
+                               source=source or _importing or "segbench")  # fmt: skip
         model_info.cache_clear()
         return builder
 
@@ -307,6 +315,60 @@ def unregister_model(name: str) -> None:
         raise ModelError(f"cannot unregister {name!r}: it is not a registered model (plugins: uninstall them)")
     del _MODELS[name]
     model_info.cache_clear()
+
+
+def module_source(module: str | None) -> str:
+    """Who provides code in ``module``: ``"segbench"``, the installed distribution it belongs to, or ``module``."""
+    if not module or module.split(".")[0] == "segbench":
+        return "segbench"
+    top = module.split(".")[0]
+    distributions = importlib.metadata.packages_distributions().get(top)
+    return distributions[0] if distributions else module
+
+
+def import_user_modules(modules: Sequence[str]) -> dict[str, str]:
+    """Import modules that register models (``segbench run --import MODULE``); returns module → source.
+
+    The current folder is searched too (as ``python -m`` does), so ``--import mymodels`` finds ``./mymodels.py``.
+
+    Raises:
+        ModelError: a module cannot be imported (names it and the error).
+    """
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    global _importing
+    _ensure_builtins()  # a user's module registering a built-in name fails now, clearly
+    found = {}
+    for module in modules:
+        _importing = module_source(module)
+        try:
+            importlib.import_module(module)
+        except ModelError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any error in the user's module, reported as one sentence
+            raise ModelError(
+                f"--import {module}: the module could not be imported ({type(exc).__name__}: {exc}); make it "
+                "importable from the current folder or install it"
+            ) from None
+        finally:
+            _importing = None
+        found[module] = module_source(module)
+    return found
+
+
+def declare_unavailable(name: str, *, reason: str) -> None:
+    """Record an optional model that is not registered because a dependency is missing.
+
+    ``reason`` says what to install, e.g. ``"needs MONAI: pip install 'segbench[monai]'"``; asking for the model then
+    raises a :class:`ModelError` with it, and ``segbench models`` lists it (:func:`unavailable_models`).
+    """
+    _UNAVAILABLE[name] = reason
+
+
+def unavailable_models() -> dict[str, str]:
+    """Optional models that are not available here, with what each needs (name → reason), sorted by name."""
+    _ensure_builtins()
+    return {name: _UNAVAILABLE[name] for name in sorted(_UNAVAILABLE) if name not in _MODELS}
 
 
 def _family_member(family_builder: Builder, spec: FamilySpec, *, width: int, depth: int) -> Builder:
@@ -489,6 +551,8 @@ def families(*, load_plugins: bool = False) -> list[FamilySpec]:
 
 
 def _unknown(name: str) -> ModelError:
+    if name in _UNAVAILABLE:
+        return ModelError(f"model {name!r} is not available here: it {_UNAVAILABLE[name]}")
     choices = list_models()
     close = difflib.get_close_matches(name, choices, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""

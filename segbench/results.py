@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ from segbench.metrics import metric_keys
 log = logging.getLogger(__name__)
 
 JOB_STATUSES = ("done", "failed", "diverged", "oom", "killed", "timeout")
+# jobs.csv only: an expected job of the manifest's grid without a result.json (never written to a result.json).
+MISSING_STATUS = "missing"
 
 
 def metrics_columns() -> tuple[str, ...]:
@@ -177,32 +181,131 @@ def metrics_table(results: list[JobResult]) -> pd.DataFrame:
     return frame.sort_values(["model", "fold", "repeat", "case_id", "label"], kind="stable").reset_index(drop=True)
 
 
-def jobs_table(results: list[JobResult]) -> pd.DataFrame:
-    """One row per (model, fold, repeat) with its status and costs, sorted."""
+def jobs_table(results: list[JobResult], *, missing: list[dict[str, Any]] = ()) -> pd.DataFrame:
+    """One row per (model, fold, repeat) with its status and costs, plus the ``missing`` rows (:func:`missing_rows`),
+    sorted."""
     rows = [{**result.job, "model": result.model, "fold": result.fold, "repeat": result.repeat,
              "status": result.status, "reason": result.reason} for result in results]  # fmt: skip
+    rows += list(missing)
     frame = _frame(rows, JOBS_COLUMNS)
     return frame.sort_values(["model", "fold", "repeat"], kind="stable").reset_index(drop=True)
 
 
 def rebuild_tables(run_dir: str | Path) -> ScanResult:
-    """Rewrite ``metrics.csv`` and ``jobs.csv`` from the job folders (atomically); returns what was read."""
+    """Rewrite ``metrics.csv`` and ``jobs.csv`` from the job folders (atomically); returns what was read.
+
+    Every expected job of the manifest's grid (models × folds × repeats) without a readable ``result.json`` gets a
+    jobs.csv row with status ``missing`` and a reason (:func:`missing_rows`), so the table always lists the whole grid.
+    """
     scan = scan_results(run_dir)
+    jobs = jobs_table(scan.results, missing=missing_rows(run_dir, scan.results))
     atomic_write_text(rundir.metrics_path(run_dir), metrics_table(scan.results).to_csv(index=False))
-    atomic_write_text(rundir.jobs_table_path(run_dir), jobs_table(scan.results).to_csv(index=False))
+    atomic_write_text(rundir.jobs_table_path(run_dir), jobs.to_csv(index=False))
     for problem in scan.problems:
         log.warning(problem)
+    link_oof_predictions(run_dir, scan.results)
     return scan
+
+
+def link_oof_predictions(run_dir: str | Path, found: list[JobResult]) -> dict[str, int]:
+    """(Re)build ``RUN_DIR/predictions/<model>/``: every prediction of the model's done jobs, one file per case.
+
+    Files are hard links to the job folders' predictions (copies where the file system has no hard links), so the
+    merged folders cost no space. Only ``done`` jobs count (with repeats, repeat 0); files of other jobs are removed.
+    Returns model → number of files.
+    """
+    wanted: dict[Path, Path] = {}
+    for result in found:
+        if result.status != "done" or getattr(result, "repeat", 0) != 0:  # with repeats: the first one's
+            continue
+        folder = rundir.predictions_dir(run_dir, result)
+        for source in sorted(folder.glob(f"*{rundir.PREDICTION_SUFFIX}")) if folder.is_dir() else ():
+            wanted[rundir.oof_predictions_dir(run_dir, result.model) / source.name] = source
+    root = rundir.oof_predictions_root(run_dir)
+    for stale in sorted(root.glob(f"*/*{rundir.PREDICTION_SUFFIX}")) if root.is_dir() else ():
+        if stale not in wanted:
+            stale.unlink()
+    counts: dict[str, int] = {}
+    for target, source in wanted.items():
+        counts[target.parent.name] = counts.get(target.parent.name, 0) + 1
+        if target.exists() and os.path.samefile(target, source):
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.tmp")
+        temporary.unlink(missing_ok=True)
+        try:
+            os.link(source, temporary)
+        except OSError:  # no hard links here (another file system, some network mounts)
+            shutil.copy2(source, temporary)
+        os.replace(temporary, target)
+    return counts
+
+
+def expected_grid(run_dir: str | Path) -> list[tuple[str, int, int]]:
+    """(model, fold, repeat) of every job the run's manifest asks for; empty without a readable manifest.
+
+    Folds come from ``splits.json`` (or ``config.folds`` when it is unreadable), repeats from ``config.repeats``
+    (1 when absent).
+    """
+    try:
+        manifest = load_manifest(run_dir)
+    except (OSError, ValueError):
+        return []
+    config = manifest.get("config") or {}
+    try:
+        folds = len(json.loads(rundir.splits_path(run_dir).read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        folds = int(config.get("folds") or 0)
+    repeats = int(config.get("repeats") or 1)
+    models = [str(m) for m in manifest.get("models") or config.get("models") or []]
+    return [(model, fold, repeat) for model in models for fold in range(folds) for repeat in range(repeats)]
+
+
+def missing_rows(run_dir: str | Path, found: list[JobResult]) -> list[dict[str, Any]]:
+    """jobs.csv rows (status ``missing`` and why) for the expected jobs that have no readable result."""
+    have = {(r.model, r.fold, int(getattr(r, "repeat", 0))) for r in found}
+    grid = expected_grid(run_dir)
+    repeats = 1 + max((repeat for _, _, repeat in grid), default=0)
+    rows = []
+    for model, fold, repeat in grid:
+        if (model, fold, repeat) in have:
+            continue
+        key = rundir.JobKey(model, fold, repeat, repeats)
+        rows.append({"model": model, "fold": fold, "repeat": repeat, "status": MISSING_STATUS,
+                     "reason": _missing_reason(run_dir, key)})  # fmt: skip
+    return rows
+
+
+def _missing_reason(run_dir: str | Path, key: rundir.JobKey) -> str:
+    folder = rundir.job_dir(run_dir, key)
+    if not folder.is_dir():
+        return "never started (the run stopped before this job, or it was never submitted)"
+    if rundir.result_path(run_dir, key).exists():
+        return f"its {rundir.RESULT_FILE} is unreadable; `segbench run --resume` redoes the job"
+    if (folder / rundir.CHECKPOINT_LATEST).exists():
+        return (
+            "stopped before finishing (interrupted or still running); `segbench run --resume` continues it from its "
+            "checkpoint"
+        )
+    return f"started but left no {rundir.RESULT_FILE} (interrupted or still running); `segbench run --resume` runs it"
+
+
+def _read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    # An empty file (a table written by hand, or by an old version, for a run without any row) is an empty table.
+    try:
+        return pd.read_csv(path, dtype=TEXT_DTYPES, keep_default_na=False, na_values=[""])
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame(columns=list(columns))
 
 
 def load_metrics(run_dir: str | Path) -> pd.DataFrame:
     """``metrics.csv`` as a DataFrame (``inf`` distances preserved)."""
-    return pd.read_csv(rundir.metrics_path(run_dir), dtype=TEXT_DTYPES, keep_default_na=False, na_values=[""])
+    return _read_table(rundir.metrics_path(run_dir), metrics_columns())
 
 
 def load_jobs(run_dir: str | Path) -> pd.DataFrame:
     """``jobs.csv`` as a DataFrame (``reason`` empty string for done jobs)."""
-    frame = pd.read_csv(rundir.jobs_table_path(run_dir), dtype=TEXT_DTYPES, keep_default_na=False, na_values=[""])
+    frame = _read_table(rundir.jobs_table_path(run_dir), JOBS_COLUMNS)
     if "reason" in frame:
         frame["reason"] = frame["reason"].astype(object).fillna("")
     return frame

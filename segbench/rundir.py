@@ -9,6 +9,7 @@ This is the only module that spells a run-directory name; everything else builds
         result.json, result.json.previous, error.txt, error.txt.previous, training_log.csv,
         checkpoint_latest.pt, checkpoint_previous.pt, *.corrupt, job.lock, submitit.json, worker.log,
         predictions/<case_id>.nii.gz
+      predictions/<model>/          oof_predictions_dir(run_dir, model): links to the done jobs' predictions
       slurm/                        submitit's pickles and logs
       report/                       the default report folder
 
@@ -38,6 +39,8 @@ RUN_LOCK_FILE = "run.lock"  # flock-ed while a `segbench run` works on the direc
 JOBS_DIR = "jobs"  # one folder per job below it
 SUBMITIT_DIR = "slurm"  # submitit's pickles and the per-job Slurm logs
 REPORT_DIR = "report"  # default output folder of `segbench report`
+OOF_PREDICTIONS_DIR = "predictions"  # predictions/<model>/<case_id>.nii.gz: every out-of-fold prediction of a model
+EVALUATION_FILE = "evaluation.csv"  # default output of `segbench evaluate RUN_DIR` (inside predictions/)
 
 # --- one job folder -----------------------------------------------------------------------------------------------
 FOLD_PREFIX = "fold_"  # jobs/<model>/fold_<k>
@@ -133,6 +136,21 @@ def submitit_dir(run_dir: str | Path) -> Path:
 def report_dir(run_dir: str | Path) -> Path:
     """``RUN_DIR/report``: where ``segbench report`` writes by default."""
     return Path(run_dir) / REPORT_DIR
+
+
+def oof_predictions_root(run_dir: str | Path) -> Path:
+    """``RUN_DIR/predictions``: one folder per model of merged out-of-fold predictions."""
+    return Path(run_dir) / OOF_PREDICTIONS_DIR
+
+
+def oof_predictions_dir(run_dir: str | Path, model: str) -> Path:
+    """``RUN_DIR/predictions/<model>``: every out-of-fold prediction of ``model`` (like nnU-Net's ``cv_niftis``)."""
+    return oof_predictions_root(run_dir) / model
+
+
+def evaluation_path(run_dir: str | Path) -> Path:
+    """``RUN_DIR/predictions/evaluation.csv``: where ``segbench evaluate RUN_DIR`` writes by default."""
+    return oof_predictions_root(run_dir) / EVALUATION_FILE
 
 
 def job_dir(run_dir: str | Path, job: JobRef) -> Path:

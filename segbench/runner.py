@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ import torch
 
 from segbench import __version__, results, rundir, stop
 from segbench.atomic import atomic_write_json
-from segbench.config import RunConfig, config_differences, config_to_dict
+from segbench.config import RunConfig, TrainConfig, config_differences, config_to_dict
 from segbench.data.dataset import DatasetSpec, dataset_fingerprint, load_dataset
 from segbench.data.preprocess import PreprocessConfig, prepare_dataset
 from segbench.data.validate import validate_dataset
@@ -40,7 +41,7 @@ from segbench.matching import Matching, match_run
 from segbench.metrics import nsd_tolerance_warning
 from segbench.paths import preprocessed_cache
 from segbench.profiling import environment_info
-from segbench.registry import model_info, resolve_models
+from segbench.registry import model_info, module_source, resolve_models
 from segbench.splits import resolve_splits, save_splits
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 # Outcomes that a resume keeps: they are what this config produces, rerunning would give the same.
 FINAL_STATUSES = ("done", "diverged", "oom")
 # Config fields that do not change results; a resume may change them freely.
-OPERATIONAL_KEYS = ("device", "job_timeout_s", "train.num_workers")
+OPERATIONAL_KEYS = ("device", "job_timeout_s", "train.num_workers", "train.checkpoint_every")
 
 
 @dataclass(frozen=True)
@@ -109,10 +110,15 @@ def check_writable(run_dir: Path) -> None:
         ) from None
 
 
-def preflight_dataset(path: Path, *, progress: bool, tolerance_mm: float | None = None) -> DatasetSpec:
-    """Validate every file of the dataset fully; raise one :class:`DatasetError` listing the problems.
+def preflight_dataset(
+    path: Path, *, progress: bool, tolerance_mm: float | None = None
+) -> tuple[DatasetSpec, dict[str, Any]]:
+    """Validate every file of the dataset fully: the dataset and its summary (shapes, spacings, ...).
 
     With ``tolerance_mm`` (the run's NSD tolerance), also warn when it is below the dataset's largest voxel spacing.
+
+    Raises:
+        DatasetError: one sentence listing the problems found.
     """
     report = validate_dataset(path, progress=progress)
     warnings = list(report.warnings)
@@ -128,27 +134,72 @@ def preflight_dataset(path: Path, *, progress: bool, tolerance_mm: float | None 
             f"dataset {path} failed preflight with {len(report.problems)} problem(s): {listed}{more}; "
             f"run `segbench data check {path}` for the full list"
         )
-    return load_dataset(path)
+    return load_dataset(path), report.summary or {}
 
 
-def check_patch(models: list[str], patch_size: tuple[int, ...], in_channels: int, out_channels: int) -> None:
-    """Every model must accept the common patch: each side divisible by the model's divisor."""
+# nnU-Net-like patch planning budget: voxels of one patch (128³, what a 3D full-resolution nnU-Net plans on a GPU).
+PATCH_VOXEL_BUDGET = 128**3
+
+
+def plan_patch(median_shape: Sequence[int], *, divisor: int, max_voxels: int = PATCH_VOXEL_BUDGET) -> tuple[int, ...]:
+    """The largest patch whose sides are multiples of ``divisor``, within ``median_shape`` and ``max_voxels``.
+
+    Starts from the median image shape rounded down to the divisor (at least one divisor per side) and shrinks the
+    longest side by one divisor until the patch fits the budget, like nnU-Net's planner.
+    """
+    patch = [max(divisor, int(side) // divisor * divisor) for side in median_shape]
+    while math.prod(patch) > max_voxels and max(patch) > divisor:
+        longest = max(range(len(patch)), key=lambda axis: patch[axis])
+        patch[longest] -= divisor
+    return tuple(patch)
+
+
+def warn_small_patch(config: RunConfig, median_shape: Sequence[int] | None, divisor: int) -> str | None:
+    """A warning when the default patch (no ``--patch``) covers under 1/8 of the median image; else ``None``."""
+    patch = tuple(config.train.patch_size)
+    if not median_shape or patch != TrainConfig().patch_size or math.prod(patch) * 8 > math.prod(median_shape):
+        return None
+    planned = plan_patch(median_shape, divisor=divisor)
+    share = math.prod(patch) / math.prod(median_shape)
+    return (
+        f"--patch not given: the default patch {' '.join(map(str, patch))} covers {share:.1%} of the median image "
+        f"({' '.join(map(str, median_shape))} voxels); nnU-Net-style planning (largest multiple of {divisor} within "
+        f"the median shape and {PATCH_VOXEL_BUDGET:,} voxels) gives --patch {' '.join(map(str, planned))}; pass "
+        "--patch D H W to choose (a smaller patch trains faster but sees less context)"
+    )
+
+
+def check_patch(models: list[str], patch_size: tuple[int, ...], in_channels: int, out_channels: int) -> int:
+    """Every model must accept the common patch: each side divisible by the model's divisor; returns their lcm."""
+    common = 1
     for name in models:
         divisor = model_info(name, in_channels=in_channels, out_channels=out_channels).divisor
+        common = math.lcm(common, divisor)
         if any(int(size) % divisor for size in patch_size):
             raise ConfigError(
                 f"--patch {' '.join(map(str, patch_size))} does not suit model {name}, whose input sizes must be "
                 f"divisible by {divisor}; choose a patch whose sides are multiples of {divisor}"
             )
+    return common
 
 
 def build_manifest(
-    config: RunConfig, dataset: DatasetSpec, models: list[str], dataset_path: Path, *, matching: Matching | None = None
+    config: RunConfig,
+    dataset: DatasetSpec,
+    models: list[str],
+    dataset_path: Path,
+    *,
+    command: str | None = None,
+    imports: Sequence[str] = (),
+    matching: Matching | None = None,
 ) -> dict[str, Any]:
+    """``manifest.json``: version, command line, --import modules, config, models, dataset, environment, matching."""
     matched = {"matching": matching.as_dict()} if matching is not None else {}
     return {
         "segbench_version": __version__,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": command or "(Python API: segbench.runner.run_comparison)",
+        "imports": {module: module_source(module) for module in imports},
         "config": config_to_dict(config),
         "models": models,
         "dataset": {
@@ -230,7 +281,7 @@ def _prepare_run_dir(run_dir: Path, manifest: dict, splits: list, *, resume: boo
         updated = {**old, "config": manifest["config"], "device_type": old.get("device_type")}
         updated["resumes"] = [
             *old.get("resumes", []),
-            {"at": manifest["created_at"], "environment": manifest["environment"]},
+            {"at": manifest["created_at"], "command": manifest["command"], "environment": manifest["environment"]},
         ]
         atomic_write_json(manifest_path, updated)
         return
@@ -247,6 +298,38 @@ def plan_jobs(run_dir: Path, models: list[str], folds: int, repeats: int = 1) ->
     return [key for key in grid if key not in finished], scan.problems
 
 
+@dataclass(frozen=True)
+class ResumePlan:
+    """What a resume does with each job of the grid: keep its result, continue it from a checkpoint, or restart it.
+
+    Each entry is ``(model, fold, why)``, e.g. ``("unet", 1, "killed, checkpoint kept")``.
+    """
+
+    kept: list[tuple[str, int, str]]
+    continued: list[tuple[str, int, str]]
+    restarted: list[tuple[str, int, str]]
+
+
+def plan_resume(run_dir: Path, models: list[str], folds: int, repeats: int = 1) -> ResumePlan:
+    """Sort the jobs of a run being resumed into kept (a final result), continued (a checkpoint) and restarted.
+
+    With repeats, ``why`` names the repeat (``"repeat 1: killed, from its checkpoint"``).
+    """
+    status = {(r.model, r.fold, r.repeat): r.status for r in results.scan_results(run_dir).results}
+    kept, continued, restarted = [], [], []
+    for key in (rundir.JobKey(m, f, r, repeats) for m in models for f in range(folds) for r in range(repeats)):
+        folder = rundir.job_dir(run_dir, key)
+        was = status.get((key.model, key.fold, key.repeat), "stopped" if folder.is_dir() else "not started")
+        prefix = f"repeat {key.repeat}: " if repeats > 1 else ""
+        if was in FINAL_STATUSES:
+            kept.append((key.model, key.fold, prefix + was))
+        elif (folder / rundir.CHECKPOINT_LATEST).is_file() or (folder / rundir.CHECKPOINT_PREVIOUS).is_file():
+            continued.append((key.model, key.fold, f"{prefix}{was}, from its checkpoint"))
+        else:
+            restarted.append((key.model, key.fold, prefix + was))
+    return ResumePlan(kept, continued, restarted)
+
+
 def run_comparison(
     config: RunConfig,
     *,
@@ -256,66 +339,123 @@ def run_comparison(
     executor: Executor | Callable[[list[JobSpec]], Any] | None = None,
     cache_dir: Path | None = None,
     report: bool = True,
+    imports: Sequence[str] = (),
+    command: str | None = None,
+    on_resume: Callable[[ResumePlan], None] | None = None,
 ) -> RunOutcome:
     """Train and evaluate every (model, fold, repeat) job of ``config`` in ``run_dir``.
 
     Args:
         config: the resolved run configuration (same recipe for every model).
         run_dir: output folder (created; must be new unless ``resume``).
-        resume: continue an interrupted run in ``run_dir``.
+        resume: continue an interrupted run in ``run_dir`` (which must hold one).
         progress: show progress bars (stderr).
         executor: an :class:`~segbench.executors.base.Executor` (default: in-process, one job after the other); a
             plain callable running a list of :class:`JobSpec` is used as an executor whose device the driver
             resolves.
         cache_dir: preprocessing cache root (default: the user cache).
         report: write ``RUN_DIR/report`` at the end.
+        imports: modules that register the run's own models (``--import``), recorded in the manifest and imported
+            by every job process before it runs.
+        command: the command line, recorded in the manifest (and shown in the report's provenance).
+        on_resume: called with the :class:`ResumePlan` before a resumed run starts its jobs.
 
     Raises:
-        SegbenchError subclasses for any preflight problem, before anything is trained.
+        SegbenchError subclasses for any preflight problem, before anything is trained; a run directory this call
+        created is removed again when that happens (nothing but an empty folder would be left).
     """
     run_dir = Path(run_dir)
+    if resume and not rundir.manifest_path(run_dir).is_file():
+        raise RunDirectoryError(
+            f"no run to resume in {run_dir} (it has no {rundir.MANIFEST_FILE}); check the --out path, or drop "
+            "--resume to start a new run"
+        )
     executor = as_executor(executor) if executor is not None else InProcessExecutor()
     stop.clear()  # a previous interrupted call in this process must not stop this one
+    created = _first_missing(run_dir)
     check_writable(run_dir)
-    with RunLock(run_dir):
-        dataset_path, dataset = _checked_dataset(config, cache_dir=cache_dir, progress=progress)
-        # A remote executor (Slurm) resolves the device where the job runs, not on this (login) node.
-        device = config.device if executor.resolves_device else resolve_device(config.device)
-        models, matching = _selected_models(config, dataset, device)
-        case_ids = [case.case_id for case in dataset.training]
-        splits = resolve_splits(config.splits, case_ids, folds=config.folds, seed=config.seed)
-        manifest = build_manifest(config, dataset, models, dataset_path, matching=matching)
-        manifest["device_type"] = device_type(device)
-        _prepare_run_dir(run_dir, manifest, splits, resume=resume)
+    try:
+        with RunLock(run_dir):
+            return _run_locked(config, run_dir, resume=resume, progress=progress, executor=executor,
+                               cache_dir=cache_dir, report=report, imports=tuple(imports), command=command,
+                               on_resume=on_resume)  # fmt: skip
+    except BaseException:
+        if created is not None and not rundir.manifest_path(run_dir).exists():
+            _remove_unused(run_dir, created)
+        raise
 
-        preprocess_dir = preprocessed_cache(cache_dir)
-        prepare_dataset(
-            dataset,
-            config=PreprocessConfig(target_spacing=config.target_spacing),
-            cache_dir=preprocess_dir,
-            progress=progress,
-        )
-        common = {"device": device, "cache_dir": str(preprocess_dir), "progress": progress}
-        todo = _jobs_to_run(run_dir, models, splits, config.repeats)
-        specs = [JobSpec(run_dir=str(run_dir), model=k.model, fold=k.fold, repeat=k.repeat, repeats=k.repeats, **common)
-                 for k in todo]  # fmt: skip
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` (itself included) that does not exist yet; ``None`` when ``path`` exists."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
+def _remove_unused(run_dir: Path, created: Path) -> None:
+    """Remove the folder a failed run created (only its lock file inside) and the empty parents it created."""
+    (run_dir / rundir.RUN_LOCK_FILE).unlink(missing_ok=True)
+    folder = run_dir
+    while True:
         try:
-            executor(specs)
-        finally:
-            scan = results.rebuild_tables(run_dir)
-        report_dir = _write_report(run_dir) if report else None
+            folder.rmdir()  # only ever an empty folder: anything else inside is kept
+        except OSError:
+            return
+        if folder == created:
+            return
+        folder = folder.parent
+
+
+def _run_locked(config: RunConfig, run_dir: Path, *, resume: bool, progress: bool, executor: Executor,
+                cache_dir: Path | None, report: bool, imports: tuple[str, ...], command: str | None,
+                on_resume: Callable[[ResumePlan], None] | None) -> RunOutcome:  # fmt: skip
+    """:func:`run_comparison` once the run directory is locked."""
+    dataset_path, dataset, summary = _checked_dataset(config, cache_dir=cache_dir, progress=progress)
+    # A remote executor (Slurm) resolves the device where the job runs, not on this (login) node.
+    device = config.device if executor.resolves_device else resolve_device(config.device)
+    models, matching, divisor = _selected_models(config, dataset, device)
+    if not resume and (warning := warn_small_patch(config, summary.get("shape_median"), divisor)):
+        log.warning(warning)
+    case_ids = [case.case_id for case in dataset.training]
+    splits = resolve_splits(config.splits, case_ids, folds=config.folds, seed=config.seed)
+    manifest = build_manifest(config, dataset, models, dataset_path, command=command, imports=imports,
+                              matching=matching)  # fmt: skip
+    manifest["device_type"] = device_type(device)
+    _prepare_run_dir(run_dir, manifest, splits, resume=resume)
+    if resume and on_resume is not None:
+        on_resume(plan_resume(run_dir, models, len(splits), config.repeats))
+
+    preprocess_dir = preprocessed_cache(cache_dir)
+    prepare_dataset(
+        dataset,
+        config=PreprocessConfig(target_spacing=config.target_spacing),
+        cache_dir=preprocess_dir,
+        progress=progress,
+    )
+    common = {"device": device, "cache_dir": str(preprocess_dir), "progress": progress, "imports": imports}
+    specs = [JobSpec(run_dir=str(run_dir), model=k.model, fold=k.fold, repeat=k.repeat, repeats=k.repeats, **common)
+             for k in _jobs_to_run(run_dir, models, splits, config.repeats)]  # fmt: skip
+    try:
+        executor(specs)
+    finally:
+        scan = results.rebuild_tables(run_dir)
+    report_dir = _write_report(run_dir) if report else None
     expected = len(models) * len(splits) * config.repeats
     return RunOutcome(run_dir, expected, scan.results, scan.problems, report_dir)
 
 
-def _selected_models(config: RunConfig, dataset: DatasetSpec, device: str) -> tuple[list[str], Matching | None]:
+def _selected_models(config: RunConfig, dataset: DatasetSpec, device: str) -> tuple[list[str], Matching | None, int]:
     """The models to train: ``--models`` resolved and checked against the patch; with ``--match`` each family member
-    becomes the width whose cost matches the reference's (those names are what is trained and shown)."""
+    becomes the width whose cost matches the reference's (those names are what is trained and shown). Also the
+    least common multiple of the models' divisors (for patch planning)."""
     models = resolve_models(",".join(config.models))
     out_channels = out_channels_for(tuple(dataset.foreground_labels))
-    check_patch(models, tuple(config.train.patch_size), len(dataset.channels), out_channels)
+    divisor = check_patch(models, tuple(config.train.patch_size), len(dataset.channels), out_channels)
     matching = match_run(config, models, in_channels=len(dataset.channels), out_channels=out_channels, device=device)
-    return (matching.resolved if matching is not None else models), matching
+    return (matching.resolved if matching is not None else models), matching, divisor
 
 
 def _jobs_to_run(run_dir: Path, models: list[str], splits: list, repeats: int) -> list[rundir.JobKey]:
@@ -327,8 +467,11 @@ def _jobs_to_run(run_dir: Path, models: list[str], splits: list, repeats: int) -
     return todo
 
 
-def _checked_dataset(config: RunConfig, *, cache_dir: Path | None, progress: bool) -> tuple[Path, DatasetSpec]:
-    """The run's dataset (``--data``, or the default synthetic one, generated on first use), preflighted.
+def _checked_dataset(
+    config: RunConfig, *, cache_dir: Path | None, progress: bool
+) -> tuple[Path, DatasetSpec, dict[str, Any]]:
+    """The run's dataset (``--data``, or the default synthetic one, generated on first use), preflighted, with the
+    preflight summary.
 
     Raises:
         DatasetError: preflight found problems, or the dataset declares no foreground label.
@@ -339,10 +482,10 @@ def _checked_dataset(config: RunConfig, *, cache_dir: Path | None, progress: boo
         dataset_path = default_dataset_path(cache_dir=cache_dir)
     else:
         dataset_path = Path(config.data)
-    dataset = preflight_dataset(dataset_path, progress=progress, tolerance_mm=config.tolerance_mm)
+    dataset, summary = preflight_dataset(dataset_path, progress=progress, tolerance_mm=config.tolerance_mm)
     if not dataset.foreground_labels:
         raise DatasetError(f"{dataset_path}/dataset.json declares no foreground label")
-    return dataset_path, dataset
+    return dataset_path, dataset, summary
 
 
 def _write_report(run_dir: Path) -> Path | None:

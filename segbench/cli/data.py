@@ -39,6 +39,11 @@ def check(data_dir: Path) -> None:
     sys.exit(1)
 
 
+# Kept equal to segbench.data.synth.MIN_SIDE / DEFAULT_SHAPE (a test checks), so --help stays fast (no numpy import).
+SYNTH_MIN_SIDE = 8
+SYNTH_DEFAULT_SHAPE = (48, 48, 32)
+
+
 @data.command()
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--cases", default=20, show_default=True, type=click.IntRange(min=1), help="Labelled training cases.")
@@ -47,15 +52,30 @@ def check(data_dir: Path) -> None:
 @click.option(
     "--shape",
     nargs=3,
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=SYNTH_MIN_SIDE),
     default=None,
     metavar="D H W",
-    help="Volume size in voxels [default: the generator's Task02-like size].",
+    help=f"Volume size in voxels, each side at least {SYNTH_MIN_SIDE} "
+    f"[default: {' '.join(map(str, SYNTH_DEFAULT_SHAPE))}, a Task02-like heart crop].",
 )
-def synth(out: Path, cases: int, test_cases: int, seed: int, shape: tuple[int, int, int] | None) -> None:
-    """Write a deterministic synthetic Task02-like MSD dataset to OUT."""
-    from segbench.data.synth import make_synthetic_task
+@click.option("--force", is_flag=True, help="Replace OUT if it already holds files (everything in it is deleted).")
+def synth(out: Path, cases: int, test_cases: int, seed: int, shape: tuple[int, int, int] | None, force: bool) -> None:
+    """Write a deterministic synthetic Task02-like MSD dataset to OUT (a new or empty folder)."""
+    import shutil
 
+    from segbench.data.synth import check_shape, make_synthetic_task
+    from segbench.errors import ConfigError
+
+    if shape is not None:
+        check_shape(shape)  # before OUT is touched
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise ConfigError(
+                f"{out} is not empty; a synthetic dataset needs a new or empty folder (pass --force to replace it)"
+            )
+        if out.resolve() in (Path.cwd().resolve(), *Path.cwd().resolve().parents, Path.home().resolve()):
+            raise ConfigError(f"--force would delete {out}, which holds the current or home folder; choose another OUT")
+        shutil.rmtree(out)
     where = make_synthetic_task(
         out, cases=cases, test_cases=test_cases, seed=seed, shape=tuple(shape) if shape else None
     )

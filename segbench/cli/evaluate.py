@@ -1,4 +1,5 @@
-"""`segbench evaluate PRED_DIR GT_DIR`: score any folder of predicted NIfTI masks against reference masks."""
+"""`segbench evaluate PRED_DIR GT_DIR` (any folder of predicted masks) and `segbench evaluate RUN_DIR` (a run's
+out-of-fold predictions, one merged folder per model)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import click
 
 from segbench.cli.group import main
 from segbench.errors import ConfigError
-from segbench.rundir import METRICS_FILE
+from segbench.rundir import EVALUATION_FILE, MANIFEST_FILE, METRICS_FILE, OOF_PREDICTIONS_DIR
 
 
 def _parse_labels(text: str | None) -> tuple[int, ...] | None:
@@ -24,13 +25,14 @@ def _parse_labels(text: str | None) -> tuple[int, ...] | None:
 
 
 @main.command()
-@click.argument("pred_dir", type=click.Path(path_type=Path))
-@click.argument("gt_dir", type=click.Path(path_type=Path))
+@click.argument("pred_dir", metavar="PRED_DIR|RUN_DIR", type=click.Path(path_type=Path))
+@click.argument("gt_dir", metavar="[GT_DIR]", required=False, type=click.Path(path_type=Path))
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help=f"Per-case CSV to write (one row per case and label). Default: PRED_DIR/{METRICS_FILE}.",
+    help=f"Per-case CSV to write (one row per case and label). Default: PRED_DIR/{METRICS_FILE}, or for a run "
+    f"RUN_DIR/{OOF_PREDICTIONS_DIR}/{EVALUATION_FILE} (with a model column).",
 )
 @click.option("--tolerance-mm", type=float, default=2.0, show_default=True, help="NSD (surface Dice) tolerance in mm.")
 @click.option("--labels", "labels_text", default=None, help="Labels to score, e.g. 1,2. Default: every label found.")
@@ -39,42 +41,109 @@ def _parse_labels(text: str | None) -> tuple[int, ...] | None:
     default="",
     help="Text between case id and extension in prediction names, e.g. _seg for la_003_seg.nii.gz.",
 )
+@click.option(
+    "--subset",
+    is_flag=True,
+    help="Score only the references that have a prediction (default: every reference needs one). Always on for a "
+    "RUN_DIR, whose failed jobs have no predictions.",
+)
 def evaluate(
-    pred_dir: Path, gt_dir: Path, out: Path | None, tolerance_mm: float, labels_text: str | None, pred_suffix: str
+    pred_dir: Path,
+    gt_dir: Path | None,
+    out: Path | None,
+    tolerance_mm: float,
+    labels_text: str | None,
+    pred_suffix: str,
+    subset: bool,
 ) -> None:
-    """Score predicted label maps in PRED_DIR against references in GT_DIR (matched by case id).
+    """Score predicted label maps in PRED_DIR against references in GT_DIR (matched by case id), or a run's
+    out-of-fold predictions: `segbench evaluate RUN_DIR` scores RUN_DIR/predictions/<model>/ of every model
+    against the run's dataset.
 
     Writes every metric of the catalogue (dice, hd, hd95, assd, nsd, ...), volumes and empty-mask flags per
     case and label to a CSV and prints the mean and median per metric with the number of misses (distance
-    means and medians count a miss as the image diagonal).
+    means and medians count a miss as the image diagonal, as in the report).
     """
-    from tqdm import tqdm
+    import pandas as pd
 
     from segbench.atomic import atomic_write_text
-    from segbench.evaluation import complete_labels, evaluate_pair, match_cases, summarize
 
     if not tolerance_mm >= 0:
         raise ConfigError(f"--tolerance-mm {tolerance_mm} must be a non-negative number of millimetres")
     labels = _parse_labels(labels_text)
-    out = out if out is not None else pred_dir / METRICS_FILE  # named like a run's per-case table
-    if not out.parent.is_dir():
+    if not pred_dir.is_dir():
+        raise ConfigError(f"PRED_DIR {pred_dir} does not exist or is not a folder; pass the folder of predictions")
+    run_mode = (pred_dir / MANIFEST_FILE).is_file()
+    if gt_dir is None and not run_mode:
+        raise ConfigError(f"{pred_dir} holds no {MANIFEST_FILE}: give GT_DIR (the reference label folder) too")
+    if out is not None and not out.parent.is_dir():
         raise ConfigError(f"--out {out}: folder {out.parent} does not exist; create it or choose another path")
+    if run_mode:
+        frames = _evaluate_run(pred_dir, gt_dir, labels=labels, tolerance_mm=tolerance_mm)
+        frame = pd.concat(frames.values(), ignore_index=True)
+        from segbench.rundir import evaluation_path
 
-    pairs = match_cases(pred_dir, gt_dir, pred_suffix=pred_suffix)
-    results = [
-        evaluate_pair(pair, labels=labels, tolerance_mm=tolerance_mm)
-        for pair in tqdm(pairs, desc="evaluate", unit="case")
-    ]
-    frame = complete_labels(results, tolerance_mm=tolerance_mm)
+        out = out or evaluation_path(pred_dir)
+    else:
+        frames = {None: _evaluate_folder(pred_dir, gt_dir, labels=labels, tolerance_mm=tolerance_mm,
+                                         pred_suffix=pred_suffix, subset=subset)}  # fmt: skip
+        frame = frames[None]
+        out = out or pred_dir / METRICS_FILE  # named like a run's per-case table
     atomic_write_text(out, frame.to_csv(index=False))
+    click.echo(
+        f"{frame['case_id'].nunique() if not frame.empty else 0} cases scored; per-case metrics written to {out}"
+    )
+    for model, part in frames.items():
+        _print_summary(part, model=model, labels=labels)
+
+
+def _evaluate_folder(pred_dir: Path, gt_dir: Path, *, labels, tolerance_mm: float, pred_suffix: str, subset: bool):
+    """The per-case table of one prediction folder (a progress bar on a terminal, closed before anything prints)."""
+    from tqdm.auto import tqdm
+
+    from segbench.evaluation import complete_labels, evaluate_pair, match_cases
+
+    pairs = match_cases(pred_dir, gt_dir, pred_suffix=pred_suffix, subset=subset)
+    with tqdm(pairs, desc=f"evaluate {pred_dir.name}", unit="case", leave=False, disable=None) as bar:
+        results = [evaluate_pair(pair, labels=labels, tolerance_mm=tolerance_mm) for pair in bar]
+    return complete_labels(results, tolerance_mm=tolerance_mm)
+
+
+def _evaluate_run(run_dir: Path, gt_dir: Path | None, *, labels, tolerance_mm: float) -> dict:
+    """model → per-case table (with a ``model`` column) of every merged out-of-fold prediction folder of a run."""
+    from segbench import results, rundir
+    from segbench.errors import RunDirectoryError
+
+    manifest = results.load_manifest(run_dir)
+    gt_dir = gt_dir or Path((manifest.get("dataset") or {}).get("path", "")) / "labelsTr"
+    if labels is None:
+        labels = tuple(int(value) for value in (manifest.get("dataset") or {}).get("labels", {})) or None
+    results.link_oof_predictions(run_dir, results.scan_results(run_dir).results)  # up to date with the job folders
+    models = [m for m in manifest.get("models", []) if rundir.oof_predictions_dir(run_dir, m).is_dir()]
+    if not models:
+        raise RunDirectoryError(f"{run_dir} has no finished job with predictions yet; nothing to evaluate")
+    frames = {}
+    for model in models:
+        frame = _evaluate_folder(rundir.oof_predictions_dir(run_dir, model), gt_dir, labels=labels,
+                                 tolerance_mm=tolerance_mm, pred_suffix="", subset=True)  # fmt: skip
+        frame.insert(0, "model", model)
+        frames[model] = frame
+    return frames
+
+
+def _print_summary(frame, *, model: str | None, labels: tuple[int, ...] | None) -> None:
+    from segbench.evaluation import absent_labels, summarize
 
     summary = summarize(frame)
-    click.echo(f"{len(pairs)} cases scored; per-case metrics written to {out}")
+    prefix = f"{model}: " if model else ""
     for label, group in summary.groupby("label", sort=True):
         misses = int(group["misses"].iloc[0])
-        click.echo(f"label {label}: {int(group['cases'].iloc[0])} cases, {misses} miss(es)")
+        click.echo(f"{prefix}label {label}: {int(group['cases'].iloc[0])} cases, {misses} miss(es)")
         for record in group.itertuples(index=False):
             unit = f" {record.unit}" if record.unit else ""
             click.echo(f"  {record.metric:<5} mean {record.mean:9.4f}{unit:3}  median {record.median:9.4f}{unit}")
     if summary.empty:
-        click.echo("no foreground label in any prediction or reference; give --labels to score absent labels")
+        click.echo(f"{prefix}no foreground label in any prediction or reference; give --labels to score absent labels")
+    for label in absent_labels(frame, labels or ()):
+        click.echo(f"warning: --labels names label {label}, which is in no prediction and no reference; check --labels",
+                   err=True)  # fmt: skip

@@ -21,7 +21,16 @@ COLUMNS = ("name", "family", "source", "params", "MFLOP/vox fwd", "MFLOP/vox tra
     is_flag=True,
     help="List the width/depth families instead: their knobs, valid ranges and listed grid.",
 )
-def models_command(pattern: str | None, in_channels: int, out_channels: int, show_families: bool) -> None:
+@click.option(
+    "--import",
+    "imports",
+    multiple=True,
+    metavar="MODULE",
+    help="Import MODULE first (repeatable): your own module that registers models; its source is shown.",
+)
+def models_command(
+    pattern: str | None, in_channels: int, out_channels: int, show_families: bool, imports: tuple[str, ...]
+) -> None:
     """List models: name, family, source, parameters, MFLOP per voxel (forward and training step), divisor.
 
     PATTERN filters names with wildcards, comma-separated (e.g. 'unet_*' or 'fcn,unet_w20_*'); an exact
@@ -32,7 +41,9 @@ def models_command(pattern: str | None, in_channels: int, out_channels: int, sho
     from tqdm import tqdm
 
     from segbench.errors import ModelError
-    from segbench.registry import list_models, model_info, resolve_models
+    from segbench.registry import import_user_modules, list_models, model_info, resolve_models, unavailable_models
+
+    import_user_modules(imports)
 
     if show_families:
         click.echo(_families_table(pattern))
@@ -64,6 +75,9 @@ def models_command(pattern: str | None, in_channels: int, out_channels: int, sho
     click.echo(_format_table(COLUMNS, rows))
     for message in broken:
         click.echo(f"warning: {message}", err=True)
+    # On stderr, like the warnings: stdout stays the table alone, for scripts.
+    for name, reason in unavailable_models().items():
+        click.echo(f"not available: {name} {reason}", err=True)
 
 
 FAMILY_COLUMNS = ("family", "source", "width knob", "depth knob", "listed grid (width x depth)")

@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
 from pathlib import Path
 
 import click
 
 from segbench.cli.group import main
+from segbench.config import InferenceConfig, RunConfig, TrainConfig
+from segbench.rundir import MANIFEST_FILE
+
+# The defaults --help shows (with --resume: the stored run's).
+_RUN, _TRAIN, _INFER = RunConfig(), TrainConfig(), InferenceConfig()
+
+
+class ConfigDefault(click.Option):
+    """An option whose default lives in the config (``None`` here, so --resume can tell a typed flag from the stored
+    value); --help shows the config's default as ``[default: 120]`` rather than click's ``[default: (120)]``."""
+
+    def get_help_extra(self, ctx: click.Context) -> dict:
+        extra = super().get_help_extra(ctx)
+        if isinstance(self.show_default, str):
+            extra["default"] = self.show_default
+        return extra
 
 
 def _interrupt_on_sigterm() -> None:
@@ -45,31 +63,68 @@ def _interrupt_on_sigterm() -> None:
     "peak tensor memory is closest to --match-to's; fixed models (fcn, unet) run as they are.",
 )
 @click.option("--match-to", default=None, metavar="MODEL", help="Reference model of --match (any model name).")
-@click.option("--iterations", type=int, default=None, help="Training iterations per job (same for every model).")
+@click.option(
+    "--iterations",
+    type=int,
+    default=None,
+    cls=ConfigDefault,
+    show_default=str(_TRAIN.iterations),
+    help="Training iterations per job (same for every model).",
+)
 @click.option(
     "--time-budget",
     "time_budget",
     type=float,
     default=None,
+    cls=ConfigDefault,
+    show_default="none",
     help="Training seconds per job instead of an iteration budget.",
 )
-@click.option("--patch", nargs=3, type=int, default=None, metavar="D H W", help="Training / inference patch size.")
-@click.option("--batch-size", type=int, default=None, help="Patches per training step.")
-@click.option("--lr", type=float, default=None, help="Initial learning rate.")
-@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default=None, help="Optimiser (poly LR decay).")
+@click.option(
+    "--patch",
+    nargs=3,
+    type=int,
+    default=None,
+    metavar="D H W",
+    cls=ConfigDefault,
+    show_default=" ".join(map(str, _TRAIN.patch_size)),
+    help="Training / inference patch size in voxels (a warning suggests a planned one for large images).",
+)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=None,
+    cls=ConfigDefault,
+    show_default=str(_TRAIN.batch_size),
+    help="Patches per training step.",
+)
+@click.option(
+    "--lr", type=float, default=None, cls=ConfigDefault, show_default=str(_TRAIN.lr), help="Initial learning rate."
+)
+@click.option(
+    "--optimizer",
+    type=click.Choice(["adam", "sgd"]),
+    default=None,
+    cls=ConfigDefault,
+    show_default=_TRAIN.optimizer,
+    help="Optimiser (poly LR decay).",
+)
 @click.option(
     "--target-spacing",
     nargs=3,
     type=float,
     default=None,
     metavar="SD SH SW",
+    cls=ConfigDefault,
+    show_default="native",
     help="Resample to this spacing in mm (predictions are resampled back).",
 )
 @click.option(
     "--precision",
     type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
-    default="auto",
-    show_default=True,
+    default=None,
+    cls=ConfigDefault,
+    show_default=_TRAIN.precision,
     help="Training and inference numerics. auto: bf16 where the CPU (AVX-512 BF16/AMX) or GPU runs it natively, "
     "fp16 with loss scaling on older GPUs, else fp32. Recorded per job in the jobs table.",
 )
@@ -77,27 +132,70 @@ def _interrupt_on_sigterm() -> None:
     "--memory-format",
     "memory_format",
     type=click.Choice(["auto", "channels_last", "contiguous"]),
-    default="auto",
-    show_default=True,
+    default=None,
+    cls=ConfigDefault,
+    show_default=_TRAIN.memory_format,
     help="Layout of 5-D tensors. auto: channels_last (channels-last-3d, faster on CPU and CUDA as measured).",
 )
-@click.option("--mirror/--no-mirror", default=None, help="Mirroring test-time augmentation.")
-@click.option("--overlap", type=float, default=None, help="Sliding-window overlap in [0, 1).")
+@click.option(
+    "--mirror/--no-mirror",
+    default=None,
+    cls=ConfigDefault,
+    show_default="mirror" if _INFER.mirror else "no-mirror",
+    help="Mirroring test-time augmentation.",
+)
+@click.option(
+    "--overlap",
+    type=float,
+    default=None,
+    cls=ConfigDefault,
+    show_default=str(_INFER.overlap),
+    help="Sliding-window overlap in [0, 1).",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--repeats",
     type=int,
     default=None,
-    help="Training seeds per (model, fold), same splits (default 1). R >= 2 measures training-seed variance and "
+    cls=ConfigDefault,
+    show_default=str(_RUN.repeats),
+    help="Training seeds per (model, fold), same splits. R >= 2 measures training-seed variance and "
     "lets the report require a winner to be consistent across repeats; 3 is a good start for close results.",
 )
 @click.option(
-    "--tolerance-mm", type=float, default=None, help="NSD (surface Dice) tolerance in mm (default 4; keep it at or "
-    "above the largest voxel spacing)."
-)  # fmt: skip
-@click.option("--job-timeout", type=float, default=None, help="Wall-clock limit per job in seconds (status timeout).")
-@click.option("--num-workers", type=int, default=None, help="Data-loader worker processes per job.")
+    "--tolerance-mm",
+    type=float,
+    default=None,
+    cls=ConfigDefault,
+    show_default=str(_RUN.tolerance_mm),
+    help="NSD (surface Dice) tolerance in mm (keep it at or above the largest voxel spacing).",
+)
+@click.option(
+    "--job-timeout",
+    type=float,
+    default=None,
+    cls=ConfigDefault,
+    show_default="none",
+    help="Wall-clock limit per job in seconds (status timeout).",
+)
+@click.option(
+    "--num-workers",
+    type=int,
+    default=None,
+    cls=ConfigDefault,
+    show_default=str(_TRAIN.num_workers),
+    help="Data-loader worker processes per job.",
+)
+@click.option(
+    "--checkpoint-every",
+    type=int,
+    default=None,
+    cls=ConfigDefault,
+    show_default=str(_TRAIN.checkpoint_every),
+    help=f"Save a checkpoint every N iterations (a multiple of {_TRAIN.log_every}; also at the end and "
+    "when interrupted). May change on --resume.",
+)
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
@@ -133,30 +231,76 @@ def _interrupt_on_sigterm() -> None:
     default=None,
     help="slurm: seconds between two questions to the scheduler (sacct, else squeue). Default: 30.",
 )
+@click.option(
+    "--import",
+    "imports",
+    multiple=True,
+    metavar="MODULE",
+    help="Import MODULE first (repeatable): a module of your own that registers models with "
+    f"segbench.registry.register_model. Recorded in {MANIFEST_FILE} and reused by --resume.",
+)
 @click.option("--no-report", is_flag=True, help="Skip writing the report at the end.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or iteration lines: one line per finished job.")
 def run(**options) -> None:  # fmt: skip
     """Train every selected model on the same cross-validation folds with one recipe and compare them.
 
     Writes RUN_DIR/metrics.csv (per case), RUN_DIR/jobs.csv (per job: status, memory, speed) and a report.
-    Exit status 0 only if every job is done.
+    Exit status 0 only if every job is done. With --resume the stored run's settings are the defaults; flags you
+    give override them.
     """
     from segbench.errors import ConfigError
+    from segbench.registry import import_user_modules
     from segbench.runner import default_run_dir, run_comparison
 
     if options["resume"] and options["out"] is None:
         raise ConfigError("--resume needs --out RUN_DIR naming the run to continue")
+    imports = options["imports"] or _stored_imports(options)
+    import_user_modules(imports)
     executor = _build_executor(options)
     config = _config_from_options(options, click.get_current_context())
     run_dir = options["out"] or default_run_dir()
     _interrupt_on_sigterm()
     click.echo(f"segbench run → {run_dir}", err=True)
-    outcome = run_comparison(
-        config, run_dir=run_dir, resume=options["resume"], progress=not options["quiet"],
-        report=not options["no_report"], executor=executor,
-    )  # fmt: skip
+    try:
+        outcome = run_comparison(
+            config, run_dir=run_dir, resume=options["resume"], progress=not options["quiet"],
+            report=not options["no_report"], executor=executor, imports=imports, command=_command_line(),
+            on_resume=_print_resume_plan,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        click.echo("interrupted: finished jobs are kept and the interrupted one continues from its latest checkpoint; "
+                   f"continue with:\n  {resume_command(run_dir)}", err=True)  # fmt: skip
+        raise SystemExit(130) from None
     _print_summary(outcome)
     raise SystemExit(0 if outcome.all_done else 1)
+
+
+def resume_command(run_dir: Path) -> str:
+    """The full command that continues the run in ``run_dir`` (its stored settings are reused)."""
+    return f"segbench run --resume --out {shlex.quote(str(run_dir))}"
+
+
+def _command_line() -> str:
+    """This process's command line as the user would type it (``segbench ...``), quoted for a POSIX shell."""
+    return shlex.join(["segbench", *sys.argv[1:]])
+
+
+def _stored_imports(options: dict) -> tuple[str, ...]:
+    """With --resume and no --import: the modules the stored run imported (its models need them)."""
+    from segbench import results, rundir
+
+    if not options["resume"] or options["out"] is None or not rundir.manifest_path(options["out"]).is_file():
+        return ()
+    return tuple(results.load_manifest(options["out"]).get("imports") or ())
+
+
+def _print_resume_plan(plan) -> None:
+    """``resume: kept 3 (…), continued 1 (…), restarted 2 (…)`` before the jobs run."""
+    click.echo(f"resume: {len(plan.kept)} job(s) kept, {len(plan.continued)} continued, {len(plan.restarted)} "
+               "restarted", err=True)  # fmt: skip
+    for title, jobs in (("kept", plan.kept), ("continued", plan.continued), ("restarted", plan.restarted)):
+        for model, fold, why in jobs:
+            click.echo(f"  {title:<9} {model} fold {fold} ({why})", err=True)
 
 
 # flag (click's name) -> (config section or "", field, conversion of the flag's value)
@@ -182,6 +326,7 @@ _CONFIG_FLAGS = {
     "num_workers": ("train", "num_workers", int),
     "precision": ("train", "precision", str),
     "memory_format": ("train", "memory_format", str),
+    "checkpoint_every": ("train", "checkpoint_every", int),
     "mirror": ("inference", "mirror", bool),
     "overlap": ("inference", "overlap", float),
 }
@@ -276,6 +421,11 @@ def _print_summary(outcome) -> None:
         click.echo(f"job {row['model']} fold {row['fold']}{repeat}: {row['status']} — {row['reason']}", err=True)
     for problem in outcome.problems:
         click.echo(f"warning: {problem}", err=True)
+    from segbench.runner import FINAL_STATUSES
+
+    if not jobs.empty and (~jobs["status"].isin(FINAL_STATUSES)).any():
+        click.echo(f"Unfinished jobs run again (or continue from their checkpoint) with:\n  "
+                   f"{resume_command(outcome.run_dir)}", err=True)  # fmt: skip
     click.echo(f"\nTables: {rundir.metrics_path(outcome.run_dir)}, {rundir.jobs_table_path(outcome.run_dir)}")
     if outcome.report_dir is not None:
         click.echo(f"Report: {outcome.report_dir}")

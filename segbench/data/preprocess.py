@@ -181,8 +181,7 @@ def prepare_case(case: Any, *, config: PreprocessConfig, cache_dir: Path) -> Pre
     cache_dir = Path(cache_dir)
     folder = cache_dir / f"{case.case_id}-{cache_key(case, config)}"
     meta_path = folder / "case.json"
-    if meta_path.is_file():
-        log.debug("cache hit for %s in %s", case.case_id, folder)
+    if meta_path.is_file():  # a cache hit: not logged per case (every job reads every case)
         return PreparedCase.from_json(json.loads(meta_path.read_text()), folder)
 
     image, label, spacing, affine = _read_case(case)
@@ -262,8 +261,9 @@ def prepare_dataset(
             item = known[item]
         selected.append(item)
     prepared: dict[str, PreparedCase] = {}
-    for case in tqdm(selected, desc="preprocess", unit="case", disable=not progress):
+    for case in tqdm(selected, desc="preprocess", unit="case", disable=None if progress else True):
         prepared[case.case_id] = prepare_case(case, config=config, cache_dir=Path(cache_dir))
+    log.debug("%d case(s) ready in %s", len(prepared), cache_dir)
     return prepared
 
 

@@ -43,6 +43,8 @@ GENERATOR_VERSION = 1
 #: Spatial shape (D, H, W) of the default cases: Task02 (≈320×320×110 at 1.25×1.25×1.37 mm) cropped
 #: around the heart and downsampled ≈2.5×.
 DEFAULT_SHAPE: tuple[int, int, int] = (48, 48, 32)
+#: Smallest side (voxels) a phantom can have: the heart, blood pool and background need room.
+MIN_SIDE = 8
 
 # Real MSD Task02_Heart case ids, used first so that the phantom looks like the real task in reports.
 _TASK02_TRAINING_IDS = (3, 4, 5, 7, 9, 10, 11, 14, 16, 17, 18, 19, 20, 21, 22, 23, 24, 26, 29, 30)
@@ -187,9 +189,7 @@ def generate_case(
     Raises:
         ConfigError: a dimension of ``shape`` is smaller than 8.
     """
-    shape = tuple(int(s) for s in shape)  # type: ignore[assignment]
-    if len(shape) != 3 or min(shape) < 8:
-        raise ConfigError(f"--shape must be three sizes of at least 8 voxels, got {shape}")
+    shape = check_shape(shape)
     spacing = np.asarray(config.spacing, dtype=float)
     grid = np.stack(np.meshgrid(*[np.arange(s, dtype=float) for s in shape], indexing="ij"), axis=-1)
     points = ((grid - (np.asarray(shape) - 1) / 2) * spacing).reshape(-1, 3)  # mm, volume centre at 0
@@ -306,6 +306,18 @@ def _intensities(
     return np.sqrt(real**2 + imag**2) * rng.uniform(*cfg.intensity_scale)  # Rician magnitude
 
 
+def check_shape(shape) -> tuple[int, int, int]:
+    """``shape`` as three ints, each at least :data:`MIN_SIDE`.
+
+    Raises:
+        ConfigError: not three sizes, or a side below :data:`MIN_SIDE`.
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3 or min(shape) < MIN_SIDE:
+        raise ConfigError(f"--shape must be three sizes of at least {MIN_SIDE} voxels, got {' '.join(map(str, shape))}")
+    return shape  # type: ignore[return-value]
+
+
 def make_synthetic_task(
     out: str | os.PathLike,
     *,
@@ -333,7 +345,7 @@ def make_synthetic_task(
         OSError: the folder cannot be written.
     """
     out = Path(out)
-    shape = DEFAULT_SHAPE if shape is None else tuple(int(s) for s in shape)  # type: ignore[assignment]
+    shape = DEFAULT_SHAPE if shape is None else check_shape(shape)  # before any folder is made
     training_ids, test_ids = case_ids(cases=cases, test_cases=test_cases)
     for sub in ("imagesTr", "labelsTr", "imagesTs"):
         (out / sub).mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import statistics
 import sys
 import zlib
 from dataclasses import dataclass, field
@@ -158,6 +159,7 @@ class _State:
             "labels": dict(spec.labels),
             "shape_min": _axis_reduce(self.shapes, min),
             "shape_max": _axis_reduce(self.shapes, max),
+            "shape_median": _axis_reduce(self.shapes, lambda axis: int(statistics.median_low(axis))),
             "spacing_min": _axis_reduce(self.spacings, min),
             "spacing_max": _axis_reduce(self.spacings, max),
             "foreground_ml": fg,

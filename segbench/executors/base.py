@@ -50,7 +50,7 @@ def job_progress_bar(specs: Sequence[JobSpec], desc: str) -> Any:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=len(specs), desc=desc, unit="job")
+    return tqdm(total=len(specs), desc=desc, unit="job", disable=None)  # disable=None: no bar off a TTY
 
 
 def log_job_start(spec: JobSpec, attempt: int | None = None) -> None:

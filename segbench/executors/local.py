@@ -191,7 +191,9 @@ def _settle_worker(spec: JobSpec, returncode: int, started: float) -> None:
 
 def worker_main(argv: Sequence[str]) -> int:
     """Entry point of a worker process (``python -m segbench.executors SPEC``): run one job given as JSON."""
-    spec = JobSpec(**json.loads(argv[0]))
+    fields = json.loads(argv[0])
+    fields["imports"] = tuple(fields.get("imports", ()))
+    spec = JobSpec(**fields)
     log_job_start(spec)
 
     # `kill` / the driver's forwarded Ctrl-C: checkpoint at the next step, record `killed`.

@@ -23,7 +23,7 @@ import logging
 
 from torch import nn
 
-from segbench.registry import register_model
+from segbench.registry import declare_unavailable, register_model
 
 logger = logging.getLogger(__name__)
 
@@ -92,12 +92,16 @@ def register_monai_models() -> list[str]:
     """Register the ``monai_*`` models whose requirements are installed; returns their names (empty without MONAI)."""
     if not monai_available():
         logger.debug("monai is not installed: monai_* models are not registered")
+        for name in MONAI_MODELS:
+            declare_unavailable(name, reason="needs MONAI, which is not installed: pip install 'segbench[monai]'")
         return []
     registered = []
     for name, (builder, family, divisor, needs) in MONAI_MODELS.items():
         missing = [module for module in needs if not _installed(module)]
         if missing:
             logger.debug("%s is not registered: it needs %s", name, ", ".join(missing))
+            declare_unavailable(name, reason=f"needs {', '.join(missing)}, which is not installed: pip install "
+                                f"{' '.join(missing)}")  # fmt: skip
             continue
         register_model(name, family=family, divisor=divisor, source="monai")(builder)
         registered.append(name)

@@ -304,7 +304,7 @@ def _provenance(inputs: _Inputs) -> list[Any]:
                 f"command: {manifest.get('command', '–')}",
                 f"segbench version: {manifest.get('segbench_version', '–')}",
                 f"created at: {manifest.get('created_at', '–')}",
-                f"dataset: {dataset.get('name', '–')} ({dataset.get('format', '–')}) at {dataset.get('path', '–')}, "
+                f"dataset: {dataset.get('name', '–')} ({dataset.get('format', '–')}) at {_dataset_place(manifest)}, "
                 f"{dataset.get('num_training', '–')} training cases, fingerprint {dataset.get('fingerprint', '–')}",
                 f"labels: {json.dumps(dataset.get('labels', {}), sort_keys=True, ensure_ascii=False)}",
             )
@@ -327,6 +327,15 @@ def _provenance(inputs: _Inputs) -> list[Any]:
     blocks.append(Paragraph("Metric definitions:"))
     blocks.append(Bullets(metric_definitions()))
     return blocks
+
+
+def _dataset_place(manifest: dict[str, Any]) -> str:
+    """Where the dataset was, without a machine's cache or home folder: a report may be shared or committed."""
+    path = str((manifest.get("dataset") or {}).get("path") or "–")
+    if "data" in (manifest.get("config") or {}) and manifest["config"]["data"] is None:
+        return f"segbench's embedded synthetic dataset (generated on first use into the cache as {Path(path).name})"
+    home = str(Path.home())
+    return "~" + path[len(home) :] if home not in ("", "/") and path.startswith(home + "/") else path
 
 
 def _plain(value: Any) -> str:
@@ -374,6 +383,9 @@ def _context(run_dir: Path, inputs: _Inputs, seed: int) -> _Context:
     grid = tables.job_grid(inputs.jobs, models=expected_models, n_folds=n_folds, repeats=repeats)
     models = list(dict.fromkeys(list(grid["model"]) + sorted(set(per_case["model"]))))
     board = tables.leaderboard(per_case, inputs.jobs, models=models, seed=seed)
+    if not board.empty:  # "jobs done k/n" counts the expected grid, also jobs that left no row in jobs.csv
+        expected = grid.groupby("model").size()
+        board["jobs"] = [int(expected.get(m, n)) for m, n in zip(board["model"], board["jobs"], strict=True)]
     primary = f"{PRIMARY_METRIC}_mean"
     ranked = board[board[primary].notna()]["model"].tolist() if not board.empty else []
     return _Context(run_dir, inputs, per_case, per_repeat, repeats, grid, expected_models, models, n_folds, board,
@@ -429,9 +441,14 @@ def _leaderboard_section(ctx: _Context) -> Section:
         f"{len(ctx.models)} models × {ctx.n_folds} folds; values pooled over each model's out-of-fold cases. "
         "Best value per column in bold. * = misses count as the stated penalty (distances: the image diagonal, mm). "
         "misses = cases where exactly one of prediction and reference is empty. "
-        "peak mem: gpu = CUDA peak allocated, rss = process peak resident memory (CPU runs)."
+        "A model without a finished job shows – (see Jobs)."
     )
-    return Section("Leaderboard", (intro, TableBlock(tables.format_leaderboard(ctx.board))))
+    costs = TableBlock(
+        tables.format_costs(ctx.board),
+        "Costs, from each model's done jobs (means; maxima for parameters and memory). peak mem: gpu = CUDA peak "
+        "allocated, rss = process peak resident memory (CPU runs).",
+    )
+    return Section("Leaderboard", (intro, TableBlock(tables.format_leaderboard(ctx.board)), costs))
 
 
 def _fold_section(ctx: _Context) -> Section:
@@ -537,16 +554,28 @@ def _speed_section(speed: pd.DataFrame, benchmark_json: Path) -> Section:
     ))  # fmt: skip
 
 
+_MISSING_NOTE = (
+    " A missing job never wrote a result: `segbench run --resume --out RUN_DIR` runs it, or continues it from its "
+    "checkpoint."
+)
+
+
 def _jobs_section(ctx: _Context, notes: list[str]) -> Section:
     grid, n_expected = ctx.grid, len(ctx.expected_models)
+    n_jobs, n_done = n_expected * ctx.n_folds, int((grid["status"] == "done").sum())
     not_done = grid[grid["status"] != "done"]
-    blocks: list[Any] = [
-        Paragraph(
-            f"Expected grid: {n_expected} models × {ctx.n_folds} folds = {n_expected * ctx.n_folds} jobs; "
-            f"{int((grid['status'] == 'done').sum())} done, {len(not_done)} not done (listed below)."
-        ),
-        TableBlock(tables.format_jobs(grid)),
-    ]
+    counts = ", ".join(f"{n} {status}" for status, n in not_done["status"].value_counts().sort_index().items())
+    if not_done.empty:
+        blocks: list[Any] = [Paragraph(f"All {n_done} jobs done ({n_expected} models × {ctx.n_folds} folds).")]
+    else:
+        blocks = [
+            Paragraph(
+                f"Expected grid: {n_expected} models × {ctx.n_folds} folds = {n_jobs} jobs; {n_done} done, "
+                f"{len(not_done)} not done ({counts}), listed below with the reason."
+                + (_MISSING_NOTE if (not_done["status"] == tables.MISSING).any() else "")
+            ),
+            TableBlock(tables.format_jobs(grid)),
+        ]
     if notes:
         blocks += [Paragraph("Notes:"), Bullets(tuple(notes))]
     return Section("Jobs", tuple(blocks))

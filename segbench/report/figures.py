@@ -31,6 +31,20 @@ def _png(figure) -> bytes:
     return buffer.getvalue()
 
 
+def set_title(ax, text: str, *, fontsize: float | None = None) -> None:
+    """``ax.set_title`` wrapped to the figure's width, so a long title (model names, labels) is never clipped."""
+    import textwrap
+
+    from matplotlib import rcParams
+    from matplotlib.font_manager import FontProperties
+
+    size = FontProperties(size=fontsize or rcParams["axes.titlesize"]).get_size_in_points()
+    width_px = ax.figure.get_figwidth() * ax.figure.dpi
+    # An average glyph of a sans-serif font is about 0.6 em wide; the margin keeps wrapped lines inside the figure.
+    chars = max(12, int(0.9 * width_px / (0.6 * size * ax.figure.dpi / 72)))
+    ax.set_title(textwrap.fill(text, width=chars), fontsize=size)
+
+
 def mpl_text(text: object) -> str:
     """User text safe for matplotlib: a ``$`` would otherwise start mathtext (and can fail to parse)."""
     return str(text).replace("$", r"\$")
@@ -80,7 +94,7 @@ def box_strip(per_case: pd.DataFrame, *, column: str, label: str, models: Sequen
         ax.text(0.5, 0.5, "no finite values", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("")
     ax.set_ylabel(label)
-    ax.set_title(f"{label} per case")
+    set_title(ax, f"{label} per case")
     return _png(figure)
 
 
@@ -124,7 +138,7 @@ def pareto(
     ax.margins(0.15)  # room for the name labels at the extremes
     ax.set_xlabel(cost_label)
     ax.set_ylabel("mean Dice")
-    ax.set_title(f"Dice vs {cost_label} (front: black edge)")
+    set_title(ax, f"Dice vs {cost_label} (front: black edge)")
     return _png(figure)
 
 
@@ -154,7 +168,7 @@ def learning_curves(curves: pd.DataFrame, *, models: Sequence[str]) -> bytes:
         ax.legend(fontsize=8)
     ax.set_xlabel("iteration")
     ax.set_ylabel("training loss")
-    ax.set_title("Learning curves (mean over folds ± sd)")
+    set_title(ax, "Learning curves (mean over folds ± sd)")
     return _png(figure)
 
 
@@ -224,7 +238,7 @@ def qualitative_panel(
         suffix = "" if plane.any() else " (empty on this slice)"
         handles.append(Line2D([0], [0], color=color, linestyle=style, label=f"{mpl_text(name)}{suffix}"))
     ax.legend(handles=handles, fontsize=8, loc="upper right", facecolor=(0.2, 0.2, 0.2), labelcolor="white")
-    ax.set_title(f"{mpl_text(title)} — axis {axis}, slice {index}", fontsize=9)
+    set_title(ax, f"{mpl_text(title)} — axis {axis}, slice {index}", fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
     return _png(figure)

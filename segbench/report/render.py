@@ -130,17 +130,26 @@ body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; ma
        padding: 0 1rem; color: #222; line-height: 1.45; }
 h1 { border-bottom: 2px solid #444; padding-bottom: .3rem; }
 h2 { margin-top: 2.2rem; border-bottom: 1px solid #ccc; padding-bottom: .2rem; }
-table { border-collapse: collapse; margin: .6rem 0 1.2rem; font-size: .86rem; }
-th, td { border: 1px solid #ccc; padding: .25rem .5rem; text-align: right; white-space: nowrap; }
+/* Separate borders: with collapsed ones a sticky first column would lose its cell borders while scrolling. */
+table { border-collapse: separate; border-spacing: 0; margin: .6rem 0 1.2rem; font-size: .86rem;
+        border-top: 1px solid #ccc; border-left: 1px solid #ccc; }
+th, td { border-right: 1px solid #ccc; border-bottom: 1px solid #ccc; padding: .25rem .5rem; text-align: right;
+         white-space: nowrap; }
 th { background: #f0f0f0; white-space: normal; vertical-align: bottom; }
 td:first-child, th:first-child { text-align: left; }
+/* The model column stays in view when a wide table scrolls sideways (narrow windows, phones). */
+td:first-child, th:first-child { position: sticky; left: 0; z-index: 1; background: #fff; }
+th:first-child { background: #f0f0f0; }
 td.best { font-weight: bold; background: #e3f4e1; }
+code { background: #f0f0f0; padding: 0 .25em; border-radius: 3px; font-size: .9em; }
 .caption { font-style: italic; color: #555; margin-bottom: .2rem; }
-figure { display: inline-block; margin: .5rem 1rem 1rem 0; vertical-align: top; }
+figure { display: inline-block; margin: .5rem 1rem 1rem 0; vertical-align: top; max-width: 100%; }
 figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { font-size: .85rem; color: #555; }
 pre { background: #f6f6f6; padding: .6rem; overflow-x: auto; font-size: .8rem; }
-.table-wrap { overflow-x: auto; }
+.table-wrap { overflow-x: auto; max-width: 100%; }
+ul, p { overflow-wrap: anywhere; }
+@media (max-width: 640px) { body { margin: 1rem auto; padding: 0 .5rem; } table { font-size: .78rem; } }
 """
 
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -150,17 +159,25 @@ def _esc(text: str) -> str:
     return html.escape(str(text), quote=True)
 
 
+_CODE_SPAN = re.compile(r"`([^`]+)`")
+
+
+def _inline(text: str) -> str:
+    """Escaped text in which Markdown code spans (`like this`) become ``<code>`` elements."""
+    return _CODE_SPAN.sub(lambda m: f"<code>{m.group(1)}</code>", _esc(text))
+
+
 def _html_table(block: TableBlock) -> list[str]:
     table = block.table
     out = ['<div class="table-wrap">']
     if block.caption:
-        out.append(f'<div class="caption">{_esc(block.caption)}</div>')
+        out.append(f'<div class="caption">{_inline(block.caption)}</div>')
     out.append("<table>")
     out.append("<thead><tr>" + "".join(f"<th>{_esc(c)}</th>" for c in table.columns) + "</tr></thead>")
     out.append("<tbody>")
     for r, row in enumerate(table.rows):
         cells = "".join(
-            f'<td class="best">{_esc(cell)}</td>' if (r, c) in table.best else f"<td>{_esc(cell)}</td>"
+            f'<td class="best">{_inline(cell)}</td>' if (r, c) in table.best else f"<td>{_inline(cell)}</td>"
             for c, cell in enumerate(row)
         )
         out.append(f"<tr>{cells}</tr>")
@@ -186,16 +203,16 @@ def render_html(report: Report) -> str:
         out.append(f"<section><h2>{_esc(section.title)}</h2>")
         for block in section.blocks:
             if isinstance(block, Paragraph):
-                out.append(f"<p>{_esc(block.text)}</p>")
+                out.append(f"<p>{_inline(block.text)}</p>")
             elif isinstance(block, Bullets):
-                out.append("<ul>" + "".join(f"<li>{_esc(item)}</li>" for item in block.items) + "</ul>")
+                out.append("<ul>" + "".join(f"<li>{_inline(item)}</li>" for item in block.items) + "</ul>")
             elif isinstance(block, TableBlock):
                 out += _html_table(block)
             elif isinstance(block, FigureBlock):
                 data = base64.b64encode(block.png).decode("ascii")
                 out.append(
                     f'<figure><img src="data:image/png;base64,{data}" alt="{_esc(block.caption)}">'
-                    f"<figcaption>{_esc(block.caption)}</figcaption></figure>"
+                    f"<figcaption>{_inline(block.caption)}</figcaption></figure>"
                 )
             elif isinstance(block, Code):
                 out.append(f"<pre>{_esc(block.text)}</pre>")

@@ -308,7 +308,7 @@ def speed_table(benchmark: dict[str, Any]) -> pd.DataFrame:
 
 def fmt(value: Any, digits: int = 3) -> str:
     """A number with fixed decimals; ``–`` for NaN, ``inf`` for infinity, text as is."""
-    if value is None:
+    if value is None or value is pd.NA or value is pd.NaT:
         return "–"
     if isinstance(value, str):
         return value
@@ -322,7 +322,7 @@ def fmt(value: Any, digits: int = 3) -> str:
 
 def fmt_count(value: Any) -> str:
     """Large counts with thousands separators (parameters)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return f"{int(round(float(value))):,}"
 
@@ -352,6 +352,13 @@ def _number(column: str, digits: int | str) -> Callable[[pd.Series], str]:
     return lambda r: fmt(r[column], digits)
 
 
+def _pair(left: Any, right: Any, digits: int | str, separator: str) -> str:
+    """Two numbers in one cell (``mean ± sd``, ``low–high``); a single ``–`` when neither is known."""
+    if pd.isna(left) and pd.isna(right):
+        return "–"
+    return f"{fmt(left, digits)}{separator}{fmt(right, digits)}"
+
+
 def _metric_columns(metric: Metric) -> list[_Column]:
     """The leaderboard columns of one metric: its statistics, ``mean ± sd`` in one cell when both are shown."""
     star = "" if metric.miss_penalty is None else "*"
@@ -363,12 +370,12 @@ def _metric_columns(metric: Metric) -> list[_Column]:
             columns.append(
                 _Column(
                     f"{metric.label} 95% CI",
-                    lambda r: f"{fmt(r[name + '_ci_low'], digits)}–{fmt(r[name + '_ci_high'], digits)}",
+                    lambda r: _pair(r[name + "_ci_low"], r[name + "_ci_high"], digits, "–"),
                 )
             )
         elif statistic == "mean" and "sd" in metric.leaderboard:
             columns.append(_Column(f"{metric.label} mean{star} ± sd{unit}",
-                                   lambda r: f"{fmt(r[name + '_mean'], digits)} ± {fmt(r[name + '_sd'], digits)}",
+                                   lambda r: _pair(r[name + "_mean"], r[name + "_sd"], digits, " ± "),
                                    f"{name}_mean", higher))  # fmt: skip
         elif statistic != "sd" or "mean" not in metric.leaderboard:
             best = None if statistic == "sd" else f"{name}_{statistic}"
@@ -385,9 +392,8 @@ def _peak_memory(r: pd.Series) -> str:
 # Costs measured on the job's hardware: compared (best marked) only when every model's jobs ran on the same one.
 HARDWARE_COSTS = ("peak_mem_mb", "train_iters_per_s", "inference_seconds_per_case", "train_seconds")
 
-# Costs after the metrics: (header, summary.csv column = jobs.csv quantity, digits or "count", higher is better).
+# Costs (from done jobs): (header, summary.csv column = jobs.csv quantity, digits or "count", higher is better).
 _COST_COLUMNS = (
-    ("misses", "misses", "count", False),
     ("params", "params", "count", False),
     ("MFLOP/voxel", "mflop_per_voxel", 2, False),
     ("peak mem (MB)", "peak_mem_mb", 0, False),
@@ -398,42 +404,64 @@ _COST_COLUMNS = (
 
 
 def leaderboard_columns(board: pd.DataFrame) -> list[_Column]:
-    """Columns after ``model, cases, jobs done``: every catalogue metric in ``board``, then the costs."""
+    """Quality columns after ``model, cases, jobs done``: every catalogue metric in ``board``, then ``misses``."""
     present = [m for m in metric_catalogue() if m.leaderboard and set(statistic_columns(m)) <= set(board.columns)]
-    columns = [c for m in present for c in _metric_columns(m)]
-    for header, column, digits, higher in _COST_COLUMNS:
-        cell = _peak_memory if column == "peak_mem_mb" else _number(column, digits)
-        columns.append(_Column(header, cell, column, higher))
-    return columns
+    return [c for m in present for c in _metric_columns(m)] + [_Column("misses", _number("misses", "count"), "misses",
+                                                                       False)]  # fmt: skip
 
 
-def format_leaderboard(board: pd.DataFrame) -> Table:
-    """Leaderboard cells; best value per column marked (ties all marked).
+def cost_columns() -> list[_Column]:
+    """The cost table's columns after ``model``: parameters, FLOPs, memory, speed (means over done jobs)."""
+    return [
+        _Column(header, _peak_memory if column == "peak_mem_mb" else _number(column, digits), column, higher)
+        for header, column, digits, higher in _COST_COLUMNS
+    ]
 
-    Quality columns are marked only among complete models (evaluated on every case): models evaluated on different
-    case sets are never marked against each other, and incomplete ones say so next to their name. Hardware-dependent
-    costs (:data:`HARDWARE_COSTS`) are marked only when every model's jobs ran on the same hardware.
+
+def _board_table(board: pd.DataFrame, lead: list[tuple[str, Callable[[pd.Series], str]]], spec: list[_Column]) -> Table:
+    """Cells of a per-model table: ``lead`` columns, then ``spec``; best value per column marked (ties all marked).
+
+    Quality columns show ``–`` for models without evaluated cases and are marked only among complete models
+    (evaluated on every case), so models evaluated on different case sets are never marked against each other.
+    Hardware-dependent costs (:data:`HARDWARE_COSTS`) are marked only when every model's jobs ran on the same hardware.
     """
-    spec = leaderboard_columns(board)
-    columns = ("model", "cases", "jobs done") + tuple(c.header for c in spec)
+    has_cases = board["cases"] > 0 if not board.empty else pd.Series(dtype=bool)
     complete = board["complete"].astype(bool) if "complete" in board else pd.Series(True, index=board.index)
     hardware = {h for h in board.get("hardware", pd.Series(dtype=str)).fillna("") if h}
     same_hardware = len(hardware) <= 1 and not any("," in h for h in hardware)
     rows = []
-    for (_, r), whole in zip(board.iterrows(), complete, strict=True):
-        name = str(r["model"]) + ("" if whole else " (incomplete)")
-        cells = [name, str(int(r["cases"])), f"{int(r['jobs_done'])}/{int(r['jobs'])}"]
-        rows.append(tuple(cells + [c.cell(r) for c in spec]))
-    costs = {column for _, column, _, _ in _COST_COLUMNS}
+    for _, r in board.iterrows():
+        cells = [cell(r) for _, cell in lead]
+        rows.append(tuple(cells + [c.cell(r) if r["cases"] > 0 or c.best_of in _COSTS else "–" for c in spec]))
     best = set()
     for offset, column in enumerate(spec):
         if column.best_of is None or board.empty or (column.best_of in HARDWARE_COSTS and not same_hardware):
             continue
-        eligible = complete if column.best_of not in costs else pd.Series(True, index=board.index)
+        eligible = pd.Series(True, index=board.index) if column.best_of in _COSTS else has_cases & complete
         values = board[column.best_of].where(eligible.to_numpy())
         for row in _best_rows(values, column.higher_is_better):
-            best.add((row, 3 + offset))
-    return Table(columns, tuple(rows), frozenset(best))
+            best.add((row, len(lead) + offset))
+    return Table(tuple(h for h, _ in lead) + tuple(c.header for c in spec), tuple(rows), frozenset(best))
+
+
+_COSTS = frozenset(column for _, column, _, _ in _COST_COLUMNS)
+
+
+def _model_cell(r: pd.Series) -> str:
+    whole = bool(r["complete"]) if "complete" in r and not pd.isna(r["complete"]) else True
+    return str(r["model"]) + ("" if whole else " (incomplete)")
+
+
+def format_leaderboard(board: pd.DataFrame) -> Table:
+    """Leaderboard quality cells (metrics and misses); incomplete models say so next to their name."""
+    lead = [("model", _model_cell), ("cases", lambda r: str(int(r["cases"]))),
+            ("jobs done", lambda r: f"{int(r['jobs_done'])}/{int(r['jobs'])}")]  # fmt: skip
+    return _board_table(board, lead, leaderboard_columns(board))
+
+
+def format_costs(board: pd.DataFrame) -> Table:
+    """The leaderboard's cost cells (one row per model, same order); best value per column marked."""
+    return _board_table(board, [("model", lambda r: str(r["model"]))], cost_columns())
 
 
 def format_fold_table(table: pd.DataFrame, grid: pd.DataFrame, *, digits: int = 3) -> Table:
