@@ -50,6 +50,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "ModelInfo",
     "build_model",
+    "builder_module",
     "list_models",
     "model_info",
     "plugins_disabled",
@@ -328,6 +329,17 @@ def _lookup(name: str) -> _Entry:
     if plugins:
         return _load_plugin(plugins[0])
     raise _unknown(name)
+
+
+def builder_module(name: str) -> str:
+    """The module that defines model ``name``'s builder (its family's builder for a family member).
+
+    A process that imports it has the model registered (executors hand it to job processes).
+
+    Raises:
+        ModelError: as :func:`build_model`.
+    """
+    return _lookup(name).builder.__module__
 
 
 def list_models(pattern: str | None = None) -> list[str]:

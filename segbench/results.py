@@ -33,7 +33,9 @@ def metrics_columns() -> tuple[str, ...]:
 JOBS_COLUMNS = (
     "model", "fold", "status", "reason", "family", "params", "mflop_per_voxel_forward", "mflop_per_voxel_train",
     "device", "batch_size", "patch_size", "iterations", "train_seconds", "train_iters_per_s", "train_voxels_per_s",
-    "data_wait_share", "achieved_gflop_per_s", "peak_gpu_mem_allocated_mb", "peak_gpu_mem_reserved_mb",
+    "data_wait_share", "achieved_gflop_per_s", "tensor_peak_mb", "tensor_parameters_mb", "tensor_buffers_mb",
+    "tensor_gradients_mb", "tensor_optimizer_mb", "tensor_activations_mb", "tensor_temporaries_mb", "tensor_other_mb",
+    "peak_gpu_mem_allocated_mb", "peak_gpu_mem_reserved_mb",
     "peak_rss_mb", "inference_seconds_per_case", "final_loss", "num_val_cases",
 )  # fmt: skip
 

@@ -17,7 +17,7 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from segbench.job import JobSpec, out_channels_for
 from segbench.locking import RunLock
 from segbench.paths import preprocessed_cache
 from segbench.profiling import environment_info
-from segbench.registry import model_info, resolve_models
+from segbench.registry import builder_module, model_info, resolve_models
 from segbench.splits import resolve_splits, save_splits
 from segbench.stop import STOP_REQUESTED
 
@@ -225,6 +225,7 @@ def run_comparison(
     executor: Executor | Callable[[list[JobSpec]], Any] | None = None,
     cache_dir: Path | None = None,
     report: bool = True,
+    imports: Sequence[str] = (),
 ) -> RunOutcome:
     """Train and evaluate every (model, fold) job of ``config`` in ``run_dir``.
 
@@ -233,11 +234,15 @@ def run_comparison(
         run_dir: output folder (created; must be new unless ``resume``).
         resume: continue an interrupted run in ``run_dir``.
         progress: show progress bars (stderr).
-        executor: an :class:`~segbench.executors.base.Executor` (default: in-process, one job after the other); a
-            plain callable running a list of :class:`JobSpec` is used as an executor whose device the driver
-            resolves.
+        executor: an :class:`~segbench.executors.base.Executor`; a plain callable running a list of
+            :class:`JobSpec` is used as an executor whose device the driver resolves. Default: every job inside this
+            process, one after the other (quick, and monkeypatched code applies; but a job's peak RSS then depends on
+            the jobs before it and a crashing model ends the run). ``segbench run`` and
+            ``LocalExecutor()`` run each job in a fresh process instead.
         cache_dir: preprocessing cache root (default: the user cache).
         report: write ``RUN_DIR/report`` at the end.
+        imports: modules every job process imports before it runs (where plugin models / metrics register). The
+            modules that registered the run's models and any metric at run time are added automatically.
 
     Raises:
         SegbenchError subclasses for any preflight problem, before anything is trained.
@@ -265,7 +270,8 @@ def run_comparison(
             cache_dir=preprocess_dir,
             progress=progress,
         )
-        common = {"device": device, "cache_dir": str(preprocess_dir), "progress": progress}
+        common = {"device": device, "cache_dir": str(preprocess_dir), "progress": progress,
+                  "imports": job_imports(models, imports)}  # fmt: skip
         specs = [
             JobSpec(run_dir=str(run_dir), model=m, fold=f, **common) for m, f in _jobs_to_run(run_dir, models, splits)
         ]
@@ -276,6 +282,27 @@ def run_comparison(
         report_dir = _write_report(run_dir) if report else None
     expected = len(models) * len(splits)
     return RunOutcome(run_dir, expected, scan.results, scan.problems, report_dir)
+
+
+def job_imports(models: Sequence[str], extra: Sequence[str] = ()) -> tuple[str, ...]:
+    """Modules a job process must import to know the run's models and metrics: ``extra``, then each module that
+    registered one of ``models`` or a metric at run time (built-in ones import themselves).
+
+    A model or metric registered in a script run as ``__main__`` cannot be re-imported by a job process; it is left
+    out with a warning (job processes then fail to find it: move it into a module, or run in-process).
+    """
+    from segbench.metrics import metric_catalogue
+
+    found = [*extra, *(builder_module(name) for name in models)]
+    found += [getattr(metric.compute, "__module__", None) or "" for metric in metric_catalogue()]
+    wanted: list[str] = []
+    for module in found:
+        if module == "__main__":
+            log.warning("a model or metric is registered in the __main__ script; job processes cannot import it: "
+                        "register it in an importable module, or run the jobs in-process")  # fmt: skip
+        elif module and module.split(".")[0] != "segbench" and module not in wanted:
+            wanted.append(module)
+    return tuple(wanted)
 
 
 def _jobs_to_run(run_dir: Path, models: list[str], splits: list) -> list[tuple[str, int]]:

@@ -2,6 +2,6 @@
 
 import sys
 
-from segbench.executors.local import worker_main
+from segbench.executors.worker import worker_main
 
 sys.exit(worker_main(sys.argv[1:]))
