@@ -175,7 +175,7 @@ class TreeMemory:
     changes slowly) and their last value is used in between.
     """
 
-    def __init__(self, process: psutil.Process, *, children_every_s: float = 2.0) -> None:
+    def __init__(self, process: psutil.Process, *, children_every_s: float = 0.5) -> None:
         self.process = process
         self.peak_bytes = 0
         self._children_every_s = children_every_s

@@ -132,6 +132,13 @@ def _job_mean(done: pd.DataFrame, column: str) -> float:
     return float(values.mean()) if len(values) else math.nan
 
 
+def _job_min(done: pd.DataFrame, column: str) -> float:
+    if column not in done or done.empty:
+        return math.nan
+    values = pd.to_numeric(done[column], errors="coerce").dropna()
+    return float(values.min()) if len(values) else math.nan
+
+
 def _job_max(done: pd.DataFrame, column: str) -> float:
     if column not in done or done.empty:
         return math.nan
@@ -171,13 +178,12 @@ def metric_statistics(per_case: pd.DataFrame, *, seed: int = 0) -> dict[str, flo
 def _cost_columns(jobs: pd.DataFrame, model: str) -> dict[str, Any]:
     """Costs of a model from its done jobs (jobs.csv names; means over jobs, maxima for sizes and peaks)."""
     done = _done_jobs(jobs, model)
-    gpu_peak = _job_max(done, "peak_gpu_mem_allocated_mb")
     model_jobs = jobs[jobs["model"].astype(str) == model] if not jobs.empty else jobs
     return {
         "params": _job_max(done, "params"),
         "mflop_per_voxel": _job_mean(done, "mflop_per_voxel_forward"),
-        "peak_mem_mb": gpu_peak if not math.isnan(gpu_peak) else _job_max(done, "peak_rss_mb"),
-        "peak_mem_kind": "gpu" if not math.isnan(gpu_peak) else "rss",
+        **{column: _job_max(done, column) for column, *_ in MEMORY_MEASURES},
+        **{f"{column}_min": _job_min(done, column) for column, *_ in MEMORY_MEASURES},
         "train_iters_per_s": _job_mean(done, "train_iters_per_s"),
         "inference_seconds_per_case": _job_mean(done, "inference_seconds_per_case"),
         "train_seconds": _job_mean(done, "train_seconds"),
@@ -191,8 +197,9 @@ def leaderboard(per_case: pd.DataFrame, jobs: pd.DataFrame, *, models: list[str]
 
     Columns: ``model, cases``; per catalogue metric its statistics (:func:`metric_statistics`: with the built-in
     metrics ``dice_mean, dice_sd, dice_ci_low, dice_ci_high, hd95_median, hd95_mean, assd_mean, nsd_mean``, all with
-    misses counted as the penalty); ``misses, params, mflop_per_voxel, peak_mem_mb, peak_mem_kind`` (``gpu`` = CUDA
-    peak allocated, ``rss`` = process peak RSS), ``train_iters_per_s, inference_seconds_per_case, train_seconds``
+    misses counted as the penalty); ``misses, params, mflop_per_voxel``; per memory measure of
+    :data:`MEMORY_MEASURES` its largest value over the model's done jobs and, as ``<column>_min``, its smallest;
+    ``train_iters_per_s, inference_seconds_per_case, train_seconds``
     (means over done jobs, named as in jobs.csv), ``jobs_done, jobs``.
     """
     all_models = list(models) + sorted(set(per_case["model"].astype(str)) - set(models))
@@ -349,9 +356,46 @@ def _metric_columns(metric: Metric) -> list[_Column]:
     return columns
 
 
-def _peak_memory(r: pd.Series) -> str:
-    value = r["peak_mem_mb"]
-    return fmt(value, 0) + ("" if pd.isna(value) else f" ({r['peak_mem_kind']})")
+# Memory measures of jobs.csv: (column, leaderboard header, what it is). The first is exact and device-independent:
+# the one best values and the memory Pareto plot use.
+MEMORY_MEASURES = (
+    ("tensor_peak_mb", "tensor peak (MiB)",
+     "exact peak of live tensors in one training step (weights, gradients, optimiser state, activations, temporaries; "
+     "the same on CPU and GPU)"),
+    ("peak_rss_mb", "RSS peak (MiB)",
+     "resident memory of the job's process tree on the host (job process + data-loader workers, runtime included)"),
+    ("peak_gpu_mem_allocated_mb", "CUDA allocated peak (MiB)", "torch.cuda.max_memory_allocated of the job"),
+    ("peak_gpu_mem_reserved_mb", "CUDA reserved peak (MiB)", "torch.cuda.max_memory_reserved of the job"),
+)  # fmt: skip
+RANGE_TOLERANCE = 0.05  # a model's jobs differing by more than this share show as a range "min–max"
+
+
+def memory_cell(column: str) -> Callable[[pd.Series], str]:
+    """Cell of a memory measure: the model's value, or ``min–max`` when its jobs differ by more than 5 %."""
+
+    def cell(r: pd.Series) -> str:
+        high, low = r.get(column, math.nan), r.get(f"{column}_min", math.nan)
+        if pd.notna(high) and pd.notna(low) and high - low > RANGE_TOLERANCE * low:
+            return f"{fmt(low, 0)}–{fmt(high, 0)}"
+        return fmt(high, 0)
+
+    return cell
+
+
+_PLOT_LABELS = {
+    "tensor_peak_mb": "peak tensor memory of a training step (MiB)",
+    "peak_gpu_mem_allocated_mb": "CUDA peak allocated memory (MiB)",
+    "peak_rss_mb": "peak RSS of the job's processes (MiB)",
+}
+
+
+def memory_measure(board: pd.DataFrame) -> tuple[str, str]:
+    """(column, axis label) of the memory measure a plot of ``board`` uses: the tensor peak when measured, else the
+    CUDA allocated peak, else the RSS peak (run directories from before the tensor peak existed)."""
+    for column, label in _PLOT_LABELS.items():
+        if column in board and pd.to_numeric(board[column], errors="coerce").notna().any():
+            return column, label
+    return "tensor_peak_mb", _PLOT_LABELS["tensor_peak_mb"]
 
 
 # Costs after the metrics: (header, summary.csv column = jobs.csv quantity, digits or "count", higher is better).
@@ -359,7 +403,6 @@ _COST_COLUMNS = (
     ("misses", "misses", "count", False),
     ("params", "params", "count", False),
     ("MFLOP/voxel", "mflop_per_voxel", 2, False),
-    ("peak mem (MB)", "peak_mem_mb", 0, False),
     ("train it/s", "train_iters_per_s", 2, True),
     ("infer s/case", "inference_seconds_per_case", 2, False),
     ("train s/fold", "train_seconds", 0, False),
@@ -371,8 +414,19 @@ def leaderboard_columns(board: pd.DataFrame) -> list[_Column]:
     present = [m for m in metric_catalogue() if m.leaderboard and set(statistic_columns(m)) <= set(board.columns)]
     columns = [c for m in present for c in _metric_columns(m)]
     for header, column, digits, higher in _COST_COLUMNS:
-        cell = _peak_memory if column == "peak_mem_mb" else _number(column, digits)
-        columns.append(_Column(header, cell, column, higher))
+        columns.append(_Column(header, _number(column, digits), column, higher))
+        if column == "mflop_per_voxel":  # the memory measures next to the compute cost
+            columns += _memory_columns(board)
+    return columns
+
+
+def _memory_columns(board: pd.DataFrame) -> list[_Column]:
+    """The tensor peak (best value marked) and, unmarked, each other memory measure the run has values for."""
+    columns = []
+    for index, (column, header, _) in enumerate(MEMORY_MEASURES):
+        measured = column in board and pd.to_numeric(board[column], errors="coerce").notna().any()
+        if index == 0 or measured:
+            columns.append(_Column(header, memory_cell(column), column if index == 0 else None, False))
     return columns
 
 
