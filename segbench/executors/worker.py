@@ -11,6 +11,7 @@ gets one from the driver (:func:`settle`), with a status and a reason naming the
 from __future__ import annotations
 
 import codecs
+import gc
 import importlib
 import json
 import logging
@@ -219,6 +220,13 @@ def worker_main(argv: Sequence[str]) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
-    result = run_job(spec)
+    try:
+        result = run_job(spec)
+    except KeyboardInterrupt:
+        # run_job recorded `killed`. Returning (rather than raising) drops the traceback's frames now, so the data
+        # loader shuts its workers down (they ignore SIGTERM) before multiprocessing's exit handler would wait for them.
+        log.info("%s fold %d interrupted", spec.model, spec.fold)
+        gc.collect()
+        return 128 + signal.SIGINT
     log.info("%s fold %d ended: %s %s", spec.model, spec.fold, result.status, result.reason)
     return 0

@@ -301,7 +301,7 @@ def fmt(value: Any, digits: int = 3) -> str:
 
 def fmt_count(value: Any) -> str:
     """Large counts with thousands separators (parameters)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or pd.isna(value):  # NaN, or pd.NA: the nullable count of a model without a done job
         return "–"
     return f"{int(round(float(value))):,}"
 
