@@ -222,6 +222,7 @@ def _train_and_evaluate(spec: JobSpec, record: dict[str, Any], started: float, p
     record.update(_setup_figures(ctx, info))
     record["phase"] = "memory measurement"
     record.update(_tensor_memory(ctx))
+    del record["phase"]  # setup again until training starts
     torch.manual_seed(ctx.seed)  # right before building: initial weights depend only on (seed, model, fold)
     model = build_model(spec.model, in_channels=ctx.in_channels, out_channels=ctx.out_channels).to(ctx.device)
     optimizer = make_optimizer(model, ctx.config.train)
