@@ -18,7 +18,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -234,15 +234,12 @@ def run_comparison(
         run_dir: output folder (created; must be new unless ``resume``).
         resume: continue an interrupted run in ``run_dir``.
         progress: show progress bars (stderr).
-        executor: an :class:`~segbench.executors.base.Executor`; a plain callable running a list of
-            :class:`JobSpec` is used as an executor whose device the driver resolves. Default: every job inside this
-            process, one after the other (quick, and monkeypatched code applies; but a job's peak RSS then depends on
-            the jobs before it and a crashing model ends the run). ``segbench run`` and
-            ``LocalExecutor()`` run each job in a fresh process instead.
+        executor: an :class:`~segbench.executors.base.Executor` or a callable running a list of :class:`JobSpec`.
+            Default: all jobs in this process (monkeypatches apply; peak RSS depends on earlier jobs; a crash ends
+            the run); ``LocalExecutor()``: one fresh process per job.
         cache_dir: preprocessing cache root (default: the user cache).
         report: write ``RUN_DIR/report`` at the end.
-        imports: modules every job process imports before it runs (where plugin models / metrics register). The
-            modules that registered the run's models and any metric at run time are added automatically.
+        imports: modules job processes import first (plus those of :func:`job_imports`), e.g. plugin models.
 
     Raises:
         SegbenchError subclasses for any preflight problem, before anything is trained.
@@ -264,17 +261,11 @@ def run_comparison(
         _prepare_run_dir(run_dir, manifest, splits, resume=resume)
 
         preprocess_dir = preprocessed_cache(cache_dir)
-        prepare_dataset(
-            dataset,
-            config=PreprocessConfig(target_spacing=config.target_spacing),
-            cache_dir=preprocess_dir,
-            progress=progress,
-        )
-        common = {"device": device, "cache_dir": str(preprocess_dir), "progress": progress,
-                  "imports": job_imports(models, imports)}  # fmt: skip
-        specs = [
-            JobSpec(run_dir=str(run_dir), model=m, fold=f, **common) for m, f in _jobs_to_run(run_dir, models, splits)
-        ]
+        prepare_dataset(dataset, config=PreprocessConfig(target_spacing=config.target_spacing),
+                        cache_dir=preprocess_dir, progress=progress)  # fmt: skip
+        common = JobSpec(run_dir=str(run_dir), model="", fold=0, device=device, cache_dir=str(preprocess_dir),
+                         progress=progress, imports=job_imports(models, imports))  # fmt: skip
+        specs = [replace(common, model=m, fold=f) for m, f in _jobs_to_run(run_dir, models, splits)]
         try:
             executor(specs)
         finally:
