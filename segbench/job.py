@@ -14,6 +14,7 @@ learning-curve files in :mod:`segbench.results`, their names in :mod:`segbench.r
 from __future__ import annotations
 
 import gc
+import importlib
 import logging
 import os
 import socket
@@ -217,6 +218,8 @@ def _load_context(spec: JobSpec, started: float) -> JobContext:
 
 def _train_and_evaluate(spec: JobSpec, record: dict[str, Any], started: float, peak_rss: PeakRss) -> list[dict]:
     """Train, predict and score one job; fills ``record`` (the jobs.csv row) and returns the metrics.csv rows."""
+    for module in spec.imports:  # plugin models / metrics register on import (a no-op where already imported)
+        importlib.import_module(module)
     ctx = _load_context(spec, started)
     info = model_info(spec.model, in_channels=ctx.in_channels, out_channels=ctx.out_channels)
     record.update(_setup_figures(ctx, info))

@@ -255,6 +255,8 @@ def run_comparison(
         check_patch(models, tuple(config.train.patch_size), len(dataset.channels), out_channels)
         # A remote executor (Slurm) resolves the device where the job runs, not on this (login) node.
         device = config.device if executor.resolves_device else resolve_device(config.device)
+        # Jobs in other processes import what registered their models: refuse what they cannot import, up front.
+        job_modules = job_imports(models, imports, strict=not getattr(executor, "runs_in_process", False))
         case_ids = [case.case_id for case in dataset.training]
         splits = resolve_splits(config.splits, case_ids, folds=config.folds, seed=config.seed)
         manifest = build_manifest(config, dataset, models, dataset_path)
@@ -264,7 +266,7 @@ def run_comparison(
         prepare_dataset(dataset, config=PreprocessConfig(target_spacing=config.target_spacing),
                         cache_dir=preprocess_dir, progress=progress)  # fmt: skip
         common = JobSpec(run_dir=str(run_dir), model="", fold=0, device=device, cache_dir=str(preprocess_dir),
-                         progress=progress, imports=job_imports(models, imports))  # fmt: skip
+                         progress=progress, imports=job_modules)  # fmt: skip
         specs = [replace(common, model=m, fold=f) for m, f in _jobs_to_run(run_dir, models, splits)]
         try:
             executor(specs)
@@ -275,25 +277,31 @@ def run_comparison(
     return RunOutcome(run_dir, expected, scan.results, scan.problems, report_dir)
 
 
-def job_imports(models: Sequence[str], extra: Sequence[str] = ()) -> tuple[str, ...]:
+def job_imports(models: Sequence[str], extra: Sequence[str] = (), *, strict: bool = False) -> tuple[str, ...]:
     """Modules a job process must import to know the run's models and metrics: ``extra``, then each module that
     registered one of ``models`` or a metric at run time (built-in ones import themselves).
 
-    A model or metric registered in a script run as ``__main__`` cannot be re-imported by a job process; it is left
-    out with a warning (job processes then fail to find it: move it into a module, or run in-process).
+    A model or metric registered in the script being run (``__main__``) cannot be imported by a job process.
+
+    Raises:
+        ConfigError: with ``strict`` (jobs run in other processes), for a model registered in ``__main__``; a metric
+            there only gets a warning (its column stays empty for those jobs).
     """
     from segbench.metrics import metric_catalogue
 
     found = [*extra, *(builder_module(name) for name in models)]
+    if strict and "__main__" in found:
+        name = next(name for name in models if builder_module(name) == "__main__")
+        raise ConfigError(
+            f"model {name!r} is registered in the script being run (__main__), which job processes cannot import; "
+            "register it in an importable module (e.g. a file next to the script) or run with --in-process"
+        )
     found += [getattr(metric.compute, "__module__", None) or "" for metric in metric_catalogue()]
-    wanted: list[str] = []
-    for module in found:
-        if module == "__main__":
-            log.warning("a model or metric is registered in the __main__ script; job processes cannot import it: "
-                        "register it in an importable module, or run the jobs in-process")  # fmt: skip
-        elif module and module.split(".")[0] != "segbench" and module not in wanted:
-            wanted.append(module)
-    return tuple(wanted)
+    if strict and "__main__" in found:
+        log.warning("a metric is registered in the script being run (__main__): job processes cannot import it, so "
+                    "their results lack it; register it in an importable module or run with --in-process")  # fmt: skip
+    wanted = [module for module in found if module and module != "__main__" and module.split(".")[0] != "segbench"]
+    return tuple(dict.fromkeys(wanted))
 
 
 def _jobs_to_run(run_dir: Path, models: list[str], splits: list) -> list[tuple[str, int]]:

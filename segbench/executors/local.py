@@ -95,6 +95,11 @@ class LocalExecutor:
     def __init__(self, options: LocalOptions = LocalOptions()) -> None:
         self.options = options
 
+    @property
+    def runs_in_process(self) -> bool:
+        """Whether jobs run inside the driver (``in_process``): otherwise they import what they need themselves."""
+        return self.options.in_process
+
     def __call__(self, specs: list[JobSpec]) -> None:
         todo, running = split_running(specs)
         if self.options.in_process:

@@ -1,8 +1,8 @@
 """One job in a fresh child process: its command line and environment, its output, and what its death means.
 
 The child is started with ``subprocess`` (never a fork of the driver, whose torch threads and CUDA context must not be
-copied), as ``python -m segbench.executors SPEC_JSON SYS_PATH_JSON``. It sees the driver's ``sys.path`` and imports
-the modules of :attr:`JobSpec.imports` first, so models and metrics registered by the user's own modules exist in it.
+copied), as ``python -m segbench.executors SPEC_JSON SYS_PATH_JSON``. It sees the driver's ``sys.path``, and the job
+imports the modules of :attr:`JobSpec.imports` first, so models and metrics registered by the user's modules exist.
 
 A child that ends without writing a ``result.json`` (segfault, ``os.abort()``, the kernel's OOM killer, ``kill -9``)
 gets one from the driver (:func:`settle`), with a status and a reason naming the signal and the job's ``worker.log``.
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import codecs
 import gc
-import importlib
 import json
 import logging
 import os
@@ -213,8 +212,6 @@ def worker_main(argv: Sequence[str]) -> int:
         sys.path.extend(entry for entry in json.loads(argv[1]) if entry not in sys.path)
     _log_to_worker_log(spec)
     log_job_start(spec)
-    for module in spec.imports:
-        importlib.import_module(module)
 
     def interrupt(signum, frame):  # noqa: ARG001 - `kill` / the driver: record `killed`, like Ctrl-C
         raise KeyboardInterrupt
