@@ -61,6 +61,8 @@ class RunConfig:
     target_spacing: tuple[float, float, float] | None = None  # resample to this spacing (mm); None keeps native
     tolerance_mm: float = 2.0  # NSD tolerance
     job_timeout_s: float | None = None  # wall-clock limit per job; exceeded -> status "timeout"
+    match: str | None = None  # "flops", "params" or "memory": scale family members to match_to's cost (matching.py)
+    match_to: str | None = None  # the reference model of `match`
     train: TrainConfig = field(default_factory=TrainConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
@@ -91,6 +93,15 @@ def validate_config(config: RunConfig) -> None:
         (train.grad_clip >= 0 and train.weight_decay >= 0, "grad_clip and weight_decay must not be negative"),
         (config.job_timeout_s is None or config.job_timeout_s > 0, "--job-timeout must be positive"),
         (config.tolerance_mm >= 0, "--tolerance-mm must not be negative"),
+        (
+            config.match in (None, "flops", "params", "memory"),
+            f"--match must be flops, params or memory (got {config.match!r})",
+        ),
+        (
+            config.match is None or bool(config.match_to),
+            "--match needs --match-to MODEL, the model whose cost to match",
+        ),
+        (config.match_to is None or config.match is not None, "--match-to needs --match flops, params or memory"),
     ]
     for ok, message in checks:
         if not ok:

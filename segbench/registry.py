@@ -8,7 +8,9 @@ Three sources of models:
 
 * built-ins, registered with :func:`register_model` in ``segbench.models`` (imported on first use);
 * families registered with :func:`register_family`: any ``{family}_w{W}_d{D}`` name builds without being
-  registered (divisor ``2**D``); the family's default grid is listed;
+  registered (divisor ``2**D``) while ``W`` and ``D`` lie in the family's declared :class:`Knob` ranges; the
+  family's default grid is listed. :func:`family_member` tells matching (:mod:`segbench.matching`) which names
+  have a width knob;
 * plugins: installed distributions declare entry points in the group ``segbench.models`` without importing
   segbench. Convention: the entry point *name* is the model name and its *object* is the builder; optional
   attributes on the builder: ``segbench_divisor`` (int, default 1) and ``segbench_family`` (str, default the
@@ -20,6 +22,12 @@ Three sources of models:
   Plugins are listed from their metadata alone and imported only when a model is built or described, so a
   broken plugin fails only when used, with a :class:`~segbench.errors.ModelError` naming the distribution.
   ``SEGBENCH_DISABLE_PLUGINS=1`` turns plugins off.
+
+  A plugin builder that declares ``segbench_width`` and ``segbench_depth`` (each ``(keyword, min, max)`` or
+  ``(keyword, min, max, step)``: the builder keyword and its valid integer values) is a *family*: the entry-point
+  name is the family name, ``{name}_w{W}_d{D}`` builds with those keywords set, and ``{name}`` alone builds with
+  the builder's defaults. Optional ``segbench_grid`` (``(width, depth)`` pairs) names the members listed once the
+  plugin is imported (``segbench models`` does).
 
 Errors: a duplicate name, an unknown name (the message lists the choices), a pattern matching nothing, bad
 builder options and broken plugins all raise :class:`~segbench.errors.ModelError`.
@@ -48,9 +56,14 @@ from segbench.profiling import count_parameters, flop_probe_side, measure_flops
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "FamilyMember",
+    "FamilySpec",
+    "Knob",
     "ModelInfo",
     "build_model",
     "builder_module",
+    "families",
+    "family_member",
     "list_models",
     "model_info",
     "plugins_disabled",
@@ -94,17 +107,107 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class Knob:
+    """An integer knob of a width/depth family: the builder keyword it sets and its valid values.
+
+    Valid values are ``low, low + step, …`` up to ``high`` (inclusive).
+
+    Raises:
+        ModelError: at construction, if ``parameter`` is not an identifier or the range is empty.
+    """
+
+    parameter: str  # builder keyword, e.g. "width"
+    low: int
+    high: int
+    step: int = 1
+
+    def __post_init__(self) -> None:
+        numbers = (self.low, self.high, self.step)
+        if not self.parameter.isidentifier() or not all(
+            isinstance(n, int) and not isinstance(n, bool) for n in numbers
+        ):
+            raise ModelError(f"knob {self!r}: the parameter must be a keyword name and low, high, step integers")
+        if not 1 <= self.low <= self.high or self.step < 1:
+            raise ModelError(f"knob {self.parameter!r}: needs 1 <= low <= high and step >= 1 (got {self!r})")
+
+    def values(self) -> range:
+        """Every valid value, ascending."""
+        return range(self.low, self.high + 1, self.step)
+
+    def __contains__(self, value: object) -> bool:
+        return isinstance(value, int) and value in self.values()
+
+    def describe(self) -> str:
+        """``"1–512"``, or ``"8–256 step 8"``."""
+        return f"{self.low}–{self.high}" + (f" step {self.step}" if self.step > 1 else "")
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """A width/depth family: ``{name}_w{W}_d{D}`` builds the member with ``W`` channels and ``D`` poolings.
+
+    Attributes:
+        name: family name, e.g. ``"unet"``.
+        source: ``"segbench"`` or a plugin's distribution name.
+        width: knob of the channel count at full resolution (what compute matching scales).
+        depth: knob of the number of poolings (the member's divisor is ``2**D``).
+        grid: ``(width, depth)`` members that are listed by name.
+    """
+
+    name: str
+    source: str
+    width: Knob
+    depth: Knob
+    grid: tuple[tuple[int, int], ...] = ()
+
+    def member(self, width: int, depth: int) -> str:
+        """The member's name, e.g. ``"unet_w14_d4"``."""
+        return f"{self.name}_w{width}_d{depth}"
+
+    def check(self, width: int, depth: int) -> None:
+        """Raise :class:`ModelError` naming the valid range if ``width`` or ``depth`` is outside its knob."""
+        for label, knob, value in (("width", self.width, width), ("depth", self.depth, depth)):
+            if value not in knob:
+                raise ModelError(
+                    f"model {self.member(width, depth)!r}: {label} {value} is outside the valid range "
+                    f"{knob.describe()} of family {self.name}; choose a {label} in that range"
+                )
+
+
+@dataclass(frozen=True)
+class FamilyMember:
+    """A model name that is a member of a width/depth family, e.g. ``unet_w14_d4`` → (unet, 14, 4)."""
+
+    spec: FamilySpec
+    width: int
+    depth: int
+
+    @property
+    def name(self) -> str:
+        return self.spec.member(self.width, self.depth)
+
+    def with_width(self, width: int) -> str:
+        """The name of the member of the same family and depth with another width."""
+        return self.spec.member(width, self.depth)
+
+
+@dataclass(frozen=True)
 class _Entry:
     builder: Builder
     family: str
     divisor: int
     source: str
+    spec: FamilySpec | None = None  # set for a plugin that declares a width/depth family
 
 
 @dataclass(frozen=True)
 class _Family:
-    builder: Builder  # builder(*, in_channels, out_channels, width, depth, **options)
-    source: str
+    builder: Builder  # builder(*, in_channels, out_channels, <width keyword>, <depth keyword>, **options)
+    spec: FamilySpec
+
+    @property
+    def source(self) -> str:
+        return self.spec.source
 
 
 @dataclass(frozen=True)
@@ -156,30 +259,39 @@ def register_model(name: str, *, family: str, divisor: int, source: str = "segbe
 
 
 def register_family(
-    family: str, *, grid: tuple[tuple[int, int], ...] = (), source: str = "segbench"
+    family: str,
+    *,
+    grid: tuple[tuple[int, int], ...] = (),
+    source: str = "segbench",
+    width: Knob = Knob("width", 1, 1024),
+    depth: Knob = Knob("depth", 1, 8),
 ) -> Callable[[Builder], Builder]:
     """Decorator registering a width/depth family: any ``{family}_w{W}_d{D}`` name builds with divisor ``2**D``.
 
-    The decorated builder takes ``(*, in_channels, out_channels, width, depth, **options)``. Members in
-    ``grid`` (``(width, depth)`` pairs) are also registered by name, so they are listed; other members build
-    on demand without being listed.
+    The decorated builder takes ``(*, in_channels, out_channels, <width.parameter>, <depth.parameter>, **options)``.
+    ``width`` and ``depth`` declare the builder keywords and their valid values; a name outside them is refused,
+    and compute matching (``segbench run --match``) searches the width knob. Members in ``grid`` (``(width, depth)``
+    pairs) are also registered by name, so they are listed; other members build on demand without being listed.
 
     Raises:
-        ModelError: if the family is already registered, its name is not lower-case alphanumeric, or a grid
-            member's name is taken.
+        ModelError: if the family is already registered, its name is not lower-case alphanumeric, a grid member is
+            outside the knobs or its name is taken.
     """
     if not re.fullmatch(r"[a-z][a-z0-9]*", family):
         raise ModelError(f"family name {family!r} must be lower-case letters and digits (it becomes {family}_w20_d2)")
+    spec = FamilySpec(name=family, source=source, width=width, depth=depth, grid=tuple(grid))
 
     def decorator(builder: Builder) -> Builder:
         _ensure_builtins()
         if family in _FAMILIES:
             raise ModelError(f"model family {family!r} is already registered; choose another name")
-        _FAMILIES[family] = _Family(builder=builder, source=source)
-        for width, depth in grid:
-            register_model(f"{family}_w{width}_d{depth}", family=family, divisor=2**depth, source=source)(
-                _family_member(builder, width=width, depth=depth)
-            )
+        for member_width, member_depth in grid:
+            spec.check(member_width, member_depth)
+        _FAMILIES[family] = _Family(builder=builder, spec=spec)
+        for member_width, member_depth in grid:
+            member = _family_member(builder, spec, width=member_width, depth=member_depth)
+            name = spec.member(member_width, member_depth)
+            register_model(name, family=family, divisor=2**member_depth, source=source)(member)
         return builder
 
     return decorator
@@ -198,16 +310,20 @@ def unregister_model(name: str) -> None:
     model_info.cache_clear()
 
 
-def _family_member(family_builder: Builder, *, width: int, depth: int) -> Builder:
-    """A builder for one grid point; its signature is the family's minus ``width``/``depth`` (for option checks)."""
+def _family_member(family_builder: Builder, spec: FamilySpec, *, width: int, depth: int) -> Builder:
+    """A builder for one member; its signature is the family's minus the knob keywords (for option checks)."""
+    knobs = {spec.width.parameter: width, spec.depth.parameter: depth}
 
     @functools.wraps(family_builder)
     def builder(**kwargs):
-        return family_builder(width=width, depth=depth, **kwargs)
+        return family_builder(**knobs, **kwargs)
 
-    signature = inspect.signature(family_builder)
+    try:
+        signature = inspect.signature(family_builder)
+    except (TypeError, ValueError):  # a callable without a signature: the call decides
+        return builder
     builder.__signature__ = signature.replace(  # type: ignore[attr-defined]
-        parameters=[p for p in signature.parameters.values() if p.name not in ("width", "depth")]
+        parameters=[p for p in signature.parameters.values() if p.name not in knobs]
     )
     return builder
 
@@ -274,7 +390,37 @@ def _load_plugin(plugin: _Plugin) -> _Entry:
         raise ModelError(f"{where} declares segbench_divisor={divisor!r}, not a positive integer; {fix}")
     if not isinstance(family, str) or not family:
         raise ModelError(f"{where} declares segbench_family={family!r}, not a non-empty string; {fix}")
-    return _Entry(builder=builder, family=family, divisor=divisor, source=plugin.distribution)
+    spec = _plugin_family_spec(plugin, builder, where=where, fix=fix)
+    return _Entry(builder=builder, family=family, divisor=divisor, source=plugin.distribution, spec=spec)
+
+
+def _plugin_family_spec(plugin: _Plugin, builder: Builder, *, where: str, fix: str) -> FamilySpec | None:
+    """The family a plugin builder declares with ``segbench_width`` / ``segbench_depth`` (and ``segbench_grid``)."""
+    declared = {name: getattr(builder, f"segbench_{name}", None) for name in ("width", "depth", "grid")}
+    if declared["width"] is None and declared["depth"] is None:
+        return None
+    if not re.fullmatch(r"[a-z][a-z0-9]*", plugin.name):
+        raise ModelError(f"{where} declares a width/depth family, so its name must be lower-case letters and digits; "
+                         f"{fix}")  # fmt: skip
+    knobs = {}
+    for name in ("width", "depth"):
+        value = declared[name]
+        try:
+            knobs[name] = Knob(*value)
+        except (TypeError, ModelError) as exc:
+            raise ModelError(f"{where} declares segbench_{name}={value!r}, not (keyword, min, max[, step]) with "
+                             f"1 <= min <= max ({exc}); {fix}") from None  # fmt: skip
+    try:
+        grid = tuple((int(w), int(d)) for w, d in declared["grid"] or ())
+    except (TypeError, ValueError):
+        raise ModelError(
+            f"{where} declares segbench_grid={declared['grid']!r}, not (width, depth) pairs; {fix}"
+        ) from None
+    spec = FamilySpec(name=plugin.name, source=plugin.distribution, width=knobs["width"], depth=knobs["depth"],
+                      grid=grid)  # fmt: skip
+    for width, depth in grid:
+        spec.check(width, depth)
+    return spec
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -282,19 +428,73 @@ def _load_plugin(plugin: _Plugin) -> _Entry:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _family_match(name: str) -> tuple[str, int, int] | None:
+def _family(family: str) -> _Family | None:
+    """A built-in family, or a plugin that declares one (imported now); None if ``family`` is neither."""
+    if family in _FAMILIES:
+        return _FAMILIES[family]
+    plugins = _plugins().get(family, ())
+    if len(plugins) != 1:
+        return None  # no such plugin, or an ambiguous one (reported when the plain name is used)
+    entry = _load_plugin(plugins[0])
+    return _Family(builder=entry.builder, spec=entry.spec) if entry.spec is not None else None
+
+
+def _family_match(name: str) -> tuple[_Family, int, int] | None:
+    """The family, width and depth of a ``{family}_w{W}_d{D}`` name; raises ModelError outside the knobs' ranges."""
     match = _FAMILY_NAME.match(name)
-    if match is None or match["family"] not in _FAMILIES:
+    family = _family(match["family"]) if match is not None else None
+    if family is None:
         return None
-    return match["family"], int(match["width"]), int(match["depth"])
+    width, depth = int(match["width"]), int(match["depth"])
+    family.spec.check(width, depth)
+    return family, width, depth
+
+
+def family_member(name: str) -> FamilyMember | None:
+    """The family, width and depth of ``name`` if it is a member of a width/depth family, else None.
+
+    ``unet_w14_d4`` → ``FamilyMember(unet, 14, 4)``. Fixed models (``unet``, ``fcn``, MONAI networks, plugins that
+    declare no family) give None, even when they equal a member: matching scales only names that say their width.
+    Plugin families are imported to read their knobs.
+
+    Raises:
+        ModelError: a member name outside the family's ranges, or a broken plugin family.
+    """
+    _ensure_builtins()
+    found = _family_match(name)
+    if found is None or (name in _MODELS and _MODELS[name].family != found[0].spec.name):
+        return None
+    family, width, depth = found
+    return FamilyMember(spec=family.spec, width=width, depth=depth)
+
+
+def families(*, load_plugins: bool = False) -> list[FamilySpec]:
+    """The width/depth families, sorted by name: built-ins, and with ``load_plugins`` plugin families too.
+
+    Loading imports every plugin; a broken one is skipped here (it fails with a clear error when used).
+    """
+    _ensure_builtins()
+    found = {name: family.spec for name, family in _FAMILIES.items()}
+    if load_plugins:
+        for name, plugins in _plugins().items():
+            if len(plugins) != 1 or name in found:
+                continue
+            try:
+                spec = _load_plugin(plugins[0]).spec
+            except ModelError as exc:
+                logger.debug("skipping plugin %s while listing families: %s", name, exc)
+                continue
+            if spec is not None:
+                found[name] = spec
+    return [found[name] for name in sorted(found)]
 
 
 def _unknown(name: str) -> ModelError:
     choices = list_models()
     close = difflib.get_close_matches(name, choices, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
-    families = ", ".join(f"{family}_w{{W}}_d{{D}}" for family in sorted(_FAMILIES))
-    also = f" (or any {families})" if families else ""
+    members = ", ".join(f"{family}_w{{W}}_d{{D}}" for family in sorted(_FAMILIES))
+    also = f" (or any {members})" if members else ""
     return ModelError(f"unknown model {name!r}; {hint}choose from: {', '.join(choices)}{also}")
 
 
@@ -307,7 +507,7 @@ def _lookup(name: str) -> _Entry:
     providers = sorted(p.distribution for p in plugins)
     if builtin is not None or member is not None:
         if plugins:
-            source = builtin.source if builtin is not None else _FAMILIES[member[0]].source
+            source = builtin.source if builtin is not None else member[0].source
             raise ModelError(
                 f"model {name!r} is provided by both {source!r} and plugin distribution(s) "
                 f"{', '.join(map(repr, providers))}; uninstall the plugin or set {DISABLE_PLUGINS_ENV}=1"
@@ -316,10 +516,10 @@ def _lookup(name: str) -> _Entry:
             return builtin
         family, width, depth = member
         return _Entry(
-            builder=_family_member(_FAMILIES[family].builder, width=width, depth=depth),
-            family=family,
+            builder=_family_member(family.builder, family.spec, width=width, depth=depth),
+            family=family.spec.name,
             divisor=2**depth,
-            source=_FAMILIES[family].source,
+            source=family.source,
         )
     if len(plugins) > 1:
         raise ModelError(
@@ -342,18 +542,21 @@ def builder_module(name: str) -> str:
     return _lookup(name).builder.__module__
 
 
-def list_models(pattern: str | None = None) -> list[str]:
+def list_models(pattern: str | None = None, *, load_plugins: bool = False) -> list[str]:
     """Sorted names of registered and plugin models (plugins are not imported), optionally filtered.
 
     Args:
         pattern: ``fnmatch`` wildcards (``"unet_*"``); several comma-separated patterns select the union.
             Width/depth family members outside the default grid are not listed (they still build by name).
+        load_plugins: import the plugins, so that the grids of plugin families are listed too.
 
     Returns:
         Sorted list of names; empty if nothing matches.
     """
     _ensure_builtins()
     names = set(_MODELS) | set(_plugins())
+    if load_plugins:
+        names |= {spec.member(*point) for spec in families(load_plugins=True) for point in spec.grid}
     if pattern is None:
         return sorted(names)
     patterns = [p.strip() for p in pattern.split(",") if p.strip()]
@@ -377,7 +580,7 @@ def resolve_models(spec: str) -> list[str]:
     resolved: list[str] = []
     for part in parts:
         if any(char in part for char in "*?["):
-            matches = list_models(part)
+            matches = list_models(part, load_plugins=True)
             if not matches:
                 raise ModelError(f"model pattern {part!r} matches no model; run `segbench models` to see the names")
         else:

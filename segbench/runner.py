@@ -35,6 +35,7 @@ from segbench.executors.base import Executor, as_executor
 from segbench.executors.inprocess import InProcessExecutor
 from segbench.job import JobSpec, out_channels_for
 from segbench.locking import RunLock
+from segbench.matching import Matching, match_run
 from segbench.paths import preprocessed_cache
 from segbench.profiling import environment_info
 from segbench.registry import builder_module, model_info, resolve_models
@@ -133,7 +134,10 @@ def check_patch(models: list[str], patch_size: tuple[int, ...], in_channels: int
             )
 
 
-def build_manifest(config: RunConfig, dataset: DatasetSpec, models: list[str], dataset_path: Path) -> dict[str, Any]:
+def build_manifest(
+    config: RunConfig, dataset: DatasetSpec, models: list[str], dataset_path: Path, *, matching: Matching | None = None
+) -> dict[str, Any]:
+    matched = {"matching": matching.as_dict()} if matching is not None else {}
     return {
         "segbench_version": __version__,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -149,6 +153,7 @@ def build_manifest(config: RunConfig, dataset: DatasetSpec, models: list[str], d
             "labels": {str(k): v for k, v in sorted(dataset.labels.items()) if k != 0},
         },
         "environment": environment_info(),
+        **matched,
     }
 
 
@@ -250,16 +255,14 @@ def run_comparison(
     check_writable(run_dir)
     with RunLock(run_dir):
         dataset_path, dataset = _checked_dataset(config, cache_dir=cache_dir, progress=progress)
-        models = resolve_models(",".join(config.models))
-        out_channels = out_channels_for(tuple(dataset.foreground_labels))
-        check_patch(models, tuple(config.train.patch_size), len(dataset.channels), out_channels)
         # A remote executor (Slurm) resolves the device where the job runs, not on this (login) node.
         device = config.device if executor.resolves_device else resolve_device(config.device)
+        models, matching = _selected_models(config, dataset, device)
         # Jobs in other processes import what registered their models: refuse what they cannot import, up front.
         job_modules = job_imports(models, imports, strict=not getattr(executor, "runs_in_process", False))
         case_ids = [case.case_id for case in dataset.training]
         splits = resolve_splits(config.splits, case_ids, folds=config.folds, seed=config.seed)
-        manifest = build_manifest(config, dataset, models, dataset_path)
+        manifest = build_manifest(config, dataset, models, dataset_path, matching=matching)
         _prepare_run_dir(run_dir, manifest, splits, resume=resume)
 
         preprocess_dir = preprocessed_cache(cache_dir)
@@ -302,6 +305,16 @@ def job_imports(models: Sequence[str], extra: Sequence[str] = (), *, strict: boo
                     "their results lack it; register it in an importable module or run with --in-process")  # fmt: skip
     wanted = [module for module in found if module and module != "__main__" and module.split(".")[0] != "segbench"]
     return tuple(dict.fromkeys(wanted))
+
+
+def _selected_models(config: RunConfig, dataset: DatasetSpec, device: str) -> tuple[list[str], Matching | None]:
+    """The models to train: ``--models`` resolved and checked against the patch; with ``--match`` each family member
+    becomes the width whose cost matches the reference's (those names are what is trained and shown)."""
+    models = resolve_models(",".join(config.models))
+    out_channels = out_channels_for(tuple(dataset.foreground_labels))
+    check_patch(models, tuple(config.train.patch_size), len(dataset.channels), out_channels)
+    matching = match_run(config, models, in_channels=len(dataset.channels), out_channels=out_channels, device=device)
+    return (matching.resolved if matching is not None else models), matching
 
 
 def _jobs_to_run(run_dir: Path, models: list[str], splits: list) -> list[tuple[str, int]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -36,3 +37,20 @@ def tiny_task(tmp_path_factory) -> Path:
     return make_synthetic_task(
         tmp_path_factory.mktemp("data") / "Task", cases=6, test_cases=1, seed=3, shape=TINY_SHAPE
     )
+
+
+@pytest.fixture
+def plugins(tmp_path, monkeypatch):
+    """Install fake plugin distributions (tests/plugin_factory.py); they disappear after the test."""
+    from plugin_factory import PluginInstaller
+
+    from segbench import registry
+
+    monkeypatch.delenv(registry.DISABLE_PLUGINS_ENV, raising=False)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # restored afterwards: the fake distributions disappear
+    installer = PluginInstaller(tmp_path)
+    yield installer
+    for module in installer.modules:
+        sys.modules.pop(module, None)
+    monkeypatch.undo()
+    registry.refresh_plugins()

@@ -7,76 +7,16 @@ its own tmp_path; the plugin modules never import segbench, as a real plugin nee
 from __future__ import annotations
 
 import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
 
-from segbench import registry
 from segbench.cli import main
 from segbench.errors import ModelError
 from segbench.registry import build_model, list_models, model_info, resolve_models
 
 torch.set_num_threads(1)
-
-TOY_MODULE = """
-import torch.nn as nn
-
-def build(*, in_channels, out_channels, hidden=4):
-    return nn.Sequential(nn.Conv3d(in_channels, hidden, 3, padding=1), nn.ReLU(), nn.Conv3d(hidden, out_channels, 1))
-
-build.segbench_divisor = 8
-build.segbench_family = "toy"
-
-def plain(*, in_channels, out_channels):
-    return nn.Conv3d(in_channels, out_channels, 1)
-
-def fails(*, in_channels, out_channels):
-    raise ValueError("no GPU kernels for this layer")
-
-def not_a_module(*, in_channels, out_channels):
-    return "a string"
-
-bad_divisor = lambda **kwargs: None
-bad_divisor.segbench_divisor = 0
-
-NOT_CALLABLE = 42
-"""
-
-
-class PluginInstaller:
-    """Writes fake installed distributions into one sys.path folder and refreshes the registry's plugin cache."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.modules: list[str] = []
-
-    def add(self, distribution: str, entry_points: dict[str, str], *, module: str, source: str = TOY_MODULE) -> None:
-        folder = self.root / distribution
-        folder.mkdir(exist_ok=True)
-        (folder / f"{module}.py").write_text(textwrap.dedent(source))
-        info = folder / f"{distribution.replace('-', '_')}-0.1.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 0.1\n")
-        lines = "".join(f"{name} = {value}\n" for name, value in entry_points.items())
-        (info / "entry_points.txt").write_text(f"[{registry.ENTRY_POINT_GROUP}]\n{lines}")
-        sys.path.insert(0, str(folder))
-        self.modules.append(module)
-        registry.refresh_plugins()
-
-
-@pytest.fixture
-def plugins(tmp_path, monkeypatch):
-    monkeypatch.delenv(registry.DISABLE_PLUGINS_ENV, raising=False)
-    monkeypatch.setattr(sys, "path", list(sys.path))  # restored afterwards: the fake distributions disappear
-    installer = PluginInstaller(tmp_path)
-    yield installer
-    for module in installer.modules:
-        sys.modules.pop(module, None)
-    monkeypatch.undo()
-    registry.refresh_plugins()
 
 
 def test_plugin_listed_without_import_then_built(plugins):

@@ -16,6 +16,12 @@ COLUMNS = ("name", "family", "source", "params", "MFLOP/vox fwd", "MFLOP/vox tra
 @click.option("--in-channels", default=1, show_default=True, help="Image channels the models are built for.")
 @click.option("--out-channels", default=1, show_default=True, help="Logit channels the models are built for.")
 @click.option(
+    "--families",
+    "show_families",
+    is_flag=True,
+    help="List the width/depth families instead: their knobs, valid ranges and listed grid.",
+)
+@click.option(
     "--memory",
     is_flag=True,
     help="Instead: estimated peak tensor memory of one training step (FakeTensor: no GPU, nothing allocated).",
@@ -40,20 +46,26 @@ COLUMNS = ("name", "family", "source", "params", "MFLOP/vox fwd", "MFLOP/vox tra
 )
 @click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True,
               help="--memory: optimiser (Adam keeps two moments per weight, SGD one).")  # fmt: skip
-def models_command(pattern: str | None, in_channels: int, out_channels: int, memory: bool, **memory_options) -> None:
+def models_command(
+    pattern: str | None, in_channels: int, out_channels: int, show_families: bool, memory: bool, **memory_options
+) -> None:
     """List models: name, family, source, parameters, MFLOP per voxel (forward and training step), divisor.
 
     PATTERN filters names with wildcards, comma-separated (e.g. 'unet_*' or 'fcn,unet_w20_*'); an exact
     family member that is not listed by default (e.g. unet_w32_d4) is shown too. Sources are "segbench",
-    "monai" or the distribution of a plugin. Input sizes must be multiples of the divisor.
+    "monai" or the distribution of a plugin. Input sizes must be multiples of the divisor. Plugins are imported,
+    so that the grids of plugin families are listed.
     """
     from tqdm import tqdm
 
     from segbench.errors import ModelError
     from segbench.registry import list_models, model_info, resolve_models
 
+    if show_families:
+        click.echo(_families_table(pattern))
+        return
     # resolve_models also accepts exact unlisted family members, and names the choices for a bad pattern.
-    names = list_models() if pattern is None else resolve_models(pattern)
+    names = list_models(load_plugins=True) if pattern is None else resolve_models(pattern)
     if not names:
         raise ModelError("no models are available; reinstall segbench")
     if memory:
@@ -121,6 +133,35 @@ def _memory_table(names: list[str], *, patch, batch_size, precision, memory_form
 
 def _mib(value: float) -> str:
     return f"{value:,.1f}" if math.isfinite(value) else "?"
+
+
+FAMILY_COLUMNS = ("family", "source", "width knob", "depth knob", "listed grid (width x depth)")
+
+
+def _families_table(pattern: str | None) -> str:
+    """One row per width/depth family (plugins included): knob keywords, valid ranges, listed grid."""
+    import fnmatch
+
+    from segbench.registry import families
+
+    patterns = [p.strip() for p in (pattern or "*").split(",") if p.strip()]
+    rows = []
+    for spec in families(load_plugins=True):
+        if not any(fnmatch.fnmatchcase(spec.name, p) for p in patterns):
+            continue
+        rows.append((f"{spec.name}_w{{W}}_d{{D}}", spec.source, f"{spec.width.parameter} {spec.width.describe()}",
+                     f"{spec.depth.parameter} {spec.depth.describe()}", _grid(spec.grid)))  # fmt: skip
+    return _format_table(FAMILY_COLUMNS, rows, numeric_from=len(FAMILY_COLUMNS))
+
+
+def _grid(grid: tuple[tuple[int, int], ...]) -> str:
+    """``"10,20,40 x 2,3"`` for a full product of widths and depths, else the pairs ``"16x3, 32x4"``."""
+    widths, depths = sorted({w for w, _ in grid}), sorted({d for _, d in grid})
+    if not grid:
+        return "none"
+    if len(set(grid)) == len(widths) * len(depths):
+        return f"{','.join(map(str, widths))} x {','.join(map(str, depths))}"
+    return ", ".join(f"{w}x{d}" for w, d in grid)
 
 
 def _mflop(value: float) -> str:

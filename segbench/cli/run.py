@@ -43,6 +43,14 @@ def _interrupt_on_sigterm() -> None:
     show_default=True,
     help="kfold (seeded), nnunet (nnU-Net's folds) or a splits_final.json file.",
 )
+@click.option(
+    "--match",
+    type=click.Choice(["flops", "params", "memory"]),
+    default=None,
+    help="Scale every family member (e.g. unet_w20_d4) to the width whose training FLOPs per voxel, parameters or "
+    "peak tensor memory is closest to --match-to's; fixed models (fcn, unet) run as they are.",
+)
+@click.option("--match-to", default=None, metavar="MODEL", help="Reference model of --match (any model name).")
 @click.option("--iterations", type=int, default=None, help="Training iterations per job (same for every model).")
 @click.option(
     "--time-budget",
@@ -138,6 +146,8 @@ _CONFIG_FLAGS = {
     "device": ("", "device", str),
     "target_spacing": ("", "target_spacing", lambda v: tuple(v) if v else None),
     "job_timeout": ("", "job_timeout_s", lambda v: v),
+    "match": ("", "match", str),
+    "match_to": ("", "match_to", str),
     "iterations": ("train", "iterations", int),
     "time_budget": ("train", "time_budget_s", float),
     "patch": ("train", "patch_size", tuple),
@@ -221,9 +231,13 @@ def _print_summary(outcome) -> None:
 
     from segbench import results, rundir
     from segbench.report import tables
+    from segbench.report.matching import matching_lines, matching_record
 
     metrics = results.load_metrics(outcome.run_dir)
     jobs = results.load_jobs(outcome.run_dir)
+    record = matching_record(results.load_manifest(outcome.run_dir))
+    if record is not None:
+        click.echo("\n" + "\n".join(matching_lines(record)))
     if not metrics.empty:
         # The report's leaderboard (summary.csv numbers), metric columns only: one definition of every statistic.
         board = tables.leaderboard(tables.per_case_table(metrics), jobs, models=[])

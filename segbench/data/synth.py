@@ -190,23 +190,41 @@ def generate_case(
     shape = tuple(int(s) for s in shape)  # type: ignore[assignment]
     if len(shape) != 3 or min(shape) < 8:
         raise ConfigError(f"--shape must be three sizes of at least 8 voxels, got {shape}")
-    cfg = config
-    spacing = np.asarray(cfg.spacing, dtype=float)
+    spacing = np.asarray(config.spacing, dtype=float)
     grid = np.stack(np.meshgrid(*[np.arange(s, dtype=float) for s in shape], indexing="ij"), axis=-1)
-    world = (grid - (np.asarray(shape) - 1) / 2) * spacing  # mm, volume centre at 0
-    points = world.reshape(-1, 3)
+    points = ((grid - (np.asarray(shape) - 1) / 2) * spacing).reshape(-1, 3)  # mm, volume centre at 0
+    # The order of the draws from rng is part of the dataset's identity: body, veins, appendage, neighbours, image.
+    body = _draw_body(rng, shape, spacing, points, config)
+    target = _target_mask(rng, shape, body, config)
+    neighbours = _neighbours(rng, target, spacing, body, config)
+    image = _intensities(rng, shape, spacing, points, target, neighbours, config)
+    affine = np.diag([*spacing, 1.0])
+    affine[:3, 3] = -(np.asarray(shape) - 1) / 2 * spacing
+    return PhantomCase(image.astype(np.float32), target.astype(np.uint8), affine)
 
-    # --- target geometry in a canonical frame centred on the body (axis 0 = "anterior") -----------------
+
+@dataclass(frozen=True)
+class _Body:
+    """The target's body in a canonical frame (axis 0 = "anterior"): every voxel's coordinates in it, in mm."""
+
+    local: np.ndarray  # (N, 3) canonical coordinates of every voxel
+    radii: np.ndarray  # (3,) ellipsoid radii, mm
+    scale: float  # shrinks tubes and neighbours along with a small body
+
+
+def _draw_body(rng: np.random.Generator, shape, spacing: np.ndarray, points: np.ndarray, cfg: PhantomConfig) -> _Body:
     # Keep the body inside the field of view when the volume is small (tests use 24×24×16).
     extent = np.asarray(shape) * spacing
     diameter = rng.uniform(*cfg.body_diameter_mm)
-    radii = diameter / 2 * rng.uniform(*cfg.body_aspect, size=3)
-    radii = np.minimum(radii, 0.3 * extent)
+    radii = np.minimum(diameter / 2 * rng.uniform(*cfg.body_aspect, size=3), 0.3 * extent)
     centre = rng.uniform(-1, 1, size=3) * np.minimum(cfg.position_jitter_mm, 0.1 * extent)
-    rotation = _rotation(rng, cfg.max_rotation_deg)
-    local = (points - centre) @ rotation  # canonical coordinates of every voxel
-    scale = float(radii.mean()) / 28.0  # shrinks tubes and neighbours along with a small body
+    local = (points - centre) @ _rotation(rng, cfg.max_rotation_deg)
+    return _Body(local=local, radii=radii, scale=float(radii.mean()) / 28.0)
 
+
+def _target_mask(rng: np.random.Generator, shape, body: _Body, cfg: PhantomConfig) -> np.ndarray:
+    """Body with an irregular surface, veins and the appendage: boolean (D, H, W)."""
+    local, radii, scale = body.local, body.radii, body.scale
     surface = _smooth_noise(rng, shape, sigma=4.0).reshape(-1)
     target = np.linalg.norm(local / radii, axis=1) < 1.0 + cfg.body_irregularity * surface
 
@@ -236,11 +254,14 @@ def generate_case(
     p0, p1 = direction * 0.6 * r_surface, direction * (r_surface + 0.4 * length) + bend
     dist, t = _curve_distance(local, p0, p1, direction * (r_surface + length), reach=2 * base)
     target |= dist < base + (tip - base) * t
+    return target.reshape(shape)
 
-    target = target.reshape(shape)
-    # Distance (mm) from the target: the bright neighbours are carved to keep a thin darker gap.
+
+def _neighbours(rng: np.random.Generator, target: np.ndarray, spacing, body: _Body, cfg: PhantomConfig) -> np.ndarray:
+    """Bright ventricle- and aorta-like neighbours, carved to keep a thin darker gap to the target: flat boolean."""
+    local, radii, scale = body.local, body.radii, body.scale
     gap = rng.uniform(*cfg.neighbour_gap_mm)
-    dist_to_target = ndimage.distance_transform_edt(~target, sampling=spacing).reshape(-1)
+    dist_to_target = ndimage.distance_transform_edt(~target, sampling=spacing).reshape(-1)  # mm
 
     # Ventricle-like blob anterior-inferior of the target, elongated along its own axis.
     v_dir = _unit(np.array([1.0, -0.3, -0.5]) + rng.normal(0, 0.15, size=3))
@@ -256,9 +277,14 @@ def generate_case(
     a_dir = _unit(np.array([0.0, 0.0, 1.0]) + rng.normal(0, 0.25, size=3))
     a_rel = local - a_point
     aorta = np.linalg.norm(a_rel - (a_rel @ a_dir)[:, None] * a_dir, axis=1) < a_radius
-    neighbours = (ventricle | aorta) & (dist_to_target > gap)
+    return (ventricle | aorta) & (dist_to_target > gap)
 
-    # --- intensities ---------------------------------------------------------------------------------
+
+def _intensities(
+    rng: np.random.Generator, shape, spacing, points, target, neighbours, cfg: PhantomConfig
+) -> np.ndarray:
+    """MRI-like image (D, H, W): tissue, lungs, texture, blur, a smooth bias field and Rician noise."""
+    extent = np.asarray(shape) * spacing
     flat = points / (extent / 2)  # [-1, 1] across the field of view
     body = (flat[:, 0] / 1.05) ** 2 + (flat[:, 1] / 1.1) ** 2 < 1.0
     image = np.where(body, cfg.tissue_intensity, cfg.air_intensity)
@@ -272,17 +298,12 @@ def generate_case(
 
     image = ndimage.gaussian_filter(image, sigma=cfg.blur_sigma_voxels / spacing * spacing.min())
     coeffs = rng.normal(0, 1, size=6) / np.sqrt(6)
-    u = points / (extent / 2)
-    log_bias = u @ coeffs[:3] + 0.5 * (u**2 - 1 / 3) @ coeffs[3:]
+    log_bias = flat @ coeffs[:3] + 0.5 * (flat**2 - 1 / 3) @ coeffs[3:]
     image = image * np.exp(cfg.bias_amplitude * log_bias).reshape(shape)
     sigma = 1.0 / rng.uniform(*cfg.snr)
     real = image + rng.normal(0, sigma, size=shape)
     imag = rng.normal(0, sigma, size=shape)
-    image = np.sqrt(real**2 + imag**2) * rng.uniform(*cfg.intensity_scale)  # Rician magnitude
-
-    affine = np.diag([*spacing, 1.0])
-    affine[:3, 3] = -(np.asarray(shape) - 1) / 2 * spacing
-    return PhantomCase(image.astype(np.float32), target.astype(np.uint8), affine)
+    return np.sqrt(real**2 + imag**2) * rng.uniform(*cfg.intensity_scale)  # Rician magnitude
 
 
 def make_synthetic_task(

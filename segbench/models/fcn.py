@@ -15,10 +15,15 @@ import torch
 from torch import nn
 
 from segbench.models.blocks import Encoder, Upsample, channel_widths, pointwise_head
-from segbench.registry import register_family, register_model
+from segbench.registry import Knob, register_family, register_model
 
 # Grid members listed by `segbench models`; any other fcn_w{W}_d{D} is built on demand by name.
 DEFAULT_GRID = tuple((width, depth) for width in (10, 20, 40) for depth in (2, 3))
+
+# The knobs compute matching (`segbench run --match`) scales and `segbench models` lists: channels at full
+# resolution and number of 2x poolings (input sizes must be divisible by 2**depth).
+WIDTH = Knob("width", 1, 512)
+DEPTH = Knob("depth", 1, 5)
 
 
 class FCN(nn.Module):
@@ -63,7 +68,7 @@ class FCN(nn.Module):
         return self.head(self.upsample(bottom))
 
 
-@register_family("fcn", grid=DEFAULT_GRID)
+@register_family("fcn", grid=DEFAULT_GRID, width=WIDTH, depth=DEPTH)
 def fcn_family(
     *, in_channels: int, out_channels: int, width: int, depth: int, norm: str = "batch", upsample: str = "nearest"
 ) -> FCN:

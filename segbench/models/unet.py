@@ -15,10 +15,15 @@ import torch
 from torch import nn
 
 from segbench.models.blocks import Encoder, Upsample, channel_widths, double_conv, pointwise_head
-from segbench.registry import register_family, register_model
+from segbench.registry import Knob, register_family, register_model
 
 # Grid members listed by `segbench models`; any other unet_w{W}_d{D} is built on demand by name.
 DEFAULT_GRID = tuple((width, depth) for width in (10, 20, 40) for depth in (2, 3, 4))
+
+# The knobs compute matching (`segbench run --match`) scales and `segbench models` lists: channels at full
+# resolution and number of 2x poolings (input sizes must be divisible by 2**depth).
+WIDTH = Knob("width", 1, 512)
+DEPTH = Knob("depth", 1, 6)
 
 
 class UNet(nn.Module):
@@ -71,7 +76,7 @@ class UNet(nn.Module):
         return self.head(x)
 
 
-@register_family("unet", grid=DEFAULT_GRID)
+@register_family("unet", grid=DEFAULT_GRID, width=WIDTH, depth=DEPTH)
 def unet_family(
     *, in_channels: int, out_channels: int, width: int, depth: int, norm: str = "batch", upsample: str = "nearest"
 ) -> UNet:

@@ -29,6 +29,7 @@ from segbench.atomic import atomic_write_bytes, atomic_write_text
 from segbench.errors import ConfigError, RunDirectoryError
 from segbench.metrics import PRIMARY_METRIC, Metric, metric_catalogue
 from segbench.report import figures, stats, tables
+from segbench.report.matching import matching_record, matching_section, qualify_sentence
 from segbench.report.render import (
     Bullets,
     Code,
@@ -429,7 +430,8 @@ def _statistics_section(ctx: _Context) -> Section:
     rank_columns = ("model", *(f"P(first) by {m.display(unit=False)}" for m in headline))
     return Section("Statistics", (
         Paragraph(f"Every model against the best by mean Dice ({best}); paired on case id."),
-        Bullets(tuple(stats.comparison_sentence(c) for c in comparisons)),
+        Bullets(tuple(qualify_sentence(stats.comparison_sentence(c), matching_record(ctx.inputs.manifest), c.reference,
+                                       c.other) for c in comparisons)),
         TableBlock(_comparison_table(comparisons), "Wilcoxon signed-rank tests (two-sided), Holm per metric"),
         TableBlock(tables.Table(rank_columns, rank_rows),
                    f"Rank stability: share of {stats.RANK_RESAMPLES} case-bootstrap resamples (cases all models "
@@ -499,6 +501,10 @@ def write_report(
     figure_blocks, figure_notes = _figures(ctx)
     sections = [_leaderboard_section(ctx), _fold_section(ctx), _statistics_section(ctx),
                 Section("Figures", tuple(figure_blocks))]  # fmt: skip
+    matched = matching_section(inputs.manifest, inputs.jobs, ctx.board, ctx.models)
+    if matched is not None:  # a --match run: its costs and Pareto plots right after the leaderboard
+        sections.insert(1, matched[0])
+        figure_blocks += matched[1]
     if speed is not None:
         sections.append(_speed_section(speed, Path(benchmark_json)))
     sections += [_jobs_section(ctx, [*inputs.notes, *figure_notes]), Section("Provenance", tuple(_provenance(inputs)))]
