@@ -1,4 +1,4 @@
-"""The training-loop callbacks of a job: learning curve, checkpoints, time limit, progress bar, peak memory.
+"""The training-loop callbacks of a job: learning curve, checkpoints, stop requests, time limit, progress, memory.
 
 Each is a small callable ``callback(state: LoopState) -> None`` handed to :func:`segbench.training.train`, which
 calls it after every step and once more with ``state.finished = True``.
@@ -6,6 +6,7 @@ calls it after every step and once more with ``state.finished = True``.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -16,9 +17,11 @@ from typing import Any
 import numpy as np
 import psutil
 
-from segbench import results
+from segbench import results, stop
 from segbench.rundir import JobRef
 from segbench.training import LoopState
+
+log = logging.getLogger(__name__)
 
 
 class JobTimeout(RuntimeError):
@@ -48,22 +51,32 @@ class CurveLogger:
     """Appends the mean loss of every ``every`` steps (and of the last steps) to the job's ``training_log.csv``.
 
     ``curve`` holds the rows kept from an earlier attempt (resume); it is rewritten atomically after each new row.
+    ``window`` holds the losses of the steps since the last row (saved in a checkpoint taken between two rows, so
+    that a job stopped and resumed there writes the same curve as an uninterrupted one).
     """
 
-    def __init__(self, run_dir: str | Path, job: JobRef, *, every: int, curve: list[dict[str, float]]) -> None:
+    def __init__(
+        self,
+        run_dir: str | Path,
+        job: JobRef,
+        *,
+        every: int,
+        curve: list[dict[str, float]],
+        window: list[float] | None = None,
+    ) -> None:
         self.run_dir = run_dir
         self.job = job
         self.every = every
         self.curve = curve
-        self._window: list[float] = []
+        self.window: list[float] = list(window or [])
 
     def __call__(self, loop: LoopState) -> None:
         if not loop.finished:
-            self._window.append(loop.loss)
-        if self._window and (loop.iteration % self.every == 0 or loop.finished):
-            mean = float(np.mean(self._window))
+            self.window.append(loop.loss)
+        if self.window and (loop.iteration % self.every == 0 or loop.finished):
+            mean = float(np.mean(self.window))
             self.curve.append({"iteration": loop.iteration, "loss": mean, "lr": loop.lr, "wall_s": loop.elapsed_s})
-            self._window.clear()
+            self.window.clear()
             results.write_learning_curve(self.run_dir, self.job, self.curve)
 
 
@@ -90,10 +103,33 @@ class Checkpointer:
         self.snapshot = snapshot
 
     def __call__(self, loop: LoopState) -> None:
-        due = loop.iteration % self.every == 0 or loop.finished
-        if due and loop.iteration != self.last_saved:
+        if loop.iteration % self.every == 0 or loop.finished:
+            self.save_now(loop)
+
+    def save_now(self, loop: LoopState) -> None:
+        """Save a checkpoint of ``loop`` unless one of this very iteration exists."""
+        if loop.iteration != self.last_saved:
             self.save(self.folder, self.snapshot(loop))
             self.last_saved = loop.iteration
+
+
+class StopAtBoundary:
+    """Honours a deferred stop request (:mod:`segbench.stop`): saves a checkpoint of this step, then stops.
+
+    Put it after the curve logger and the checkpointer, so the checkpoint holds everything this step produced.
+
+    Raises:
+        KeyboardInterrupt | segbench.stop.Preempted: once the checkpoint is saved, whatever the request asked for.
+    """
+
+    def __init__(self, checkpointer: Checkpointer) -> None:
+        self.checkpointer = checkpointer
+
+    def __call__(self, loop: LoopState) -> None:
+        if stop.STOP_REQUESTED.is_set():
+            self.checkpointer.save_now(loop)
+            log.warning("stopping: checkpoint saved at iteration %d", loop.iteration)
+            raise stop.stop_exception()
 
 
 class ProgressBar:

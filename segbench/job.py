@@ -21,7 +21,7 @@ import socket
 import time
 import traceback
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from segbench import results, rundir
+from segbench import results, rundir, stop
 from segbench.atomic import atomic_write_text
-from segbench.callbacks import Checkpointer, CurveLogger, Deadline, JobTimeout, PeakRss, ProgressBar
+from segbench.callbacks import Checkpointer, CurveLogger, Deadline, JobTimeout, PeakRss, ProgressBar, StopAtBoundary
 from segbench.checkpoints import load_latest_checkpoint, restore, save_checkpoint, snapshot
 from segbench.config import RunConfig, TrainConfig, config_from_dict
 from segbench.data.dataset import DatasetSpec, load_dataset
@@ -338,8 +338,11 @@ def _prepare_cases(ctx: JobContext) -> dict[str, PreparedCase]:
     )
 
 
-def _resume(ctx: JobContext, state: LoopState, record: dict[str, Any]) -> tuple[list[dict], dict[str, float]]:
-    """Restore ``state`` from the job's latest checkpoint, if any: (learning curve so far, saved throughput)."""
+def _resume(ctx: JobContext, state: LoopState, record: dict[str, Any]) -> tuple[list[dict], dict[str, Any]]:
+    """Restore ``state`` from the job's latest checkpoint, if any: (learning curve so far, the checkpoint's extras).
+
+    The extras are the saved throughput figures and the learning-curve window (losses since the last curve row).
+    """
     checkpoint = load_latest_checkpoint(ctx.folder, map_location="cpu")  # load_state_dict moves to the device
     if checkpoint is None:
         return [], {}
@@ -349,10 +352,14 @@ def _resume(ctx: JobContext, state: LoopState, record: dict[str, Any]) -> tuple[
     curve = [
         row for row in results.read_learning_curve(ctx.spec.run_dir, ctx.spec) if row["iteration"] <= state.iteration
     ]
-    return curve, dict(checkpoint.get("throughput") or {})
+    extras = {
+        "throughput": dict(checkpoint.get("throughput") or {}),
+        "window": list(checkpoint.get("curve_window", [])),
+    }
+    return curve, extras
 
 
-def _batches(ctx: JobContext, prepared: dict[str, PreparedCase], *, start: int) -> Iterator[dict]:
+def _batches(ctx: JobContext, prepared: dict[str, PreparedCase], *, start: int) -> Generator[dict, None, None]:
     """Training batches from ``start`` on: patches of the fold's training cases, labels as class indices."""
     train_cfg = ctx.config.train
     patch_dataset = PatchDataset(
@@ -380,7 +387,7 @@ def _train(
 ) -> tuple[LoopState, list[dict], dict[str, float]]:
     """Train from scratch or from the latest checkpoint: (final state, learning curve, throughput figures)."""
     train_cfg, spec = ctx.config.train, ctx.spec
-    curve, saved_throughput = _resume(ctx, state, record)
+    curve, extras = _resume(ctx, state, record)
     batches = _batches(ctx, prepared, start=state.iteration)
     reset_cuda_peak(ctx.device)
     peak_rss.sample()
@@ -388,33 +395,39 @@ def _train(
     bar = ProgressBar(
         enabled=spec.progress, total=total, start=state.iteration, desc=f"{spec.model} fold {spec.fold} train"
     )
-    callbacks = [
-        peak_rss,
-        bar,
-        CurveLogger(spec.run_dir, spec, every=train_cfg.log_every, curve=curve),
-        Checkpointer(
-            ctx.folder, every=train_cfg.checkpoint_every, start=state.iteration, save=save_checkpoint, snapshot=snapshot
-        ),  # fmt: skip
-        ctx.deadline,
-    ]
+    logger = CurveLogger(spec.run_dir, spec, every=train_cfg.log_every, curve=curve, window=extras.get("window"))
+
+    def snapshot_with_window(loop: LoopState) -> dict[str, Any]:
+        # A stop between two curve rows checkpoints mid-window: keep the window's losses for the resumed attempt.
+        return {**snapshot(loop), "curve_window": list(logger.window)}
+
+    checkpointer = Checkpointer(
+        ctx.folder, every=train_cfg.checkpoint_every, start=state.iteration, save=save_checkpoint,
+        snapshot=snapshot_with_window,
+    )  # fmt: skip
+    callbacks = [peak_rss, bar, logger, checkpointer, ctx.deadline, StopAtBoundary(checkpointer)]
     record["phase"] = "training"
     try:
-        state = train(
-            model=state.model,
-            optimizer=state.optimizer,
-            batches=batches,
-            config=train_cfg,
-            device=ctx.device,
-            out_channels=ctx.out_channels,
-            state=state,
-            callbacks=callbacks,
-        )
+        with stop.deferred_stops():
+            state = train(
+                model=state.model,
+                optimizer=state.optimizer,
+                batches=batches,
+                config=train_cfg,
+                device=ctx.device,
+                out_channels=ctx.out_channels,
+                state=state,
+                callbacks=callbacks,
+            )
     finally:
         bar.close()
+        # Shut the loader's workers down now, even when a stop or an error leaves this frame in a traceback: a
+        # worker ignores SIGTERM, so interpreter exit (which terminates and joins children) would wait for it forever.
+        batches.close()
     throughput = state.meter.summary()
-    if throughput.get("steady_iterations", 0) == 0 and saved_throughput:
+    if throughput.get("steady_iterations", 0) == 0 and extras.get("throughput"):
         # Resumed after training had finished (e.g. killed while predicting): keep the measured figures.
-        throughput = saved_throughput
+        throughput = extras["throughput"]
     return state, curve, throughput
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from segbench import __version__, results, rundir
+from segbench import __version__, results, rundir, stop
 from segbench.atomic import atomic_write_json
 from segbench.config import RunConfig, config_differences, config_to_dict
 from segbench.data.dataset import DatasetSpec, dataset_fingerprint, load_dataset
@@ -40,7 +40,6 @@ from segbench.paths import preprocessed_cache
 from segbench.profiling import environment_info
 from segbench.registry import builder_module, model_info, resolve_models
 from segbench.splits import resolve_splits, save_splits
-from segbench.stop import STOP_REQUESTED
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +250,7 @@ def run_comparison(
     """
     run_dir = Path(run_dir)
     executor = as_executor(executor) if executor is not None else InProcessExecutor()
-    STOP_REQUESTED.clear()  # a previous interrupted call in this process must not stop this one
+    stop.clear()  # a previous interrupted call in this process must not stop this one
     check_writable(run_dir)
     with RunLock(run_dir):
         dataset_path, dataset = _checked_dataset(config, cache_dir=cache_dir, progress=progress)

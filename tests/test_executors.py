@@ -36,6 +36,7 @@ from segbench.executors import (
     worker_command,
     worker_env,
 )
+from segbench.executors.slurm_queue import expand_job_ids
 from segbench.job import JobSpec, run_job
 from segbench.locking import RunLock
 from segbench.rundir import JOB_LOCK_FILE, JobKey
@@ -186,12 +187,13 @@ def test_debug_executor_runs_the_grid_through_submitit_with_the_same_tables(
 
 
 def test_preempted_job_checkpoints_requeues_and_continues_where_it_stopped(tiny_task: Path, tmp_path: Path):
-    # A time budget makes the job long enough to interrupt however fast this machine is.
-    run_dir = prepared_run(tiny_task, tmp_path / "run", time_budget_s=4.0, checkpoint_every=2, log_every=2)
+    # A time budget makes the job long enough to interrupt however fast this machine is; no periodic checkpoint
+    # falls inside it, so the only checkpoint is the one the signal asks for.
+    run_dir = prepared_run(tiny_task, tmp_path / "run", time_budget_s=4.0, checkpoint_every=100_000, log_every=2)
     executor = SubmititExecutor("local")
     [tracked] = executor.submit([spec(run_dir, "fcn", 0)])
     folder = rundir.job_dir(run_dir, JobKey("fcn", 0))
-    wait_until(lambda: (folder / "checkpoint_latest.pt").exists(), what="a first checkpoint")
+    wait_until(lambda: (folder / rundir.LEARNING_CURVE_FILE).exists(), what="training under way")
     # What Slurm does before preempting a job or at its time limit: SIGUSR2 to the job's process.
     [task] = psutil.Process(int(tracked.job.job_id)).children()
     task.send_signal(signal.SIGUSR2)
@@ -201,8 +203,9 @@ def test_preempted_job_checkpoints_requeues_and_continues_where_it_stopped(tiny_
     assert result.status == "done", result.reason
     log_text = Path(tracked.job.paths.stderr).read_text() + Path(tracked.job.paths.stdout).read_text()
     assert "attempt 2" in log_text  # requeued: the checkpoint() submission ran
+    saved = re.search(r"checkpoint saved at iteration (\d+)", log_text)
     resumed = re.search(r"resuming at iteration (\d+)", log_text)
-    assert resumed and int(resumed.group(1)) >= 2  # continued from its checkpoint, not from scratch
+    assert saved and resumed and int(resumed.group(1)) == int(saved.group(1)) > 0  # the step the signal came in
     curve = pd.read_csv(folder / rundir.LEARNING_CURVE_FILE)
     assert curve["iteration"].is_monotonic_increasing and curve["iteration"].is_unique
 
@@ -267,8 +270,17 @@ def test_slurm_parameters_are_explicit_and_validated():
     for bad in ("gpu\nrm -rf ~", "gpu; reboot", "a b", "'x'"):
         with pytest.raises(ConfigError, match="--slurm-partition"):
             slurm_parameters(SlurmOptions(partition=bad))
-    with pytest.raises(ConfigError, match="--slurm-time"):
-        slurm_parameters(SlurmOptions(time_min=0))
+    for too_short in (0, 1):  # Slurm may signal a minute early: before the job could handle it
+        with pytest.raises(ConfigError, match="--slurm-time must be at least 2 minutes"):
+            slurm_parameters(SlurmOptions(time_min=too_short))
+    with pytest.raises(ConfigError, match="--slurm-poll"):
+        slurm_parameters(SlurmOptions(poll_s=0))
+
+
+def test_slurm_job_id_fields_expand_to_array_tasks():
+    assert expand_job_ids("5_[1-3%2]") == ["5_1", "5_2", "5_3"]
+    assert expand_job_ids("5_[0,4-5]") == ["5_0", "5_4", "5_5"]
+    assert expand_job_ids("7_2") == ["7_2"] and expand_job_ids("8") == ["8"]
 
 
 def test_make_executor_refuses_mixed_options_and_unknown_names():

@@ -380,3 +380,46 @@ def test_numeric_looking_case_ids_stay_text_in_the_tables(tmp_path):
     metrics = results.load_metrics(tmp_path)
     assert metrics["case_id"].tolist() == ["001"] and metrics["label_name"].tolist() == ["1"]
     assert metrics["hd"].tolist() == [float("inf")]
+
+
+STOP_MID_WINDOW = """
+import os, signal
+import torch
+torch.set_num_threads(1)
+from segbench import callbacks, stop
+from segbench.config import RunConfig, TrainConfig
+from segbench.runner import run_comparison
+stop.install_interrupt_handlers()  # what `segbench run` installs
+real_log = callbacks.CurveLogger.__call__
+def log_then_maybe_signal(self, loop):
+    real_log(self, loop)
+    if loop.iteration == 7 and not loop.finished:
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives in the middle of the step's callbacks
+callbacks.CurveLogger.__call__ = log_then_maybe_signal
+train = TrainConfig(iterations=12, patch_size=(16, 16, 16), num_workers=1, checkpoint_every=4, log_every=2)
+config = RunConfig(data={data!r}, models=("fcn",), folds=2, train=train)
+run_comparison(config, run_dir={run_dir!r}, progress=False, report=False)
+"""
+
+
+def test_sigterm_mid_training_checkpoints_that_step_and_resume_gives_the_uninterrupted_curve(tiny_task, tmp_path):
+    """No finished step is lost: the stop waits for the step boundary, saves, then records `killed`."""
+    train = TrainConfig(iterations=12, patch_size=(16, 16, 16), num_workers=1, checkpoint_every=4, log_every=2)
+    config = tiny_config(tiny_task, models=("fcn",), train=train)
+    run_dir = tmp_path / "stopped"
+    body = STOP_MID_WINDOW.format(data=str(tiny_task), run_dir=str(run_dir))
+    proc = run_script(body, env_cache=Path(os.environ["SEGBENCH_CACHE"]))
+    assert proc.returncode != 0 and "checkpoint saved at iteration 7" in proc.stderr, proc.stderr[-3000:]
+    folder = rundir.job_dir(run_dir, JobKey("fcn", 0))
+    assert load_latest_checkpoint(folder)["iteration"] == 7  # not 4: the periodic checkpoint before the signal
+    assert results.read_job_result(folder / rundir.RESULT_FILE).status == "killed"
+    assert not rundir.job_dir(run_dir, JobKey("fcn", 1)).exists()  # no further job started
+
+    assert run(config, run_dir, resume=True).all_done
+    assert run(config, tmp_path / "reference").all_done
+    for fold in (0, 1):
+        got, want = (
+            pd.read_csv(rundir.learning_curve_path(d, JobKey("fcn", fold))) for d in (run_dir, tmp_path / "reference")
+        )
+        # Same rows, same losses: the row at 8 averages iterations 7 and 8 across the stop (the window is saved).
+        pd.testing.assert_frame_equal(got[["iteration", "loss", "lr"]], want[["iteration", "loss", "lr"]])

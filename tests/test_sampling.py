@@ -137,3 +137,48 @@ def test_invalid_arguments_are_config_errors(cases, tmp_path):
         PatchDataset(cases, patch_size=(8, 8, 8), length=1, seed=0, fg_fraction=1.5)
     with pytest.raises(ConfigError, match="--batch-size"):
         make_loader(PatchDataset(cases, patch_size=(8, 8, 8), length=1, seed=0), batch_size=0)
+
+
+PREEMPT_SCRIPT = """
+import os, signal, sys, time
+import torch
+from segbench.data.sampling import make_loader
+
+main = os.getpid()
+caught = []
+
+def requeue(signum, frame):
+    # What submitit's handler does in whichever process runs it: requeue, then exit.
+    if os.getpid() != main:
+        os._exit(255)
+    caught.append(signum)
+
+signal.signal(signal.SIGUSR2, requeue)
+
+class Slow(torch.utils.data.Dataset):
+    def __len__(self):
+        return 200
+    def __getitem__(self, index):
+        time.sleep(0.01)
+        return torch.tensor([index])
+
+batches = iter(make_loader(Slow(), batch_size=1, num_workers=1))
+first = next(batches)
+os.killpg(0, signal.SIGUSR2)  # Slurm: the time-limit signal reaches every process of the job
+time.sleep(0.5)
+rest = [int(b) for b in batches]
+assert caught == [signal.SIGUSR2], caught
+assert rest == list(range(1, 200)), rest[:5]
+del batches  # shuts the persistent worker down (it ignores SIGTERM, so interpreter exit must not have to)
+print("ok")
+"""
+
+
+def test_loader_worker_ignores_the_preemption_signal_sent_to_the_whole_process_group():
+    """Only the main process may act on Slurm's SIGUSR2: a worker running submitit's handler killed the job (D1)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", PREEMPT_SCRIPT], capture_output=True, text=True, timeout=120,
+                          start_new_session=True)  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
 import click
@@ -11,16 +10,11 @@ from segbench.cli.group import main
 
 
 def _interrupt_on_sigterm() -> None:
-    # Slurm and `kill` send SIGTERM: treat it like Ctrl-C so the running job records `killed` and finished
-    # results stay as they are.
-    def handler(signum, frame):  # noqa: ARG001
-        from segbench.stop import STOP_REQUESTED
+    # Slurm and `kill` send SIGTERM: treat it like Ctrl-C. A training job saves a checkpoint at its next step and
+    # records `killed`; finished results stay as they are.
+    from segbench.stop import install_interrupt_handlers
 
-        STOP_REQUESTED.set()
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    install_interrupt_handlers()
 
 
 @main.command()
@@ -102,13 +96,20 @@ def _interrupt_on_sigterm() -> None:
     "--slurm-time",
     type=int,
     default=None,
-    help="slurm: time limit per job in minutes; a job reaching it is requeued and resumes. Default: 120.",
+    help="slurm: time limit per job in minutes (at least 2); a job reaching it saves a checkpoint, is requeued and "
+    "resumes. Default: 120.",
 )
 @click.option("--slurm-gpus", type=int, default=None, help="slurm: GPUs per job (0 = CPU jobs). Default: 1.")
 @click.option("--slurm-cpus", type=int, default=None, help="slurm: CPUs per job. Default: 8.")
 @click.option("--slurm-mem", type=float, default=None, help="slurm: memory per job in GB. Default: the partition's.")
 @click.option(
     "--slurm-array-parallelism", type=int, default=None, help="slurm: jobs running at the same time. Default: 16."
+)
+@click.option(
+    "--slurm-poll",
+    type=float,
+    default=None,
+    help="slurm: seconds between two questions to the scheduler (sacct, else squeue). Default: 30.",
 )
 @click.option("--no-report", is_flag=True, help="Skip writing the report at the end.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
@@ -200,6 +201,7 @@ _SLURM_FLAGS = {
     "slurm_cpus": "cpus_per_job",
     "slurm_mem": "mem_gb",
     "slurm_array_parallelism": "array_parallelism",
+    "slurm_poll": "poll_s",
 }
 
 

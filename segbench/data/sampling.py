@@ -12,6 +12,7 @@ then the augmentation (a flip per axis, per-channel intensity scale and shift, g
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -236,9 +237,20 @@ def make_loader(
     )
 
 
-def _ignore_termination(worker_id: int) -> None:
-    # `kill`, Slurm and pkill signal the whole process group. The main process turns SIGTERM into an orderly stop
-    # (the job is recorded as killed) and shuts its workers down itself; a worker dying first would instead surface
-    # as a confusing "DataLoader worker killed" failure. Workers still exit when their parent dies.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def preempt_signal() -> signal.Signals:
+    """The signal submitit turns into checkpoint-and-requeue: ``SUBMITIT_PREEMPT_SIGNAL`` (a name), default USR2."""
+    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper()
+    try:
+        return signal.Signals[name if name.startswith("SIG") else f"SIG{name}"]
+    except KeyError:
+        return signal.SIGUSR2
+
+
+def _ignore_termination(worker_id: int) -> None:  # noqa: ARG001 - the worker_init_fn signature
+    # `kill`, Slurm and pkill signal the whole process group, and Slurm's time-limit / pre-emption signal reaches
+    # every process of the job. The main process turns them into an orderly stop (checkpoint, then `killed` or a
+    # requeue) and shuts its workers down itself. A worker inherits the main process's Python handlers; running
+    # them would make it requeue the job or exit on its own, which the main process sees as a "DataLoader worker
+    # exited unexpectedly" failure. Workers still exit when their parent dies.
+    for signum in (signal.SIGTERM, signal.SIGINT, preempt_signal()):
+        signal.signal(signum, signal.SIG_IGN)

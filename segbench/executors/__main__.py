@@ -1,4 +1,4 @@
-"""``python -m segbench.executors SPEC_JSON``: the worker process of one job (see :func:`local.worker_main`)."""
+"""``python -m segbench.executors SPEC_JSON``: the worker process of one job (see :func:`worker.worker_main`)."""
 
 import sys
 

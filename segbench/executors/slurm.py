@@ -1,34 +1,44 @@
 """``--executor slurm``: one submitit job per (model, fold), a Slurm job array with explicit limits.
 
-A job that is preempted or reaches its time limit receives ``SIGUSR2``; submitit then calls
-:meth:`CheckpointableJob.checkpoint` and requeues it, and ``run_job`` continues from the job's latest checkpoint.
+A job that is preempted or reaches its time limit receives ``SIGUSR2`` (every process of the job does; DataLoader
+workers ignore it). Its training loop saves a checkpoint at the next step boundary and stops; then submitit calls
+:meth:`CheckpointableJob.checkpoint` and requeues it, and ``run_job`` continues from that checkpoint. ``SIGTERM``
+(``scancel``, ``scontrol requeue``, pre-emption with a grace time) also checkpoints at the next step, then exits.
 Submission goes through submitit's Python API only: no shell command is ever assembled from user strings, and the
 one free-text option (the partition) is checked against Slurm's name rules. submitit's ``local`` and ``debug``
 executors run the same code path on one machine (tests).
 
 Each submitted job's id is recorded in its job folder's ``submitit.json``; a resumed driver re-attaches to jobs that
-are still alive and submits only the lost ones (see :mod:`segbench.executors.state`). Logs go to ``RUN_DIR/slurm/``.
+are still alive and submits only the lost ones (see :mod:`segbench.executors.state`). Job states come from
+:class:`~segbench.executors.slurm_queue.SlurmQueue` (``sacct``, else ``squeue``). Logs go to ``RUN_DIR/slurm/``.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
+import os
 import re
 import shutil
+import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from segbench import rundir
+from segbench import rundir, stop
+from segbench.data.sampling import preempt_signal
 from segbench.errors import ConfigError
 from segbench.executors.base import job_progress_bar, log_job_start
+from segbench.executors.slurm_queue import SlurmQueue
 from segbench.executors.state import (
     has_fresh_result,
     job_lock_held,
     read_record,
     recorded_job_alive,
+    recorded_job_state,
     wait_for_locks,
     write_missing_result,
     write_record,
@@ -43,6 +53,18 @@ Backend = Literal["slurm", "local", "debug"]
 _PARTITION = re.compile(r"[A-Za-z0-9_.\-]+(,[A-Za-z0-9_.\-]+)*")
 # How long before its time limit Slurm signals a job (SIGUSR2): time to stop and ask for a requeue.
 _SIGNAL_DELAY_S = 120
+# Slurm may send the time-limit signal up to a minute before the requested delay; below this limit it can arrive
+# before the job's Python has installed the handler that turns it into a checkpoint and a requeue.
+MIN_TIME_MIN = 2
+# sbatch error text -> the flag that caused it (first match wins).
+_REJECTIONS = (
+    ("generic resource", "--slurm-gpus (the partition has no such GPUs; --slurm-gpus 0 for CPU jobs)"),
+    ("more processors requested", "--slurm-cpus (more CPUs than a node of the partition has)"),
+    ("memory specification", "--slurm-mem (more memory than a node of the partition has)"),
+    ("time limit", "--slurm-time (longer than the partition allows)"),
+    ("partition", "--slurm-partition (see `sinfo` for the partitions you may use)"),
+    ("node configuration is not available", "--slurm-cpus, --slurm-gpus or --slurm-mem (no node has them all)"),
+)
 
 
 @dataclass(frozen=True)
@@ -56,7 +78,7 @@ class SlurmOptions:
     mem_gb: float | None = None  # None = the partition's default memory
     array_parallelism: int = 16  # jobs of the array running at the same time
     max_requeues: int = 3  # time-limit requeues per job before it is reported as `timeout`
-    poll_s: float = 30.0  # how often the driver asks the scheduler (sacct) about its jobs
+    poll_s: float = 30.0  # how often the driver asks the scheduler (sacct, else squeue) about its jobs
 
 
 class CheckpointableJob:
@@ -73,7 +95,22 @@ class CheckpointableJob:
 
     def __call__(self) -> dict[str, str]:
         log_job_start(self.spec, self.attempt)
-        result = run_job(self.spec)
+        with _checkpoint_on_signals() as previous:
+            try:
+                result = run_job(self.spec)
+            except stop.Preempted as exc:
+                signum = exc.signum
+            else:
+                signum = None
+            if signum is not None:
+                # The checkpoint of the last finished step is saved, and leaving the `except` block freed the
+                # training frames, so the DataLoader has shut its worker down. Now do what submitit would have done.
+                gc.collect()
+                log.info("%s fold %d stopped on %s", self.spec.model, self.spec.fold, signal.Signals(signum).name)
+                handler = previous.get(signum)
+                if signum != signal.SIGTERM and callable(handler):
+                    handler(signum, None)  # checkpoint() + requeue + exit, or UncompletedJobError when it can't
+                raise SystemExit(1)  # SIGTERM: Slurm is cancelling or requeueing the job itself
         log.info("%s fold %d ended: %s %s", self.spec.model, self.spec.fold, result.status, result.reason)
         return {"status": result.status, "reason": result.reason}
 
@@ -83,6 +120,38 @@ class CheckpointableJob:
 
         log.info("%s fold %d: requeueing (attempt %d next)", self.spec.model, self.spec.fold, self.attempt + 1)
         return DelayedSubmission(CheckpointableJob(self.spec, self.attempt + 1))
+
+
+@contextmanager
+def _checkpoint_on_signals() -> Iterator[dict[int, Any]]:
+    """Inside a submitit job: the pre-emption signal and SIGTERM stop training at the next step, after a checkpoint.
+
+    Yields submitit's own handlers by signal number (the caller runs them once training has stopped). Outside
+    training (setup, prediction), submitit's handler runs at once; a repeated signal is ignored. Outside a submitit job
+    process (the ``debug`` backend runs jobs inside the driver) nothing is changed.
+    """
+    signums = (preempt_signal(), signal.SIGTERM)
+    previous = {signum: signal.getsignal(signum) for signum in signums}
+    if os.environ.get("SUBMITIT_EXECUTOR") not in ("slurm", "local"):
+        yield previous
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.request_stop(lambda: stop.Preempted(signum)):
+            log.warning("caught %s: saving a checkpoint at the next training step", signal.Signals(signum).name)
+            return
+        if stop.stop_pending():  # the same signal again (Slurm and srun may both deliver it): already on its way
+            return
+        if callable(previous[signum]):
+            previous[signum](signum, frame)
+
+    for signum in signums:
+        signal.signal(signum, handler)
+    try:
+        yield previous
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 def slurm_parameters(options: SlurmOptions) -> dict[str, Any]:
@@ -97,7 +166,12 @@ def slurm_parameters(options: SlurmOptions) -> dict[str, Any]:
             "'.' (comma-separated for several)"
         )
     checks = (
-        (options.time_min >= 1, "--slurm-time must be at least 1 minute"),
+        (
+            options.time_min >= MIN_TIME_MIN,
+            f"--slurm-time must be at least {MIN_TIME_MIN} minutes: Slurm may send its time-limit signal up to a "
+            "minute early, before the job can checkpoint and requeue",
+        ),
+        (options.poll_s > 0, "--slurm-poll must be positive (seconds)"),
         (options.gpus_per_job >= 0, "--slurm-gpus must be 0 or more"),
         (options.cpus_per_job >= 1, "--slurm-cpus must be at least 1"),
         (options.mem_gb is None or options.mem_gb > 0, "--slurm-mem must be positive (GB)"),
@@ -136,6 +210,7 @@ class Tracked:
     job: Any = None  # the submitit Job; None when re-attached to a job of an earlier driver
     since: float = 0.0  # submission time: a result.json older than this is from an earlier attempt
     record: dict[str, Any] | None = None  # the submitit.json of a re-attached job
+    job_id: str = ""  # the scheduler's id ("5_0" for a task of a Slurm array)
 
 
 class SubmititExecutor:
@@ -166,6 +241,7 @@ class SubmititExecutor:
             raise ValueError(f"unknown submitit backend {backend!r}")
         self.backend = backend
         self.options = options
+        self.queue = SlurmQueue()
 
     @property
     def resolves_device(self) -> bool:
@@ -175,16 +251,17 @@ class SubmititExecutor:
     def __call__(self, specs: list[JobSpec]) -> None:
         """Submit the lost jobs of ``specs``, re-attach to the running ones, and wait for all of them."""
         tracked, to_submit, lock_only = [], [], []
-        for spec in specs:
-            job_folder = rundir.job_dir(spec.run_dir, spec)
-            record = read_record(job_folder)
-            if record is not None and recorded_job_alive(record):
+        records = {spec: read_record(rundir.job_dir(spec.run_dir, spec)) for spec in specs}
+        self.queue.refresh(str(r["job_id"]) for r in records.values() if r is not None and r["backend"] == "slurm")
+        for spec, record in records.items():
+            if record is not None and recorded_job_alive(record, queue=self.queue):
                 log.info(
                     "%s fold %d: re-attaching to %s job %s", spec.model, spec.fold, record["backend"], record["job_id"]
                 )
                 since = float(record.get("submitted_at_s", time.time()))
-                tracked.append(Tracked(spec, lambda r=record: recorded_job_alive(r), since=since, record=record))
-            elif job_lock_held(job_folder):
+                alive = self._is_active(str(record["job_id"]), lambda r=record: recorded_job_alive(r))
+                tracked.append(Tracked(spec, alive, since=since, record=record, job_id=str(record["job_id"])))
+            elif job_lock_held(rundir.job_dir(spec.run_dir, spec)):
                 lock_only.append(spec)
             else:
                 to_submit.append(spec)
@@ -192,15 +269,18 @@ class SubmititExecutor:
         self.wait(tracked, lock_only=lock_only)
 
     def submit(self, specs: list[JobSpec]) -> list[Tracked]:
-        """Submit one job per spec (a job array on Slurm) and record its id in the job folder's ``submitit.json``."""
+        """Submit one job per spec (a job array on Slurm) and record its id in the job folder's ``submitit.json``.
+
+        Raises:
+            ConfigError: Slurm refused the submission (the message names the ``--slurm-*`` flag to change).
+        """
         if not specs:
             return []
         folder = rundir.submitit_dir(specs[0].run_dir).absolute()
         executor = self._executor(folder)
         since = time.time()
         runnables = [CheckpointableJob(replace(s, device=self._job_device(s), progress=False)) for s in specs]
-        with executor.batch():
-            jobs = [executor.submit(runnable) for runnable in runnables]
+        jobs = _submit_all(executor, runnables, run_dir=specs[0].run_dir)
         tracked = []
         for spec, job in zip(specs, jobs, strict=True):
             record = {
@@ -212,13 +292,20 @@ class SubmititExecutor:
             }
             write_record(spec, record)
             log.info("%s fold %d submitted as %s job %s", spec.model, spec.fold, self.backend, job.job_id)
-            tracked.append(Tracked(spec, lambda j=job: not j.done(), job, since))
+            alive = self._is_active(str(job.job_id), lambda j=job: not j.done())
+            tracked.append(Tracked(spec, alive, job, since, job_id=str(job.job_id)))
         return tracked
+
+    def _is_active(self, job_id: str, otherwise: Callable[[], bool]) -> Callable[[], bool]:
+        """Slurm: the queue's state of ``job_id`` (refreshed once per poll); other backends: ``otherwise``."""
+        if self.backend == "slurm":
+            return lambda: self.queue.alive(job_id)
+        return otherwise
 
     def wait(self, tracked: Sequence[Tracked], *, lock_only: Sequence[JobSpec] = ()) -> None:
         """Wait until every tracked job has ended (and every job in ``lock_only`` has released its lock).
 
-        A job this driver submitted that ended without a fresh ``result.json`` gets ``killed`` or ``timeout``.
+        A job that ended without a fresh ``result.json`` gets ``killed`` or ``timeout`` at once, with a log line.
 
         Raises:
             KeyboardInterrupt: the scheduler jobs are left running; ``segbench run --resume`` re-attaches to them.
@@ -228,6 +315,8 @@ class SubmititExecutor:
         bar = job_progress_bar([item.spec for item in pending], f"{self.backend} jobs")
         try:
             while pending:
+                if self.backend == "slurm":
+                    self.queue.refresh(item.job_id for item in pending)
                 still = [item for item in pending if item.is_active()]
                 for item in pending:
                     if item not in still:
@@ -268,25 +357,61 @@ class SubmititExecutor:
 
     def _settle(self, item: Tracked) -> None:
         """Give a job that ended without a fresh ``result.json`` a status naming its scheduler state and log."""
-        spec, job, since = item.spec, item.job, item.since
-        if has_fresh_result(spec, since):
+        spec = item.spec
+        if has_fresh_result(spec, item.since):
             return
-        if job is None:  # re-attached to an earlier driver's job: only its record is known
-            record = item.record or {}
-            reason = (
-                f"{record.get('backend')} job {record.get('job_id')} ended without a result; see its log in "
-                f"{record.get('folder')}; continue with --resume"
-            )
-            write_missing_result(spec, since, "killed", reason)
-            return
-        state = str(job.state)
-        try:
-            error = str(job.exception() or "")
-        except Exception as exc:  # noqa: BLE001 - only used to word the reason
-            error = str(exc)
+        if self.backend == "slurm":
+            state = self.queue.state(item.job_id)
+        elif item.record is not None:
+            state = recorded_job_state(item.record)
+        else:
+            state = str(item.job.state)
+        error = _job_error(item.job) if item.job is not None else ""
         timed_out = "TIMEOUT" in state.upper() or "timed-out" in error
-        what = "reached its time limit too many times" if timed_out else f"ended ({state})"
-        reason = (
-            f"{self.backend} job {job.job_id} {what} without a result; see {job.paths.stderr}; continue with --resume"
-        )
-        write_missing_result(spec, since, "timeout" if timed_out else "killed", reason)
+        what = "reached its time limit too many times" if timed_out else f"ended ({_describe(state)})"
+        where = item.job.paths.stderr if item.job is not None else f"its log in {(item.record or {}).get('folder')}"
+        reason = f"{self.backend} job {item.job_id} {what} without a result; see {where}; continue with --resume"
+        status = "timeout" if timed_out else "killed"
+        log.warning("%s fold %d: %s — %s", spec.model, spec.fold, status, reason)
+        write_missing_result(spec, item.since, status, reason)
+
+
+def _describe(state: str) -> str:
+    if state == "GONE":
+        return "no longer known to Slurm, and no accounting record"
+    return state
+
+
+def _job_error(job: Any) -> str:
+    """The error submitit recorded for a job (its result pickle), or ``""``; never waits for the job."""
+    path = Path(job.paths.result_pickle)
+    if not path.exists():
+        return ""
+    try:
+        from submitit.core.utils import pickle_load
+
+        outcome, payload = pickle_load(path)
+    except Exception as exc:  # noqa: BLE001 - only used to word the reason
+        return str(exc)
+    return str(payload) if outcome == "error" else ""
+
+
+def _submit_all(executor: Any, runnables: list[CheckpointableJob], *, run_dir: str) -> list[Any]:
+    """Submit ``runnables`` as one batch (a Slurm job array); a refusal by sbatch becomes one sentence.
+
+    Raises:
+        ConfigError: sbatch refused the jobs (names the ``--slurm-*`` flag to change).
+    """
+    from submitit.core.utils import FailedJobError
+
+    try:
+        with executor.batch():
+            return [executor.submit(runnable) for runnable in runnables]
+    except FailedJobError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if "error" in line.lower()] or [str(exc).strip()]
+        message = lines[-1].removeprefix("sbatch: error: ")
+        flag = next((flag for key, flag in _REJECTIONS if key in message.lower()), "the --slurm-* options")
+        raise ConfigError(
+            f"Slurm refused the jobs ({message}); change {flag}, then continue with "
+            f"`segbench run --resume --out {run_dir}`"
+        ) from None

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from segbench import results, rundir
 from segbench.atomic import atomic_write_json
 from segbench.errors import RunDirectoryError
+from segbench.executors.slurm_queue import SlurmQueue
 from segbench.job import JobSpec
 from segbench.locking import RunLock
 
@@ -66,8 +67,8 @@ def job_state(spec: JobSpec) -> Literal["finished", "running", "lost"]:
     """Classify one job of a run directory for a resuming driver.
 
     ``finished``: ``result.json`` exists and no process works on the job. ``running``: the scheduler job recorded in
-    ``submitit.json`` is alive (Slurm: ``sacct``; submitit's local executor: its controller pid), or another process
-    holds ``job.lock``. ``lost``: nothing works on it and it has no result: it must be (re)submitted.
+    ``submitit.json`` is alive (Slurm: ``sacct``, else ``squeue``; submitit's local executor: its controller pid), or
+    another process holds ``job.lock``. ``lost``: nothing works on it and it has no result: it must be (re)submitted.
     """
     folder = rundir.job_dir(spec.run_dir, spec)
     record = read_record(folder)
@@ -78,16 +79,33 @@ def job_state(spec: JobSpec) -> Literal["finished", "running", "lost"]:
     return "finished" if rundir.result_path(spec.run_dir, spec).exists() else "lost"
 
 
-def recorded_job_alive(record: dict[str, Any]) -> bool:
-    """Whether the scheduler job of a ``submitit.json`` record is still alive."""
+def recorded_job_alive(record: dict[str, Any], *, queue: SlurmQueue | None = None) -> bool:
+    """Whether the scheduler job of a ``submitit.json`` record is still alive.
+
+    Slurm jobs are looked up in ``queue`` when it already knows them (one query for many jobs), else asked now;
+    ``sacct`` is used when it answers, ``squeue`` otherwise (a cluster without accounting).
+    """
     backend, job_id = record["backend"], str(record["job_id"])
     if backend == "local":
         return _submitit_controller_alive(int(job_id))
     if backend == "slurm":
-        import submitit
-
-        return not submitit.SlurmJob(folder=record["folder"], job_id=job_id).done(force_check=True)
+        return _slurm_queue(job_id, queue).alive(job_id)
     return False  # debug jobs run inside the driver: they died with it
+
+
+def recorded_job_state(record: dict[str, Any], *, queue: SlurmQueue | None = None) -> str:
+    """The scheduler state of a record's job: Slurm's (``RUNNING``, ``CANCELLED``, …, ``GONE``), else ended/alive."""
+    if record["backend"] == "slurm":
+        job_id = str(record["job_id"])
+        return _slurm_queue(job_id, queue).state(job_id)
+    return "RUNNING" if recorded_job_alive(record) else "ENDED"
+
+
+def _slurm_queue(job_id: str, queue: SlurmQueue | None) -> SlurmQueue:
+    if queue is None or job_id not in queue.states:
+        queue = queue or SlurmQueue()
+        queue.refresh([job_id])
+    return queue
 
 
 def _submitit_controller_alive(pid: int) -> bool:

@@ -32,6 +32,7 @@ from segbench.callbacks import TreeMemory
 from segbench.executors.base import log_job_start
 from segbench.executors.state import write_missing_result
 from segbench.job import JobSpec, run_job
+from segbench.stop import install_interrupt_handlers
 
 log = logging.getLogger(__name__)
 
@@ -213,10 +214,8 @@ def worker_main(argv: Sequence[str]) -> int:
     _log_to_worker_log(spec)
     log_job_start(spec)
 
-    def interrupt(signum, frame):  # noqa: ARG001 - `kill` / the driver: record `killed`, like Ctrl-C
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
+    # `kill` / the driver's forwarded Ctrl-C: checkpoint at the next step, record `killed`.
+    install_interrupt_handlers()
     try:
         result = run_job(spec)
     except KeyboardInterrupt:
