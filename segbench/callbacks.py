@@ -7,6 +7,8 @@ calls it after every step and once more with ``state.finished = True``.
 from __future__ import annotations
 
 import logging
+import math
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -168,19 +170,95 @@ class ProgressBar:
 
 
 class PeakRss:
-    """The peak resident memory of this process, sampled after every step and whenever :meth:`sample` is called."""
+    """Peak resident memory of this process and its children (data-loader workers), sampled from creation on.
 
-    def __init__(self) -> None:
-        self._process = psutil.Process()
-        self.peak_bytes = self._process.memory_info().rss
+    The figure is :class:`TreeMemory`'s: the job process's RSS plus the private memory of its descendants. A
+    background thread samples it every ``interval_s`` seconds (a step's transient peak lasts longer than that at any
+    patch size worth measuring); every training step and :meth:`sample` add a sample too. Use as a context manager,
+    or call :meth:`stop`.
+    """
+
+    def __init__(self, interval_s: float = 0.05) -> None:
+        self._tree = TreeMemory(psutil.Process())
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.sample()
+        self._thread = threading.Thread(target=self._run, args=(interval_s,), name="segbench-peak-rss", daemon=True)
+        self._thread.start()
+
+    def _run(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            self.sample()
 
     def sample(self) -> None:
-        self.peak_bytes = max(self.peak_bytes, self._process.memory_info().rss)
+        with self._lock:
+            self._tree.sample()
+
+    @property
+    def peak_bytes(self) -> int:
+        return self._tree.peak_bytes
+
+    def stop(self) -> None:
+        """Stop the sampling thread (after one last sample)."""
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+    def __enter__(self) -> PeakRss:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     def __call__(self, loop: LoopState) -> None:  # noqa: ARG002 - the callback signature
         self.sample()
 
     @property
     def peak_mb(self) -> float:
-        """Peak RSS in MiB, rounded to 0.1."""
+        """Peak in MiB, rounded to 0.1."""
         return round(self.peak_bytes / 2**20, 1)
+
+
+class TreeMemory:
+    """Resident memory of a process tree: the root's RSS plus the USS (private memory) of each descendant.
+
+    Forked data-loader workers share most of their pages with the job process; summing plain RSS would count those
+    pages twice. The root's RSS is cheap to read and read at every :meth:`sample`; a descendant's USS needs its page
+    tables walked (~10 ms), so descendants are re-read at most every ``children_every_s`` seconds (their memory
+    changes slowly) and their last value is used in between.
+    """
+
+    def __init__(self, process: psutil.Process, *, children_every_s: float = 0.5) -> None:
+        self.process = process
+        self.peak_bytes = 0
+        self._children_every_s = children_every_s
+        self._children_bytes = 0
+        self._children_read_at = -math.inf
+
+    def sample(self) -> int:
+        """Read the tree's memory now (bytes; 0 once the root has ended) and update :attr:`peak_bytes`."""
+        try:
+            root = self.process.memory_info().rss
+        except psutil.Error:
+            return 0
+        now = time.monotonic()
+        if now - self._children_read_at >= self._children_every_s:
+            self._children_read_at = now
+            self._children_bytes = _descendants_uss(self.process)
+        total = root + self._children_bytes
+        self.peak_bytes = max(self.peak_bytes, total)
+        return total
+
+
+def _descendants_uss(process: psutil.Process) -> int:
+    total = 0
+    try:
+        children = process.children(recursive=True)
+    except psutil.Error:
+        return 0
+    for child in children:
+        try:
+            total += child.memory_full_info().uss
+        except psutil.Error:  # ended between listing and reading, or not ours to read
+            continue
+    return total

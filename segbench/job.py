@@ -34,15 +34,17 @@ from segbench import results, rundir, stop
 from segbench.atomic import atomic_write_text
 from segbench.callbacks import Checkpointer, CurveLogger, Deadline, JobTimeout, PeakRss, ProgressBar, StopAtBoundary
 from segbench.checkpoints import load_latest_checkpoint, restore, save_checkpoint, snapshot
-from segbench.config import RunConfig, config_from_dict
+from segbench.config import RunConfig, TrainConfig, config_from_dict
 from segbench.data.dataset import DatasetSpec, load_dataset
 from segbench.data.nifti import read_label, write_nifti
 from segbench.data.preprocess import PreparedCase, PreprocessConfig, load_prepared, prepare_dataset, restore_to_original
 from segbench.data.sampling import PatchDataset, make_loader
 from segbench.inference import logits_to_labels, sliding_window_predict
 from segbench.locking import RunLock
+from segbench.memory import training_step_memory
 from segbench.metrics import compute_case_metrics
 from segbench.paths import preprocessed_cache
+from segbench.precision import resolve_memory_format, resolve_precision
 from segbench.profiling import cuda_peak_mb, reset_cuda_peak
 from segbench.progress import job_line, line_interval
 from segbench.progress import log as progress_log
@@ -67,7 +69,7 @@ class JobSpec:
     repeats: int = 1  # the run's repeat count R (decides the job folder layout, see segbench.rundir)
     device: str = "cpu"  # resolved device ("cpu", "cuda", "cuda:0")
     cache_dir: str | None = None  # preprocessing cache folder; None = the default (segbench.paths)
-    progress: bool = False  # show iteration / case progress bars (in-process runs)
+    progress: bool = False  # show iteration / case progress bars
     # Modules a job process imports before it runs (they register plugin models / metrics in that process).
     imports: tuple[str, ...] = ()
 
@@ -138,8 +140,6 @@ def run_job(spec: JobSpec) -> results.JobResult:
     Resumes from the job's latest checkpoint when one exists. Exceptions inside training or inference become
     statuses; only a failure to write ``result.json`` itself propagates (after a last attempt to record ``failed``).
     """
-    for module in spec.imports:  # a no-op where they are imported already (in-process); needed in worker processes
-        importlib.import_module(module)
     folder = rundir.job_dir(spec.run_dir, spec)
     folder.mkdir(parents=True, exist_ok=True)
     # One writer per job folder, even across executors and a resubmitting driver: a second process refuses here.
@@ -162,8 +162,9 @@ def _run_locked(spec: JobSpec, folder: Path) -> results.JobResult:
     record: dict[str, Any] = {"host": socket.gethostname()}
     metrics: list[dict[str, Any]] = []
     status, reason = "done", ""
+    peak_rss = PeakRss()  # from the job's start: in a job process of its own, the whole job's process tree
     try:
-        metrics = _train_and_evaluate(spec, record, started)
+        metrics = _train_and_evaluate(spec, record, started, peak_rss)
     except TrainingDiverged as exc:
         status, reason = "diverged", f"training diverged: {exc}; the last good checkpoint is kept"
     except (torch.OutOfMemoryError, MemoryError) as exc:
@@ -179,6 +180,9 @@ def _run_locked(spec: JobSpec, folder: Path) -> results.JobResult:
             raise KeyboardInterrupt from exc
         status, reason = "failed", f"{exc.__class__.__name__}: {exc}".splitlines()[0][:500]
         atomic_write_text(rundir.error_path(spec.run_dir, spec), traceback.format_exc())
+    finally:
+        peak_rss.stop()
+        record["peak_rss_mb"] = peak_rss.peak_mb
     if status == "done":
         record.pop("phase", None)  # only meaningful for a job that stopped somewhere
     record["job_seconds"] = round(time.perf_counter() - started, 3)
@@ -226,31 +230,85 @@ def _load_context(spec: JobSpec, started: float) -> JobContext:
     )
 
 
-def _train_and_evaluate(spec: JobSpec, record: dict[str, Any], started: float) -> list[dict]:
+def _train_and_evaluate(spec: JobSpec, record: dict[str, Any], started: float, peak_rss: PeakRss) -> list[dict]:
     """Train, predict and score one job; fills ``record`` (the jobs.csv row) and returns the metrics.csv rows."""
+    # Plugin models / metrics register on import: needed in job processes, a no-op where already imported (in-process);
+    # inside the job so that a module that fails to import becomes this job's `failed` status.
+    for module in spec.imports:
+        importlib.import_module(module)
     ctx = _load_context(spec, started)
     info = model_info(spec.model, in_channels=ctx.in_channels, out_channels=ctx.out_channels)
     record.update(_setup_figures(ctx, info))
+    record["phase"] = "memory measurement"
+    record.update(_tensor_memory(ctx))
+    del record["phase"]  # setup again until training starts
     torch.manual_seed(ctx.seed)  # right before building: initial weights depend only on (seed, fold, repeat)
     model = build_model(spec.model, in_channels=ctx.in_channels, out_channels=ctx.out_channels).to(ctx.device)
     optimizer = make_optimizer(model, ctx.config.train)
     prepared = _prepare_cases(ctx)
-    peak_rss = PeakRss()
     state, curve, throughput = _train(ctx, LoopState(model=model, optimizer=optimizer), prepared, record, peak_rss)
     record.update(_training_figures(state, curve, throughput, info))
 
     record["phase"] = "prediction"
     rows, seconds = _evaluate(ctx, model, prepared, resolved=(state.precision, state.memory_format))
     allocated, reserved = cuda_peak_mb(ctx.device)
-    peak_rss.sample()
     record.update(
         peak_gpu_mem_allocated_mb=allocated,
         peak_gpu_mem_reserved_mb=reserved,
-        peak_rss_mb=peak_rss.peak_mb,
         num_val_cases=len(ctx.split["val"]),
         inference_seconds_per_case=round(float(np.mean(seconds)), 3) if seconds else None,
     )
     return rows
+
+
+def step_numerics(train_cfg: TrainConfig, device: torch.device) -> tuple[str, str]:
+    """(precision, memory format) a training step of this config runs with on ``device``, resolved.
+
+    Configs with ``precision`` / ``memory_format`` fields are resolved by :mod:`segbench.precision`; older ones
+    (``amp`` / ``channels_last``, honoured on CUDA only) map to fp16 autocast and channels-last-3d on CUDA.
+    """
+    precision = getattr(train_cfg, "precision", None)
+    if precision is None:
+        cuda = device.type == "cuda"
+        legacy_precision = "fp16" if cuda and getattr(train_cfg, "amp", False) else "fp32"
+        legacy_format = "channels_last" if cuda and getattr(train_cfg, "channels_last", False) else "contiguous"
+        return legacy_precision, legacy_format
+    memory_format = getattr(train_cfg, "memory_format", "auto")
+    return resolve_precision(precision, device), resolve_memory_format(memory_format, device)
+
+
+def _tensor_memory(ctx: JobContext) -> dict[str, float]:
+    """The ``tensor_*_mb`` columns: exact live-tensor memory of one training step of this job's model.
+
+    Measured on the job's device, at the run's patch, batch, precision and memory format, on a separate copy of
+    the model before training starts (the global RNG is untouched). Out-of-memory propagates (the job could not
+    train either); any other failure of the tracker is logged and leaves the columns empty.
+    """
+    train_cfg = ctx.config.train
+    precision, memory_format = step_numerics(train_cfg, ctx.device)
+    try:
+        memory = training_step_memory(
+            ctx.spec.model,
+            in_channels=ctx.in_channels,
+            out_channels=ctx.out_channels,
+            patch_size=tuple(train_cfg.patch_size),
+            batch_size=train_cfg.batch_size,
+            precision=precision,
+            memory_format=memory_format,
+            optimizer=train_cfg.optimizer,
+            device=ctx.device,
+        )
+    except (torch.OutOfMemoryError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a broken model fails visibly in training; the figure is optional
+        log.warning("%s fold %d: could not measure tensor memory (%s: %s)", ctx.spec.model, ctx.spec.fold,
+                    type(exc).__name__, exc)  # fmt: skip
+        return {}
+    finally:
+        if ctx.device.type == "cuda":  # the measurement's cached blocks must not count as the training's
+            gc.collect()
+            torch.cuda.empty_cache()
+    return memory.as_row()
 
 
 def _setup_figures(ctx: JobContext, info: ModelInfo) -> dict[str, Any]:

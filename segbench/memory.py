@@ -23,6 +23,7 @@ steady-state step, as every step after the first one in real training.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,7 +32,7 @@ from torch import nn
 
 from segbench.precision import autocast, to_memory_format
 
-__all__ = ["StepMemory", "training_step_memory"]
+__all__ = ["StepMemory", "estimate_memory", "training_step_memory"]
 
 _MIB = 2**20
 
@@ -166,3 +167,59 @@ def _device_snapshot(snapshot: dict, device: torch.device) -> dict:
         if torch.device(key).type == device.type:
             return value
     return {}
+
+
+def estimate_memory(
+    models: Sequence[str],
+    *,
+    patch_size: Sequence[int],
+    batch_size: int,
+    precision: str = "fp32",
+    memory_format: str = "channels_last",
+    optimizer: str = "adam",
+    in_channels: int = 1,
+    out_channels: int = 1,
+    progress: bool = False,
+):
+    """Estimated peak training-step tensor memory of each model, without a GPU and without allocating (FakeTensor).
+
+    What ``segbench models --memory`` prints; e.g. Task02-sized patches of 128×128×64 at batch 2 take seconds per
+    model on a laptop CPU. Allocator overhead (CUDA caching allocator, cuDNN workspaces) comes on top.
+
+    Args:
+        models: registry names.
+        patch_size, batch_size, precision, memory_format, optimizer, in_channels, out_channels: as
+            :func:`training_step_memory` (precision and memory format resolved, not ``auto``).
+        progress: show a progress bar (stderr).
+
+    Returns:
+        A pandas DataFrame, one row per model in the given order: ``model, divisor, precision, memory_format,
+        optimizer, patch_size`` (``"DxHxW"``), ``batch_size``, the ``tensor_*_mb`` columns of :class:`StepMemory`,
+        and ``error`` (empty, or why the model could not be estimated, e.g. a patch its divisor does not divide;
+        its memory columns are then NaN).
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from segbench.errors import ModelError
+    from segbench.registry import model_info
+
+    names = [field for field in StepMemory.__dataclass_fields__]
+    common = {"precision": precision, "memory_format": memory_format, "optimizer": optimizer,
+              "patch_size": "x".join(str(int(s)) for s in patch_size), "batch_size": batch_size}  # fmt: skip
+    rows = []
+    for name in tqdm(models, desc="estimating memory", unit="model", disable=not progress, leave=False):
+        row: dict = {"model": name, "divisor": None, **common, **{f"tensor_{n}": math.nan for n in names}, "error": ""}
+        try:
+            row["divisor"] = model_info(name, in_channels=in_channels, out_channels=out_channels).divisor
+            if any(int(side) % row["divisor"] for side in patch_size):
+                raise ValueError(f"patch sides must be multiples of {row['divisor']}")
+            memory = training_step_memory(name, in_channels=in_channels, out_channels=out_channels,
+                                          patch_size=patch_size, batch_size=batch_size, precision=precision,
+                                          memory_format=memory_format, optimizer=optimizer, fake=True)  # fmt: skip
+        except (ModelError, ValueError, RuntimeError, NotImplementedError) as exc:
+            row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        else:
+            row.update(memory.as_row())
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -62,6 +62,7 @@ __all__ = [
     "Knob",
     "ModelInfo",
     "build_model",
+    "builder_module",
     "families",
     "family_member",
     "list_models",
@@ -592,6 +593,17 @@ def _lookup(name: str) -> _Entry:
     if plugins:
         return _load_plugin(plugins[0])
     raise _unknown(name)
+
+
+def builder_module(name: str) -> str:
+    """The module that defines model ``name``'s builder (its family's builder for a family member).
+
+    A process that imports it has the model registered (executors hand it to job processes).
+
+    Raises:
+        ModelError: as :func:`build_model`.
+    """
+    return _lookup(name).builder.__module__
 
 
 def list_models(pattern: str | None = None, *, load_plugins: bool = False) -> list[str]:

@@ -41,7 +41,7 @@ from segbench.matching import Matching, match_run
 from segbench.metrics import nsd_tolerance_warning
 from segbench.paths import preprocessed_cache
 from segbench.profiling import environment_info
-from segbench.registry import model_info, module_source, resolve_models
+from segbench.registry import builder_module, model_info, module_source, resolve_models
 from segbench.splits import resolve_splits, save_splits
 
 log = logging.getLogger(__name__)
@@ -350,13 +350,13 @@ def run_comparison(
         run_dir: output folder (created; must be new unless ``resume``).
         resume: continue an interrupted run in ``run_dir`` (which must hold one).
         progress: show progress bars (stderr).
-        executor: an :class:`~segbench.executors.base.Executor` (default: in-process, one job after the other); a
-            plain callable running a list of :class:`JobSpec` is used as an executor whose device the driver
-            resolves.
+        executor: an :class:`~segbench.executors.base.Executor` or a callable running a list of :class:`JobSpec`.
+            Default: all jobs in this process (monkeypatches apply; peak RSS depends on earlier jobs; a crash ends
+            the run); ``LocalExecutor()``: one fresh process per job.
         cache_dir: preprocessing cache root (default: the user cache).
         report: write ``RUN_DIR/report`` at the end.
         imports: modules that register the run's own models (``--import``), recorded in the manifest and imported
-            by every job process before it runs.
+            by every job process before it runs (plus those of :func:`job_imports`).
         command: the command line, recorded in the manifest (and shown in the report's provenance).
         on_resume: called with the :class:`ResumePlan` before a resumed run starts its jobs.
 
@@ -417,6 +417,8 @@ def _run_locked(config: RunConfig, run_dir: Path, *, resume: bool, progress: boo
     # A remote executor (Slurm) resolves the device where the job runs, not on this (login) node.
     device = config.device if executor.resolves_device else resolve_device(config.device)
     models, matching, divisor = _selected_models(config, dataset, device)
+    # Jobs in other processes import what registered their models: refuse what they cannot import, up front.
+    job_modules = job_imports(models, imports, strict=not getattr(executor, "runs_in_process", False))
     if not resume and (warning := warn_small_patch(config, summary.get("shape_median"), divisor)):
         log.warning(warning)
     case_ids = [case.case_id for case in dataset.training]
@@ -435,7 +437,7 @@ def _run_locked(config: RunConfig, run_dir: Path, *, resume: bool, progress: boo
         cache_dir=preprocess_dir,
         progress=progress,
     )
-    common = {"device": device, "cache_dir": str(preprocess_dir), "progress": progress, "imports": imports}
+    common = {"device": device, "cache_dir": str(preprocess_dir), "progress": progress, "imports": job_modules}
     specs = [JobSpec(run_dir=str(run_dir), model=k.model, fold=k.fold, repeat=k.repeat, repeats=k.repeats, **common)
              for k in _jobs_to_run(run_dir, models, splits, config.repeats)]  # fmt: skip
     try:
@@ -445,6 +447,33 @@ def _run_locked(config: RunConfig, run_dir: Path, *, resume: bool, progress: boo
     report_dir = _write_report(run_dir) if report else None
     expected = len(models) * len(splits) * config.repeats
     return RunOutcome(run_dir, expected, scan.results, scan.problems, report_dir)
+
+
+def job_imports(models: Sequence[str], extra: Sequence[str] = (), *, strict: bool = False) -> tuple[str, ...]:
+    """Modules a job process must import to know the run's models and metrics: ``extra``, then each module that
+    registered one of ``models`` or a metric at run time (built-in ones import themselves).
+
+    A model or metric registered in the script being run (``__main__``) cannot be imported by a job process.
+
+    Raises:
+        ConfigError: with ``strict`` (jobs run in other processes), for a model registered in ``__main__``; a metric
+            there only gets a warning (its column stays empty for those jobs).
+    """
+    from segbench.metrics import metric_catalogue
+
+    found = [*extra, *(builder_module(name) for name in models)]
+    if strict and "__main__" in found:
+        name = next(name for name in models if builder_module(name) == "__main__")
+        raise ConfigError(
+            f"model {name!r} is registered in the script being run (__main__), which job processes cannot import; "
+            "register it in an importable module (e.g. a file next to the script) or run with --in-process"
+        )
+    found += [getattr(metric.compute, "__module__", None) or "" for metric in metric_catalogue()]
+    if strict and "__main__" in found:
+        log.warning("a metric is registered in the script being run (__main__): job processes cannot import it, so "
+                    "their results lack it; register it in an importable module or run with --in-process")  # fmt: skip
+    wanted = [module for module in found if module and module != "__main__" and module.split(".")[0] != "segbench"]
+    return tuple(dict.fromkeys(wanted))
 
 
 def _selected_models(config: RunConfig, dataset: DatasetSpec, device: str) -> tuple[list[str], Matching | None, int]:

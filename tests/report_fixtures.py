@@ -101,6 +101,7 @@ def job_row(model: str, fold: int, status: str = "done", reason: str = "") -> di
         "train_iters_per_s": 2.5 if small else 1.1, "train_voxels_per_s": 20480.0 if small else 9011.2,
         "data_wait_share": 0.1, "achieved_gflop_per_s": 3.0, "peak_gpu_mem_allocated_mb": None,
         "peak_gpu_mem_reserved_mb": None, "peak_rss_mb": 800.0 + fold if small else 1500.0 + fold,
+        "tensor_peak_mb": 50.0 if small else 120.0 + 10 * fold,
         "inference_seconds_per_case": 0.2 if small else 0.5, "final_loss": 0.3, "num_val_cases": 4,
     }  # fmt: skip
 

@@ -58,8 +58,19 @@ def test_leaderboard_matches_direct_computation(run_with_failures, report_dir):
         assert summary.loc[model, "hd95_mean"] == pytest.approx(penalised.mean(), rel=1e-5)
         assert summary.loc[model, "misses"] == rows["miss"].sum()
     assert summary.loc["fcn", "misses"] == 1  # the empty prediction is counted, not dropped
-    assert summary.loc["fcn", "peak_mem_kind"] == "rss"
+    assert summary.loc["fcn", "tensor_peak_mb"] == 50 and summary.loc["fcn", "peak_rss_mb"] == 804
     assert summary.loc["fcn", "params"] == 120000 and summary.loc["unet", "jobs_done"] == 4
+
+
+def test_memory_columns_say_what_they_measure_and_show_ranges(run_with_failures, report_dir):
+    md = (report_dir / "report.md").read_text(encoding="utf-8")
+    header = next(line for line in md.splitlines() if line.startswith("| model") and "params" in line)  # costs table
+    assert "tensor peak (MiB)" in header and "RSS peak (MiB)" in header and "CUDA" not in header  # a CPU run
+    fcn = " ".join(line for line in md.splitlines() if line.startswith("| fcn"))  # its quality and cost rows
+    unet = " ".join(line for line in md.splitlines() if line.startswith("| unet"))
+    assert "**50**" in fcn  # the lowest tensor peak is the best memory
+    assert "120–150" in unet  # its jobs differ by more than 5 %: the cell shows the range
+    assert "exact peak of live tensors" in md and "Dice vs peak tensor memory of a training step (MiB)" in md
 
 
 def test_paired_statistics_match_scipy(run_with_failures, report_dir):

@@ -116,14 +116,10 @@ def test_nan_loss_gives_a_diverged_row_and_the_other_jobs_finish(tiny_task: Path
     assert checkpoint["iteration"] == 2
 
 
-def test_exit_code_is_non_zero_when_a_job_fails(tiny_task: Path, tmp_path: Path):
-    # A model whose forward raises: registered through a plugin-free route inside a subprocess.
-    script = f"""
-import sys
+BROKEN_MODULE = """
 import torch
 from torch import nn
 from segbench import registry
-from segbench.cli import main
 
 class Broken(nn.Module):
     def __init__(self):
@@ -134,6 +130,18 @@ class Broken(nn.Module):
         raise RuntimeError("this model is broken on purpose")
 
 registry.register_model("broken", family="test", divisor=1)(lambda *, in_channels, out_channels: Broken())
+"""
+
+
+def test_exit_code_is_non_zero_when_a_job_fails(tiny_task: Path, tmp_path: Path):
+    # A model whose forward raises, registered at run time by the user's own module (not a plugin); job processes
+    # import that module themselves.
+    (tmp_path / "my_broken_models.py").write_text(BROKEN_MODULE)
+    script = f"""
+import sys
+sys.path.insert(0, {str(tmp_path)!r})
+import my_broken_models
+from segbench.cli import main
 sys.argv = ["segbench", "run", "--data", {str(tiny_task)!r}, "--models", "fcn,broken", "--folds", "2",
             {", ".join(repr(a) for a in TINY_TRAIN)}, "--out", {str(tmp_path / "run")!r}, "--quiet", "--no-report"]
 main()
@@ -144,6 +152,28 @@ main()
     jobs = results.load_jobs(tmp_path / "run")
     assert set(jobs[jobs["model"] == "fcn"]["status"]) == {"done"}
     assert (tmp_path / "run" / "jobs" / "broken" / "fold_0" / "error.txt").read_text().count("broken on purpose")
+
+
+def test_a_model_registered_in_the_main_script_is_refused_before_any_job_unless_in_process(
+    tiny_task: Path, tmp_path: Path
+):
+    script = (
+        BROKEN_MODULE
+        + f"""
+import sys
+from segbench.cli import main
+sys.argv = ["segbench", "run", "--data", {str(tiny_task)!r}, "--models", "broken", "--folds", "2",
+            {", ".join(repr(a) for a in TINY_TRAIN)}, "--out", {str(tmp_path / "run")!r}, "--quiet", "--no-report"]
+main()
+"""
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert "registered in the script being run" in proc.stderr and "--in-process" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run" / "jobs").exists()
+    in_process = script.replace("main()", "sys.argv.append('--in-process'); main()")
+    proc = subprocess.run([sys.executable, "-c", in_process], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "broken fold 0: failed" in proc.stderr, proc.stderr
 
 
 def test_fewer_cases_than_folds_is_one_clear_error(tiny_task: Path, tmp_path: Path):

@@ -28,8 +28,39 @@ COLUMNS = ("name", "family", "source", "params", "MFLOP/vox fwd", "MFLOP/vox tra
     metavar="MODULE",
     help="Import MODULE first (repeatable): your own module that registers models; its source is shown.",
 )
+@click.option(
+    "--memory",
+    is_flag=True,
+    help="Instead: estimated peak tensor memory of one training step (FakeTensor: no GPU, nothing allocated).",
+)
+@click.option(
+    "--patch", nargs=3, type=int, default=None, metavar="D H W", help="--memory: patch size (default: the run's)."
+)
+@click.option("--batch-size", type=int, default=None, help="--memory: patches per step (default: the run's).")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16", "fp16", "auto"]),
+    default="fp32",
+    show_default=True,
+    help="--memory: autocast precision (auto: what a run on this machine's default device would use).",
+)
+@click.option(
+    "--memory-format",
+    type=click.Choice(["auto", "channels_last", "contiguous"]),
+    default="auto",
+    show_default=True,
+    help="--memory: memory format of weights and inputs.",
+)
+@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True,
+              help="--memory: optimiser (Adam keeps two moments per weight, SGD one).")  # fmt: skip
 def models_command(
-    pattern: str | None, in_channels: int, out_channels: int, show_families: bool, imports: tuple[str, ...]
+    pattern: str | None,
+    in_channels: int,
+    out_channels: int,
+    show_families: bool,
+    imports: tuple[str, ...],
+    memory: bool,
+    **memory_options,
 ) -> None:
     """List models: name, family, source, parameters, MFLOP per voxel (forward and training step), divisor.
 
@@ -52,6 +83,9 @@ def models_command(
     names = list_models(load_plugins=True) if pattern is None else resolve_models(pattern)
     if not names:
         raise ModelError("no models are available; reinstall segbench")
+    if memory:
+        _memory_table(names, in_channels=in_channels, out_channels=out_channels, **memory_options)
+        return
 
     rows, broken = [], []
     for name in tqdm(names, desc="counting FLOPs", unit="model", leave=False, disable=None):
@@ -78,6 +112,45 @@ def models_command(
     # On stderr, like the warnings: stdout stays the table alone, for scripts.
     for name, reason in unavailable_models().items():
         click.echo(f"not available: {name} {reason}", err=True)
+
+
+MEMORY_COLUMNS = ("name", "peak MiB", "params", "grads", "optimizer", "activations", "temporaries", "other")
+_PARTS = ("peak", "parameters", "gradients", "optimizer", "activations", "temporaries")
+
+
+def _memory_table(names: list[str], *, patch, batch_size, precision, memory_format, optimizer, **channels) -> None:
+    """Print the estimated training-step memory of ``names`` (``segbench models --memory``)."""
+    import torch
+
+    from segbench.config import TrainConfig
+    from segbench.memory import estimate_memory
+    from segbench.precision import resolve_memory_format, resolve_precision
+
+    defaults = TrainConfig()
+    patch = tuple(patch) if patch else tuple(defaults.patch_size)
+    batch_size = batch_size or defaults.batch_size
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    precision, memory_format = resolve_precision(precision, device), resolve_memory_format(memory_format, device)
+    table = estimate_memory(names, patch_size=patch, batch_size=batch_size, precision=precision,
+                            memory_format=memory_format, optimizer=optimizer, progress=True, **channels)  # fmt: skip
+    rows = []
+    for row in table.itertuples(index=False):
+        values = [getattr(row, f"tensor_{part}_mb") for part in _PARTS]
+        other = row.tensor_buffers_mb + row.tensor_other_mb
+        rows.append((row.model, *(_mib(v) for v in (*values, other))))
+    click.echo(
+        f"Estimated peak tensor memory of one training step (MiB): patch {'x'.join(map(str, patch))}, batch "
+        f"{batch_size}, {precision}, {memory_format}, {optimizer}; FakeTensor, nothing allocated. Allocator overhead "
+        "(CUDA caching allocator, cuDNN workspaces) comes on top."
+    )
+    click.echo(_format_table(MEMORY_COLUMNS, rows, numeric_from=1))
+    for row in table.itertuples(index=False):
+        if row.error:
+            click.echo(f"warning: {row.model}: {row.error}", err=True)
+
+
+def _mib(value: float) -> str:
+    return f"{value:,.1f}" if math.isfinite(value) else "?"
 
 
 FAMILY_COLUMNS = ("family", "source", "width knob", "depth knob", "listed grid (width x depth)")

@@ -208,7 +208,12 @@ def _interrupt_on_sigterm() -> None:
     type=click.Choice(["local", "slurm"]),
     default="local",
     show_default=True,
-    help="local: this machine (one job per GPU when there are several); slurm: one Slurm job per (model, fold).",
+    help="local: this machine, each job in a fresh process (one per GPU at a time); slurm: one Slurm job per job.",
+)
+@click.option(
+    "--in-process",
+    is_flag=True,
+    help="local: run every job inside this process (debugging); job figures then depend on the jobs before it.",
 )
 @click.option("--gpus", default=None, help="local: GPU ids to use, one job each at a time, e.g. 0,1. Default: all.")
 @click.option("--slurm-partition", default=None, help="slurm: partition. Default: the cluster's default.")
@@ -383,6 +388,8 @@ def _build_executor(options: dict):
 
     slurm = {field: options[flag] for flag, field in _SLURM_FLAGS.items() if options[flag] is not None}
     if options["executor"] == "slurm":
+        if options["in_process"]:
+            raise ConfigError("--in-process applies to --executor local; drop it for --executor slurm")
         if options["gpus"] is not None:
             raise ConfigError("--gpus applies to --executor local; use --slurm-gpus for GPUs per Slurm job")
         return make_executor("slurm", options=SlurmOptions(**slurm))
@@ -392,7 +399,9 @@ def _build_executor(options: dict):
     if options["gpus"] is not None and options["device"] == "cpu":
         raise ConfigError("--gpus needs GPU jobs; drop --device cpu (or --gpus)")
     gpus = parse_gpu_ids(options["gpus"]) if options["gpus"] is not None else None
-    return make_executor("local", options=LocalOptions(gpus=gpus))
+    if options["in_process"] and gpus is not None:
+        raise ConfigError("--in-process runs every job in this one process; drop --gpus (or --in-process)")
+    return make_executor("local", options=LocalOptions(gpus=gpus, in_process=options["in_process"]))
 
 
 def _print_summary(outcome) -> None:

@@ -7,8 +7,10 @@ and *when* a job runs. One module each:
 
 - :mod:`~segbench.executors.base`: the :class:`Executor` protocol and shared helpers;
 - :mod:`~segbench.executors.inprocess`: :func:`run_in_process`, every job in the driver, one after the other;
-- :mod:`~segbench.executors.local`: :class:`LocalExecutor` (``--executor local``), in-process on the CPU or one
-  GPU, or one worker process per GPU (``python -m segbench.executors``);
+- :mod:`~segbench.executors.local`: :class:`LocalExecutor` (``--executor local``), every job in a fresh child
+  process, one at a time on the CPU or one per GPU (``in_process=True``: all inside the driver);
+- :mod:`~segbench.executors.worker`: the child process of one job (``python -m segbench.executors``) and the status
+  of a child that died without a result (segfault, abort, OOM killer);
 - :mod:`~segbench.executors.slurm`: :class:`SubmititExecutor` (``--executor slurm``), a Slurm job array through
   submitit, requeued on preemption or time limit;
 - :mod:`~segbench.executors.state`: resume-state probing (:func:`job_state`: finished, running or lost).
@@ -24,13 +26,13 @@ from segbench.executors.local import (
     LocalExecutor,
     LocalOptions,
     parse_gpu_ids,
+    run_in_workers,
     run_on_gpus,
     visible_gpu_ids,
-    worker_command,
-    worker_env,
 )
 from segbench.executors.slurm import CheckpointableJob, SlurmOptions, SubmititExecutor, Tracked, slurm_parameters
 from segbench.executors.state import job_lock_held, job_state, read_record
+from segbench.executors.worker import oom_kill_count, worker_command, worker_env
 
 EXECUTOR_NAMES = ("local", "slurm")
 
@@ -51,7 +53,9 @@ __all__ = [
     "make_executor",
     "parse_gpu_ids",
     "read_record",
+    "oom_kill_count",
     "run_in_process",
+    "run_in_workers",
     "run_on_gpus",
     "slurm_parameters",
     "visible_gpu_ids",

@@ -31,6 +31,7 @@ class CallableExecutor:
     """A plain ``function(specs)`` as an :class:`Executor` whose device the driver resolves."""
 
     resolves_device = False
+    runs_in_process = True  # unknown: a plain function may run jobs anywhere, so nothing is refused up front
 
     def __init__(self, function: Callable[[list[JobSpec]], Any]) -> None:
         self.function = function

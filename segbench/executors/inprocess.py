@@ -15,6 +15,7 @@ class InProcessExecutor:
     """:func:`run_in_process` as an :class:`~segbench.executors.base.Executor` (the driver resolves the device)."""
 
     resolves_device = False
+    runs_in_process = True  # jobs see everything registered in this process, __main__ included
 
     def __call__(self, specs: list[JobSpec]) -> None:
         run_in_process(specs)

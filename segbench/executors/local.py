@@ -1,12 +1,14 @@
-"""``--executor local``: jobs in this process on the CPU or one GPU, or one worker process per GPU.
+"""``--executor local``: every job in a fresh child process on this machine, one per GPU or one at a time on the CPU.
 
-With several GPUs, one worker process per GPU (``python -m segbench.executors``) that sees exactly one device through
-``CUDA_VISIBLE_DEVICES`` and runs on ``cuda:0``. Each worker's output goes to the job folder's ``worker.log``.
+One process per job makes its figures independent of the jobs before it (peak RSS, caching allocators, leaks) and
+turns a crash, an abort or a kernel OOM kill into a job status instead of the end of the run. A child
+(``python -m segbench.executors``, see :mod:`~segbench.executors.worker`) sees exactly one GPU through
+``CUDA_VISIBLE_DEVICES`` and runs on ``cuda:0``; its output goes to the job folder's ``worker.log``.
+``LocalOptions(in_process=True)`` (``segbench run --in-process``) runs the jobs inside the driver instead.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -15,16 +17,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
-from typing import Any
+from dataclasses import dataclass, replace
 
-from segbench import rundir
+from segbench import results, rundir
 from segbench.errors import ConfigError
-from segbench.executors.base import job_progress_bar, log_job_start
+from segbench.executors.base import job_progress_bar
 from segbench.executors.inprocess import run_in_process
-from segbench.executors.state import split_running, wait_for_locks, write_missing_result
-from segbench.job import JobSpec, run_job
-from segbench.stop import install_interrupt_handlers
+from segbench.executors.state import split_running, wait_for_locks
+from segbench.executors.worker import Child, settle
+from segbench.job import JobSpec
+from segbench.stop import STOP_REQUESTED
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,10 @@ class LocalOptions:
     """Options of ``--executor local``."""
 
     gpus: tuple[str, ...] | None = None  # CUDA_VISIBLE_DEVICES ids, one concurrent job each; None = all visible
-    poll_s: float = 0.5  # how often the driver checks its worker processes
+    poll_s: float = 0.5  # how often the driver checks its job processes
+    # Run every job inside the driver instead (debugging, monkeypatched code): memory figures then depend on the jobs
+    # before, and a crashing job takes the run down.
+    in_process: bool = False
 
 
 def visible_gpu_ids() -> tuple[str, ...]:
@@ -63,7 +68,7 @@ def parse_gpu_ids(text: str) -> tuple[str, ...]:
 
 
 class GpuSlots:
-    """One slot per GPU id: a job takes a free slot and gives it back when it ends (at most one job per GPU)."""
+    """One slot per GPU id (or one ``"cpu"`` slot): a job takes a free slot and gives it back when it ends."""
 
     def __init__(self, gpu_ids: Sequence[str]) -> None:
         if not gpu_ids:
@@ -78,126 +83,134 @@ class GpuSlots:
         self._free.append(gpu_id)
 
 
-def worker_command(spec: JobSpec) -> list[str]:
-    """Argument list (no shell) of the worker process that runs one job: ``python -m segbench.executors SPEC``."""
-    return [sys.executable, "-m", "segbench.executors", json.dumps(asdict(spec))]
-
-
-def worker_env(gpu_id: str, *, slots: int) -> dict[str, str]:
-    """Environment of a worker: exactly one visible GPU, and a fair share of the CPU threads."""
-    env = dict(os.environ)
-    env["CUDA_VISIBLE_DEVICES"] = gpu_id
-    # N workers each defaulting to every core would oversubscribe the CPU that feeds the GPUs.
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // slots)))
-    return env
-
-
 class LocalExecutor:
-    """``--executor local``: in-process on the CPU or one GPU; one worker process per GPU when there are several."""
+    """``--executor local``: every job in a fresh child process on this machine (or all in this one, ``in_process``).
+
+    CPU jobs run one after the other in one slot; CUDA jobs run one per GPU at a time (``--gpus``, default: every
+    visible GPU for ``--device cuda``, the named one for ``cuda:N``), each child seeing exactly its GPU as ``cuda:0``.
+    """
 
     resolves_device = False  # the driver resolves --device (it runs on the machine the jobs run on)
 
     def __init__(self, options: LocalOptions = LocalOptions()) -> None:
         self.options = options
 
+    @property
+    def runs_in_process(self) -> bool:
+        """Whether jobs run inside the driver (``in_process``): otherwise they import what they need themselves."""
+        return self.options.in_process
+
     def __call__(self, specs: list[JobSpec]) -> None:
         todo, running = split_running(specs)
-        gpu_ids = self.options.gpus
-        on_gpu = bool(specs) and specs[0].device == "cuda"  # "cuda:N" names one device: the user chose it
-        if gpu_ids is None and on_gpu:
-            gpu_ids = visible_gpu_ids()
-        if gpu_ids is not None and (len(gpu_ids) > 1 or self.options.gpus is not None):
-            run_on_gpus(todo, gpu_ids, poll_s=self.options.poll_s)
-        else:
+        if self.options.in_process:
             run_in_process(todo)
+        else:
+            run_in_workers(todo, self._slots(specs), poll_s=self.options.poll_s)
         wait_for_locks(running, self.options.poll_s)
 
+    def _slots(self, specs: Sequence[JobSpec]) -> tuple[str, ...] | None:
+        """GPU ids to run on, one job each at a time; ``None``: CPU jobs, one at a time."""
+        if self.options.gpus is not None:
+            return self.options.gpus
+        device = specs[0].device if specs else "cpu"
+        if not device.startswith("cuda"):
+            return None
+        visible = visible_gpu_ids()
+        index = torch_device_index(device)
+        if index is None:
+            return visible
+        return (visible[index],) if index < len(visible) else (str(index),)
 
-def run_on_gpus(specs: Sequence[JobSpec], gpu_ids: Sequence[str], *, poll_s: float = 0.5) -> None:
-    """Run ``specs`` as worker processes, at most one per GPU at a time, each seeing only its GPU.
 
-    A CUDA job runs on ``cuda:0`` in its worker (the one visible device); CPU jobs keep ``cpu`` (the slots then only
-    bound the concurrency). Each worker's output goes to its job folder's ``worker.log``. A worker that dies
-    without a result (e.g. killed by the OOM killer) is recorded as ``killed`` / ``failed`` so the others go on.
+def torch_device_index(device: str) -> int | None:
+    """``"cuda:1"`` → 1, ``"cuda"`` → ``None``."""
+    _, _, index = device.partition(":")
+    return int(index) if index else None
+
+
+def run_in_workers(specs: Sequence[JobSpec], gpu_ids: Sequence[str] | None, *, poll_s: float = 0.5) -> None:
+    """Run each job of ``specs`` in its own child process, at most one per slot at a time.
+
+    Args:
+        gpu_ids: one slot per GPU id (each child sees only its GPU and runs CUDA jobs on ``cuda:0``); ``None``: one
+            CPU slot (jobs run one after the other; a child inherits ``CUDA_VISIBLE_DEVICES`` as it is).
+
+    With one slot and progress on, a child's progress bars are forwarded to this process's stderr and a line per
+    finished job is written there; with several slots each child's output goes only to its ``worker.log`` and one bar
+    counts finished jobs. A child that dies without a result (segfault, abort, OOM killer, ``kill -9``) is recorded
+    with a status and a reason (:func:`~segbench.executors.worker.settle`) and the others go on.
 
     Raises:
-        KeyboardInterrupt: after forwarding it to the workers (they record ``killed``) and waiting for them.
+        KeyboardInterrupt: the stop flag is set or this process was interrupted: after forwarding one SIGINT to the
+            running children (they record ``killed``) and waiting for them.
     """
     queue = list(specs)
-    slots = GpuSlots(gpu_ids)
-    running: dict[str, tuple[subprocess.Popen, JobSpec, float, Any]] = {}
-    bar = job_progress_bar(queue, f"jobs on {len(gpu_ids)} GPU(s)")
+    slots = GpuSlots(gpu_ids if gpu_ids is not None else ("cpu",))
+    count = 1 if gpu_ids is None else len(gpu_ids)
+    echo = count == 1 and bool(queue) and queue[0].progress
+    running: dict[str, Child] = {}
+    bar = None if echo else job_progress_bar(queue, "jobs" if gpu_ids is None else f"jobs on {count} GPU(s)")
+    finished = 0
     try:
         while queue or running:
-            while queue and (gpu_id := slots.take()) is not None:
-                spec = queue.pop(0)
-                running[gpu_id] = _start_worker(spec, gpu_id, slots=len(gpu_ids))
+            while queue and not STOP_REQUESTED.is_set() and (slot := slots.take()) is not None:
+                running[slot] = _start_child(queue.pop(0), None if gpu_ids is None else slot, slots=count, echo=echo)
+            if STOP_REQUESTED.is_set():
+                raise KeyboardInterrupt
             time.sleep(poll_s)
-            for gpu_id, (process, spec, started, log_file) in list(running.items()):
-                if process.poll() is None:
+            for slot, child in list(running.items()):
+                if (returncode := child.poll()) is None:
                     continue
-                log_file.close()
-                del running[gpu_id]
-                slots.give_back(gpu_id)
-                _settle_worker(spec, process.returncode, started)
+                child.finish()
+                del running[slot]
+                slots.give_back(slot)
+                settle(child, returncode)
+                finished += 1
                 if bar is not None:
                     bar.update(1)
+                elif echo:
+                    _job_line(child, finished, finished + len(queue) + len(running))
     except KeyboardInterrupt:
-        for process, *_ in running.values():
-            process.send_signal(signal.SIGINT)
-        for process, _, _, log_file in running.values():
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-            log_file.close()
+        _stop_children(list(running.values()))
         raise
     finally:
         if bar is not None:
             bar.close()
 
 
-def _start_worker(spec: JobSpec, gpu_id: str, *, slots: int) -> tuple[subprocess.Popen, JobSpec, float, Any]:
-    log_path = rundir.worker_log_path(spec.run_dir, spec)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    child = replace(spec, device="cuda:0" if spec.device.startswith("cuda") else spec.device, progress=False)
-    log_file = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed when the worker ends
-    started = time.time()
-    process = subprocess.Popen(
-        worker_command(child),
-        env=worker_env(gpu_id, slots=slots),
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        # Its own session: a terminal Ctrl-C reaches the driver only, which forwards exactly one SIGINT (a second
-        # one could cut the worker's `killed` record short); and a worker outlives a killed driver, holding its
-        # job.lock, so that a resumed driver waits for it instead of starting a second writer.
-        start_new_session=True,
+def _start_child(spec: JobSpec, gpu_id: str | None, *, slots: int, echo: bool) -> Child:
+    device = "cuda:0" if gpu_id is not None and spec.device.startswith("cuda") else spec.device
+    child = Child(replace(spec, device=device, progress=echo), gpu_id, slots=slots, echo=echo)
+    where = "on the CPU" if gpu_id is None else f"on GPU {gpu_id}"
+    log.info("%s fold %d started %s (pid %d)", spec.model, spec.fold, where, child.process.pid)
+    return child
+
+
+def _job_line(child: Child, finished: int, total: int) -> None:
+    """One line per finished job on stderr, under the child's (cleared) progress bars."""
+    spec = child.spec
+    try:
+        status = results.read_job_result(rundir.result_path(spec.run_dir, spec)).status
+    except (OSError, ValueError, KeyError):
+        status = "no result"
+    seconds = time.time() - child.started
+    print(
+        f"[{finished}/{total}] {spec.model} fold {spec.fold}: {status} ({seconds:.0f} s)", file=sys.stderr, flush=True
     )
-    log.info("%s fold %d started on GPU %s (pid %d)", spec.model, spec.fold, gpu_id, process.pid)
-    return process, spec, started, log_file
 
 
-def _settle_worker(spec: JobSpec, returncode: int, started: float) -> None:
-    if returncode == 0:
-        return
-    where = rundir.worker_log_path(spec.run_dir, spec)
-    if returncode < 0:
-        name = signal.Signals(-returncode).name
-        status, reason = "killed", f"worker process was killed by {name} (out of host memory?); see {where}"
-    else:
-        status, reason = "failed", f"worker process exited with code {returncode}; see {where}"
-    write_missing_result(spec, started, status, reason + "; continue with --resume")
+def _stop_children(children: list[Child]) -> None:
+    for child in children:
+        child.process.send_signal(signal.SIGINT)
+    for child in children:
+        try:
+            child.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            child.process.kill()
+            child.process.wait()
+        child.finish()
 
 
-def worker_main(argv: Sequence[str]) -> int:
-    """Entry point of a worker process (``python -m segbench.executors SPEC``): run one job given as JSON."""
-    fields = json.loads(argv[0])
-    fields["imports"] = tuple(fields.get("imports", ()))
-    spec = JobSpec(**fields)
-    log_job_start(spec)
-
-    # `kill` / the driver's forwarded Ctrl-C: checkpoint at the next step, record `killed`.
-    install_interrupt_handlers()
-    result = run_job(spec)
-    log.info("%s fold %d ended: %s %s", spec.model, spec.fold, result.status, result.reason)
-    return 0
+def run_on_gpus(specs: Sequence[JobSpec], gpu_ids: Sequence[str], *, poll_s: float = 0.5) -> None:
+    """One child process per job, at most one per GPU at a time (:func:`run_in_workers` with GPU slots)."""
+    run_in_workers(specs, gpu_ids, poll_s=poll_s)

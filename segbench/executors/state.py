@@ -123,15 +123,21 @@ def has_fresh_result(spec: JobSpec, since: float) -> bool:
     return path.exists() and path.stat().st_mtime >= since
 
 
-def write_missing_result(spec: JobSpec, since: float, status: str, reason: str) -> None:
-    """Record ``status`` for a job whose process ended without writing a ``result.json`` newer than ``since``."""
+def write_missing_result(
+    spec: JobSpec, since: float, status: str, reason: str, *, record: dict[str, Any] | None = None
+) -> None:
+    """Record ``status`` for a job whose process ended without writing a ``result.json`` newer than ``since``.
+
+    ``record`` holds what the driver measured of the job itself (e.g. ``peak_rss_mb``) for its jobs.csv row.
+    """
     if has_fresh_result(spec, since):
         return
     folder = rundir.job_dir(spec.run_dir, spec)
     try:
         what = f"segbench driver recording job {rundir.job_label(spec)}"
         with RunLock(folder, name=rundir.JOB_LOCK_FILE, what=what):
-            results.write_job_result(spec.run_dir, results.JobResult.for_job(spec, status, reason, {}, []))
+            result = results.JobResult.for_job(spec, status, reason, dict(record or {}), [])
+            results.write_job_result(spec.run_dir, result)
     except RunDirectoryError:
         log.warning("%s fold %d is being run by another process; leaving it to that process", spec.model, spec.fold)
 

@@ -424,8 +424,9 @@ def _box_label(metric: Metric) -> str:
 
 def _pareto_figures(ctx: _Context) -> list[FigureBlock]:
     board, blocks = ctx.board, []
+    memory_column, memory_label = tables.memory_measure(board)
     for column, label, higher, name in (
-        ("peak_mem_mb", "peak memory (MB)", False, "pareto_memory.png"),
+        (memory_column, memory_label, False, "pareto_memory.png"),
         ("train_iters_per_s", "training throughput (it/s)", True, "pareto_throughput.png"),
     ):
         front = stats.pareto_front(board[column].to_numpy(float), board["dice_mean"].to_numpy(float),
@@ -441,12 +442,14 @@ def _leaderboard_section(ctx: _Context) -> Section:
         f"{len(ctx.models)} models × {ctx.n_folds} folds; values pooled over each model's out-of-fold cases. "
         "Best value per column in bold. * = misses count as the stated penalty (distances: the image diagonal, mm). "
         "misses = cases where exactly one of prediction and reference is empty. "
-        "A model without a finished job shows – (see Jobs)."
+        "A model without a finished job shows – (see Jobs). "
+        + " ".join(f"{header.removesuffix(' (MiB)')}: {meaning}." for _, header, meaning in tables.MEMORY_MEASURES)
+        + " Best memory in bold by the tensor peak; a range a–b: the model's jobs differ by more than 5 %."
     )
     costs = TableBlock(
         tables.format_costs(ctx.board),
-        "Costs, from each model's done jobs (means; maxima for parameters and memory). peak mem: gpu = CUDA peak "
-        "allocated, rss = process peak resident memory (CPU runs).",
+        "Costs, from each model's done jobs (means; maxima for parameters and memory; the memory measures are "
+        "defined above).",
     )
     return Section("Leaderboard", (intro, TableBlock(tables.format_leaderboard(ctx.board)), costs))
 

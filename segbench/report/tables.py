@@ -155,6 +155,13 @@ def _job_mean(done: pd.DataFrame, column: str) -> float:
     return float(values.mean()) if len(values) else math.nan
 
 
+def _job_min(done: pd.DataFrame, column: str) -> float:
+    if column not in done or done.empty:
+        return math.nan
+    values = pd.to_numeric(done[column], errors="coerce").dropna()
+    return float(values.min()) if len(values) else math.nan
+
+
 def _job_max(done: pd.DataFrame, column: str) -> float:
     if column not in done or done.empty:
         return math.nan
@@ -194,13 +201,12 @@ def metric_statistics(per_case: pd.DataFrame, *, seed: int = 0) -> dict[str, flo
 def _cost_columns(jobs: pd.DataFrame, model: str) -> dict[str, Any]:
     """Costs of a model from its done jobs (jobs.csv names; means over jobs, maxima for sizes and peaks)."""
     done = _done_jobs(jobs, model)
-    gpu_peak = _job_max(done, "peak_gpu_mem_allocated_mb")
     model_jobs = jobs[jobs["model"].astype(str) == model] if not jobs.empty else jobs
     return {
         "params": _job_max(done, "params"),
         "mflop_per_voxel": _job_mean(done, "mflop_per_voxel_forward"),
-        "peak_mem_mb": gpu_peak if not math.isnan(gpu_peak) else _job_max(done, "peak_rss_mb"),
-        "peak_mem_kind": "gpu" if not math.isnan(gpu_peak) else "rss",
+        **{column: _job_max(done, column) for column, *_ in MEMORY_MEASURES},
+        **{f"{column}_min": _job_min(done, column) for column, *_ in MEMORY_MEASURES},
         "train_iters_per_s": _job_mean(done, "train_iters_per_s"),
         "inference_seconds_per_case": _job_mean(done, "inference_seconds_per_case"),
         "train_seconds": _job_mean(done, "train_seconds"),
@@ -216,10 +222,11 @@ def leaderboard(per_case: pd.DataFrame, jobs: pd.DataFrame, *, models: list[str]
 
     Columns: ``model, cases``; per catalogue metric its statistics (:func:`metric_statistics`: with the built-in
     metrics ``dice_mean, dice_sd, dice_ci_low, dice_ci_high, hd95_median, hd95_mean, assd_mean, nsd_mean``, all with
-    misses counted as the penalty); ``misses, params, mflop_per_voxel, peak_mem_mb, peak_mem_kind`` (``gpu`` = CUDA
-    peak allocated, ``rss`` = process peak RSS), ``train_iters_per_s, inference_seconds_per_case, train_seconds``
-    (means over done jobs, named as in jobs.csv), ``jobs_done, jobs``, ``hardware`` (the jobs' hardware, "" when
-    jobs.csv does not record it) and ``complete`` (the model has every case any model was evaluated on).
+    misses counted as the penalty); ``misses, params, mflop_per_voxel``; per memory measure of
+    :data:`MEMORY_MEASURES` its largest value over the model's done jobs and, as ``<column>_min``, its smallest;
+    ``train_iters_per_s, inference_seconds_per_case, train_seconds`` (means over done jobs, named as in jobs.csv),
+    ``jobs_done, jobs``, ``hardware`` (the jobs' hardware, "" when jobs.csv does not record it) and ``complete``
+    (the model has every case any model was evaluated on).
     """
     all_models = list(models) + sorted(set(per_case["model"].astype(str)) - set(models))
     rows = []
@@ -322,7 +329,7 @@ def fmt(value: Any, digits: int = 3) -> str:
 
 def fmt_count(value: Any) -> str:
     """Large counts with thousands separators (parameters)."""
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+    if value is None or pd.isna(value):  # NaN, or pd.NA: the nullable count of a model without a done job
         return "–"
     return f"{int(round(float(value))):,}"
 
@@ -384,19 +391,56 @@ def _metric_columns(metric: Metric) -> list[_Column]:
     return columns
 
 
-def _peak_memory(r: pd.Series) -> str:
-    value = r["peak_mem_mb"]
-    return fmt(value, 0) + ("" if pd.isna(value) else f" ({r['peak_mem_kind']})")
+# Memory measures of jobs.csv: (column, leaderboard header, what it is). The first is exact and device-independent:
+# the one best values and the memory Pareto plot use.
+MEMORY_MEASURES = (
+    ("tensor_peak_mb", "tensor peak (MiB)",
+     "exact peak of live tensors in one training step (weights, gradients, optimiser state, activations, temporaries; "
+     "the same on CPU and GPU)"),
+    ("peak_rss_mb", "RSS peak (MiB)",
+     "resident memory of the job's process tree on the host (job process + data-loader workers, runtime included)"),
+    ("peak_gpu_mem_allocated_mb", "CUDA allocated peak (MiB)", "torch.cuda.max_memory_allocated of the job"),
+    ("peak_gpu_mem_reserved_mb", "CUDA reserved peak (MiB)", "torch.cuda.max_memory_reserved of the job"),
+)  # fmt: skip
+RANGE_TOLERANCE = 0.05  # a model's jobs differing by more than this share show as a range "min–max"
+
+
+def memory_cell(column: str) -> Callable[[pd.Series], str]:
+    """Cell of a memory measure: the model's value, or ``min–max`` when its jobs differ by more than 5 %."""
+
+    def cell(r: pd.Series) -> str:
+        high, low = r.get(column, math.nan), r.get(f"{column}_min", math.nan)
+        if pd.notna(high) and pd.notna(low) and high - low > RANGE_TOLERANCE * low:
+            return f"{fmt(low, 0)}–{fmt(high, 0)}"
+        return fmt(high, 0)
+
+    return cell
+
+
+_PLOT_LABELS = {
+    "tensor_peak_mb": "peak tensor memory of a training step (MiB)",
+    "peak_gpu_mem_allocated_mb": "CUDA peak allocated memory (MiB)",
+    "peak_rss_mb": "peak RSS of the job's processes (MiB)",
+}
+
+
+def memory_measure(board: pd.DataFrame) -> tuple[str, str]:
+    """(column, axis label) of the memory measure a plot of ``board`` uses: the tensor peak when measured, else the
+    CUDA allocated peak, else the RSS peak (run directories from before the tensor peak existed)."""
+    for column, label in _PLOT_LABELS.items():
+        if column in board and pd.to_numeric(board[column], errors="coerce").notna().any():
+            return column, label
+    return "tensor_peak_mb", _PLOT_LABELS["tensor_peak_mb"]
 
 
 # Costs measured on the job's hardware: compared (best marked) only when every model's jobs ran on the same one.
-HARDWARE_COSTS = ("peak_mem_mb", "train_iters_per_s", "inference_seconds_per_case", "train_seconds")
+# The tensor peak is exact and device-independent; RSS and CUDA peaks are shown but never marked best.
+HARDWARE_COSTS = ("train_iters_per_s", "inference_seconds_per_case", "train_seconds")
 
 # Costs (from done jobs): (header, summary.csv column = jobs.csv quantity, digits or "count", higher is better).
 _COST_COLUMNS = (
     ("params", "params", "count", False),
     ("MFLOP/voxel", "mflop_per_voxel", 2, False),
-    ("peak mem (MB)", "peak_mem_mb", 0, False),
     ("train it/s", "train_iters_per_s", 2, True),
     ("infer s/case", "inference_seconds_per_case", 2, False),
     ("train s/fold", "train_seconds", 0, False),
@@ -410,12 +454,24 @@ def leaderboard_columns(board: pd.DataFrame) -> list[_Column]:
                                                                        False)]  # fmt: skip
 
 
-def cost_columns() -> list[_Column]:
-    """The cost table's columns after ``model``: parameters, FLOPs, memory, speed (means over done jobs)."""
-    return [
-        _Column(header, _peak_memory if column == "peak_mem_mb" else _number(column, digits), column, higher)
-        for header, column, digits, higher in _COST_COLUMNS
-    ]
+def cost_columns(board: pd.DataFrame) -> list[_Column]:
+    """The cost table's columns after ``model``: parameters, FLOPs, the memory measures, speed (done jobs)."""
+    columns = []
+    for header, column, digits, higher in _COST_COLUMNS:
+        columns.append(_Column(header, _number(column, digits), column, higher))
+        if column == "mflop_per_voxel":  # the memory measures next to the compute cost
+            columns += _memory_columns(board)
+    return columns
+
+
+def _memory_columns(board: pd.DataFrame) -> list[_Column]:
+    """The tensor peak (best value marked) and, unmarked, each other memory measure the run has values for."""
+    columns = []
+    for index, (column, header, _) in enumerate(MEMORY_MEASURES):
+        measured = column in board and pd.to_numeric(board[column], errors="coerce").notna().any()
+        if index == 0 or measured:
+            columns.append(_Column(header, memory_cell(column), column if index == 0 else None, False))
+    return columns
 
 
 def _board_table(board: pd.DataFrame, lead: list[tuple[str, Callable[[pd.Series], str]]], spec: list[_Column]) -> Table:
@@ -444,7 +500,7 @@ def _board_table(board: pd.DataFrame, lead: list[tuple[str, Callable[[pd.Series]
     return Table(tuple(h for h, _ in lead) + tuple(c.header for c in spec), tuple(rows), frozenset(best))
 
 
-_COSTS = frozenset(column for _, column, _, _ in _COST_COLUMNS)
+_COSTS = frozenset([column for _, column, _, _ in _COST_COLUMNS] + [column for column, *_ in MEMORY_MEASURES])
 
 
 def _model_cell(r: pd.Series) -> str:
@@ -461,7 +517,7 @@ def format_leaderboard(board: pd.DataFrame) -> Table:
 
 def format_costs(board: pd.DataFrame) -> Table:
     """The leaderboard's cost cells (one row per model, same order); best value per column marked."""
-    return _board_table(board, [("model", lambda r: str(r["model"]))], cost_columns())
+    return _board_table(board, [("model", lambda r: str(r["model"]))], cost_columns(board))
 
 
 def format_fold_table(table: pd.DataFrame, grid: pd.DataFrame, *, digits: int = 3) -> Table:
