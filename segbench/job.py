@@ -46,7 +46,7 @@ from segbench.metrics import compute_case_metrics
 from segbench.paths import preprocessed_cache
 from segbench.precision import resolve_memory_format, resolve_precision
 from segbench.profiling import cuda_peak_mb, reset_cuda_peak
-from segbench.progress import job_line, line_interval
+from segbench.progress import JOB_SUMMARY, job_line, line_interval
 from segbench.progress import log as progress_log
 from segbench.registry import ModelInfo, build_model, model_info
 from segbench.splits import load_splits
@@ -187,7 +187,7 @@ def _run_locked(spec: JobSpec, folder: Path) -> results.JobResult:
         record.pop("phase", None)  # only meaningful for a job that stopped somewhere
     record["job_seconds"] = round(time.perf_counter() - started, 3)
     written = _write_result(spec, status, reason, record, metrics)
-    progress_log.info(job_line(spec.model, spec.fold, status, reason, record, metrics))
+    progress_log.info(job_line(rundir.job_label(spec), status, reason, record, metrics), extra={JOB_SUMMARY: True})
     return written
 
 

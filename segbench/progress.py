@@ -18,6 +18,9 @@ from typing import Any
 
 PROGRESS_LOGGER = "segbench.progress"
 log = logging.getLogger(PROGRESS_LOGGER)
+# Marks the per-job line on its log record (``extra={JOB_SUMMARY: True}``): a job process leaves it to its driver,
+# which prints it with the job's place in the run (``[2/4] unet fold 0: done in ...``).
+JOB_SUMMARY = "segbench_job_summary"
 
 
 def interactive() -> bool:
@@ -43,8 +46,11 @@ def iteration_line(desc: str, *, iteration: int, total: int | None, loss: float,
     return f"{desc}: iteration {iteration}{of}, loss {loss:.3f}{speed}"
 
 
-def job_line(model: str, fold: int, status: str, reason: str, record: dict[str, Any], metrics: list[dict]) -> str:
-    """The line printed when a job ends: ``unet fold 3: done in 61 s, 2.0 it/s, val Dice 0.93`` (or why it failed)."""
+def job_line(label: str, status: str, reason: str, record: dict[str, Any], metrics: list[dict]) -> str:
+    """The line printed when a job ends: ``unet fold 3: done in 61 s, 2.0 it/s, val Dice 0.93`` (or why it failed).
+
+    ``label`` names the job (:func:`segbench.rundir.job_label`); ``record`` and ``metrics`` are its result.json parts.
+    """
     parts = [f"{status} in {record.get('job_seconds', math.nan):.0f} s"]
     speed = record.get("train_iters_per_s")
     if isinstance(speed, int | float) and math.isfinite(speed):
@@ -52,5 +58,5 @@ def job_line(model: str, fold: int, status: str, reason: str, record: dict[str, 
     dice = [float(row["dice"]) for row in metrics if isinstance(row.get("dice"), int | float)]
     if dice:
         parts.append(f"val Dice {sum(dice) / len(dice):.2f}")
-    text = f"{model} fold {fold}: " + ", ".join(parts)
+    text = f"{label}: " + ", ".join(parts)
     return text if status == "done" or not reason else f"{text} — {reason}"

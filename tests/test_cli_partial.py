@@ -288,6 +288,6 @@ def test_plain_progress_lines_come_about_every_tenth_of_the_budget():
 
     assert [line_interval(total, every=10) for total in (120, 5000, None)] == [20, 500, 100]
     record = {"job_seconds": 61.2, "train_iters_per_s": 2.04}
-    line = job_line("unet", 3, "done", "", record, [{"dice": 0.92}, {"dice": 0.94}])
+    line = job_line("unet fold 3", "done", "", record, [{"dice": 0.92}, {"dice": 0.94}])
     assert line == "unet fold 3: done in 61 s, 2.0 it/s, val Dice 0.93"
-    assert job_line("unet", 3, "oom", "out of GPU memory", {"job_seconds": 5}, []).endswith("— out of GPU memory")
+    assert job_line("unet fold 3", "oom", "out of GPU memory", {"job_seconds": 5}, []).endswith("— out of GPU memory")

@@ -26,6 +26,7 @@ from segbench.executors.inprocess import run_in_process
 from segbench.executors.state import split_running, wait_for_locks
 from segbench.executors.worker import Child, settle
 from segbench.job import JobSpec
+from segbench.progress import job_line
 from segbench.stop import STOP_REQUESTED
 
 log = logging.getLogger(__name__)
@@ -168,8 +169,7 @@ def run_in_workers(specs: Sequence[JobSpec], gpu_ids: Sequence[str] | None, *, p
                 finished += 1
                 if bar is not None:
                     bar.update(1)
-                elif echo:
-                    _job_line(child, finished, finished + len(queue) + len(running))
+                _job_line(child, finished, finished + len(queue) + len(running))  # also with -q: one line per job
     except KeyboardInterrupt:
         _stop_children(list(running.values()))
         raise
@@ -187,16 +187,18 @@ def _start_child(spec: JobSpec, gpu_id: str | None, *, slots: int, echo: bool) -
 
 
 def _job_line(child: Child, finished: int, total: int) -> None:
-    """One line per finished job on stderr, under the child's (cleared) progress bars."""
+    """One line per finished job on stderr, under the child's (cleared) progress bars:
+    ``[2/4] unet fold 0: done in 61 s, 2.0 it/s, val Dice 0.93`` (or its status and why)."""
     spec = child.spec
     try:
-        status = results.read_job_result(rundir.result_path(spec.run_dir, spec)).status
+        result = results.read_job_result(rundir.result_path(spec.run_dir, spec))
     except (OSError, ValueError, KeyError):
-        status = "no result"
-    seconds = time.time() - child.started
-    print(
-        f"[{finished}/{total}] {spec.model} fold {spec.fold}: {status} ({seconds:.0f} s)", file=sys.stderr, flush=True
-    )
+        line = f"{rundir.job_label(spec)}: no result ({time.time() - child.started:.0f} s)"
+    else:
+        line = job_line(rundir.job_label(spec), result.status, result.reason, result.job, result.metrics)
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"[{finished}/{total}] {line}", file=sys.stderr)  # above a jobs bar, never through it
 
 
 def _stop_children(children: list[Child]) -> None:

@@ -27,7 +27,7 @@ from typing import IO, Any
 
 import psutil
 
-from segbench import rundir
+from segbench import progress, rundir
 from segbench.callbacks import TreeMemory
 from segbench.executors.base import log_job_start
 from segbench.executors.state import write_missing_result
@@ -202,6 +202,13 @@ def _log_to_worker_log(spec: JobSpec) -> None:
         to_terminal.setLevel(logging.WARNING)
         handlers.append(to_terminal)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers)
+    if spec.progress and not same:
+        # Plain progress lines (iterations; no bars off a terminal) reach the driver, which forwards this output;
+        # the per-job line is the driver's own.
+        lines = logging.StreamHandler(sys.stderr)
+        lines.setFormatter(logging.Formatter("%(message)s"))
+        lines.addFilter(lambda record: not getattr(record, progress.JOB_SUMMARY, False))
+        logging.getLogger(progress.PROGRESS_LOGGER).addHandler(lines)
 
 
 def worker_main(argv: Sequence[str]) -> int:
