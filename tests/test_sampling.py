@@ -182,3 +182,35 @@ def test_loader_worker_ignores_the_preemption_signal_sent_to_the_whole_process_g
     proc = subprocess.run([sys.executable, "-c", PREEMPT_SCRIPT], capture_output=True, text=True, timeout=120,
                           start_new_session=True)  # fmt: skip
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+EXIT_SCRIPT = """
+import subprocess, time
+import psutil, torch
+from segbench.data.sampling import make_loader
+
+class Numbers(torch.utils.data.Dataset):
+    def __len__(self):
+        return 100
+    def __getitem__(self, index):
+        return torch.tensor([index])
+
+batches = iter(make_loader(Numbers(), batch_size=1, num_workers=1))
+assert int(next(batches)) == 0
+(worker,) = psutil.Process().children()
+subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)  # `kill` by someone else: ignored
+time.sleep(0.5)
+assert worker.is_running() and int(next(batches)) == 1
+print("ok", flush=True)
+# The loader stays alive to the end: interpreter exit terminates the worker (SIGTERM from its parent) and joins it.
+"""
+
+
+def test_a_live_loader_does_not_hang_interpreter_exit_yet_its_worker_ignores_other_senders_sigterm():
+    """A worker that ignored *every* SIGTERM made any process exiting with a live loader wait forever (CI hung)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", EXIT_SCRIPT], capture_output=True, text=True, timeout=60,
+                          start_new_session=True)  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

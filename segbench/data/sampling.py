@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -252,5 +253,18 @@ def _ignore_termination(worker_id: int) -> None:  # noqa: ARG001 - the worker_in
     # requeue) and shuts its workers down itself. A worker inherits the main process's Python handlers; running
     # them would make it requeue the job or exit on its own, which the main process sees as a "DataLoader worker
     # exited unexpectedly" failure. Workers still exit when their parent dies.
-    for signum in (signal.SIGTERM, signal.SIGINT, preempt_signal()):
+    for signum in (signal.SIGINT, preempt_signal()):
         signal.signal(signum, signal.SIG_IGN)
+    # SIGTERM is ignored too, except from the parent itself: at interpreter exit multiprocessing terminates its
+    # daemonic children with SIGTERM and then joins them, so a worker that ignored its parent's SIGTERM would hang
+    # the exit of any process whose loader was still alive. Only `sigwaitinfo` tells the sender, so SIGTERM is
+    # blocked here (threads started later inherit the mask) and one thread waits for it.
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=_exit_on_sigterm_from, args=(parent,), name="sigterm-from-parent", daemon=True).start()
+
+
+def _exit_on_sigterm_from(parent: int) -> None:
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+            os._exit(0)

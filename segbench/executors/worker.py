@@ -227,7 +227,7 @@ def worker_main(argv: Sequence[str]) -> int:
         result = run_job(spec)
     except KeyboardInterrupt:
         # run_job recorded `killed`. Returning (rather than raising) drops the traceback's frames now, so the data
-        # loader shuts its workers down (they ignore SIGTERM) before multiprocessing's exit handler would wait for them.
+        # loader shuts its workers down in order instead of leaving them to multiprocessing's exit handler.
         log.info("%s fold %d interrupted", spec.model, spec.fold)
         gc.collect()
         return 128 + signal.SIGINT
