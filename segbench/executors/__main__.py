@@ -1,6 +1,12 @@
-"""``python -m segbench.executors SPEC_JSON``: the worker process of one job (see :func:`worker.worker_main`)."""
+"""``python -m segbench.executors SPEC_JSON [SYS_PATH_JSON]``: the worker process of one job (see
+:func:`worker.worker_main`); ``python -m segbench.executors --zygote FD``: the job launcher of :mod:`.zygote`."""
 
 import sys
+
+if sys.argv[1:2] == ["--zygote"]:
+    from segbench.executors.zygote import zygote_main
+
+    sys.exit(zygote_main(sys.argv[2:]))
 
 from segbench.executors.worker import worker_main
 

@@ -31,6 +31,7 @@ from segbench import progress, rundir
 from segbench.callbacks import TreeMemory
 from segbench.executors.base import log_job_start
 from segbench.executors.state import write_missing_result
+from segbench.executors.zygote import Zygote
 from segbench.job import JobSpec, run_job
 from segbench.stop import install_interrupt_handlers
 
@@ -42,7 +43,12 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 def worker_command(spec: JobSpec) -> list[str]:
     """Argument list (no shell) of the child process that runs one job: ``python -m segbench.executors SPEC PATH``."""
-    return [sys.executable, "-m", "segbench.executors", json.dumps(asdict(spec)), json.dumps(sys.path)]
+    return [sys.executable, "-m", "segbench.executors", *worker_args(spec)]
+
+
+def worker_args(spec: JobSpec) -> list[str]:
+    """The arguments of :func:`worker_main` for one job: the spec and this process's ``sys.path``, as JSON."""
+    return [json.dumps(asdict(spec)), json.dumps(sys.path)]
 
 
 def worker_env(gpu_id: str | None, *, slots: int) -> dict[str, str]:
@@ -68,16 +74,23 @@ class Child:
         gpu_id: ``CUDA_VISIBLE_DEVICES`` of the child, ``None`` for a CPU job.
         slots: how many children run at the same time (CPU thread share).
         echo: forward the child's output (progress bars, warnings) to this process's stderr besides ``worker.log``.
+        zygote: fork the child from this pre-imported process (:mod:`~segbench.executors.zygote`; CPU jobs) instead
+            of starting a new interpreter; a zygote that no longer runs falls back to the latter.
     """
 
-    def __init__(self, spec: JobSpec, gpu_id: str | None, *, slots: int, echo: bool) -> None:
+    def __init__(
+        self, spec: JobSpec, gpu_id: str | None, *, slots: int, echo: bool, zygote: Zygote | None = None
+    ) -> None:
         self.spec = spec
         self.log_path = rundir.worker_log_path(spec.run_dir, spec)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in finish()
         self.started = time.time()
         self.oom_kills_at_start = oom_kill_count()
-        self.process = subprocess.Popen(
+        forked = None
+        if zygote is not None:
+            forked = zygote.spawn(worker_args(spec), output_fd=None if echo else self._log.fileno())
+        self.process = forked or subprocess.Popen(
             worker_command(spec),
             env=worker_env(gpu_id, slots=slots),
             stdin=subprocess.DEVNULL,
