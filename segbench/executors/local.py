@@ -38,7 +38,7 @@ class LocalOptions:
     """Options of ``--executor local``."""
 
     gpus: tuple[str, ...] | None = None  # CUDA_VISIBLE_DEVICES ids, one concurrent job each; None = all visible
-    poll_s: float = 0.5  # how often the driver checks its job processes
+    poll_s: float = 0.1  # how often the driver checks its job processes (a short job should not wait for it)
     # Run every job inside the driver instead (debugging, monkeypatched code): memory figures then depend on the jobs
     # before, and a crashing job takes the run down.
     in_process: bool = False
@@ -130,7 +130,7 @@ def torch_device_index(device: str) -> int | None:
     return int(index) if index else None
 
 
-def run_in_workers(specs: Sequence[JobSpec], gpu_ids: Sequence[str] | None, *, poll_s: float = 0.5) -> None:
+def run_in_workers(specs: Sequence[JobSpec], gpu_ids: Sequence[str] | None, *, poll_s: float = 0.1) -> None:
     """Run each job of ``specs`` in its own child process, at most one per slot at a time.
 
     Args:
@@ -219,6 +219,6 @@ def _stop_children(children: list[Child]) -> None:
         child.finish()
 
 
-def run_on_gpus(specs: Sequence[JobSpec], gpu_ids: Sequence[str], *, poll_s: float = 0.5) -> None:
+def run_on_gpus(specs: Sequence[JobSpec], gpu_ids: Sequence[str], *, poll_s: float = 0.1) -> None:
     """One child process per job, at most one per GPU at a time (:func:`run_in_workers` with GPU slots)."""
     run_in_workers(specs, gpu_ids, poll_s=poll_s)
