@@ -3,11 +3,10 @@
 
 import sys
 
+from segbench.executors.worker import worker_main
+
 if sys.argv[1:2] == ["--zygote"]:
     from segbench.executors.zygote import zygote_main
 
-    sys.exit(zygote_main(sys.argv[2:]))
-
-from segbench.executors.worker import worker_main
-
+    sys.exit(zygote_main(sys.argv[2:], run=worker_main))
 sys.exit(worker_main(sys.argv[1:]))

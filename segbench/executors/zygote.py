@@ -29,13 +29,13 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
 _MAX_MESSAGE = 1 << 20  # bytes; a request holds one JobSpec and the driver's sys.path
-# Modules every job needs, imported once in the zygote. torch._dynamo is what torch.optim imports lazily.
-_PRELOAD = ("segbench.executors.worker", "torch._dynamo")
+# Imported once in the zygote besides the job's entry point and what it imports: torch.optim loads it lazily.
+_PRELOAD = ("torch._dynamo",)
 
 
 class ZygoteChild:
@@ -190,7 +190,7 @@ def _returncode_without_zygote(pid: int) -> int | None:
     return None
 
 
-def _serve(sock: socket.socket) -> None:
+def _serve(sock: socket.socket, run: Callable[[list[str]], int]) -> None:
     """The zygote's loop: fork a child per request, report each child's pid and exit status, end at EOF."""
     selector = selectors.DefaultSelector()
     selector.register(sock, selectors.EVENT_READ)
@@ -204,7 +204,7 @@ def _serve(sock: socket.socket) -> None:
             if pid == 0:
                 selector.close()
                 sock.close()
-                _run_child(json.loads(data)["argv"], fds[0])  # never returns
+                _run_child(run, json.loads(data)["argv"], fds[0])  # never returns
             os.close(fds[0])
             children.add(pid)
             sock.send(json.dumps({"pid": pid}).encode())
@@ -215,7 +215,7 @@ def _serve(sock: socket.socket) -> None:
                 sock.send(json.dumps({"exit": pid, "returncode": os.waitstatus_to_exitcode(status)}).encode())
 
 
-def _run_child(argv: list[str], output_fd: int) -> None:
+def _run_child(run: Callable[[list[str]], int], argv: list[str], output_fd: int) -> None:
     """In a freshly forked child: a session of its own, output on ``output_fd``, then the job; exits with its code."""
     code = 1
     try:
@@ -226,9 +226,7 @@ def _run_child(argv: list[str], output_fd: int) -> None:
         os.dup2(output_fd, 1)
         os.dup2(output_fd, 2)
         os.close(output_fd)
-        from segbench.executors.worker import worker_main
-
-        code = worker_main(argv)
+        code = run(argv)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:  # noqa: BLE001 - whatever happens, the traceback goes to worker.log and the child exits
@@ -242,13 +240,19 @@ def _run_child(argv: list[str], output_fd: int) -> None:
         os._exit(code)
 
 
-def zygote_main(argv: Sequence[str]) -> int:
-    """``python -m segbench.executors --zygote FD``: preload, then serve the driver on socket ``FD``."""
+def zygote_main(argv: Sequence[str], *, run: Callable[[list[str]], int]) -> int:
+    """``python -m segbench.executors --zygote FD``: preload, then serve the driver on socket ``FD``.
+
+    Args:
+        argv: ``[FD]``, the zygote's end of the socket.
+        run: what a forked child runs with a request's ``argv`` (the job's entry point, already imported); its
+            return value is the child's exit code.
+    """
     sock = socket.socket(fileno=int(argv[0]))
     import importlib
 
     for module in _PRELOAD:
         importlib.import_module(module)
     sock.send(json.dumps({"ready": True}).encode())
-    _serve(sock)
+    _serve(sock, run)
     return 0
