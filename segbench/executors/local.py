@@ -188,7 +188,7 @@ def _start_child(spec: JobSpec, gpu_id: str | None, *, slots: int, echo: bool, z
     device = "cuda:0" if gpu_id is not None and spec.device.startswith("cuda") else spec.device
     child = Child(replace(spec, device=device, progress=echo), gpu_id, slots=slots, echo=echo, zygote=zygote)
     where = "on the CPU" if gpu_id is None else f"on GPU {gpu_id}"
-    log.info("%s fold %d started %s (pid %d)", spec.model, spec.fold, where, child.process.pid)
+    log.info("%s started %s (pid %d)", rundir.job_label(spec), where, child.process.pid)
     return child
 
 

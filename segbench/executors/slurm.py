@@ -106,19 +106,19 @@ class CheckpointableJob:
                 # The checkpoint of the last finished step is saved, and leaving the `except` block freed the
                 # training frames, so the DataLoader has shut its worker down. Now do what submitit would have done.
                 gc.collect()
-                log.info("%s fold %d stopped on %s", self.spec.model, self.spec.fold, signal.Signals(signum).name)
+                log.info("%s stopped on %s", rundir.job_label(self.spec), signal.Signals(signum).name)
                 handler = previous.get(signum)
                 if signum != signal.SIGTERM and callable(handler):
                     handler(signum, None)  # checkpoint() + requeue + exit, or UncompletedJobError when it can't
                 raise SystemExit(1)  # SIGTERM: Slurm is cancelling or requeueing the job itself
-        log.info("%s fold %d ended: %s %s", self.spec.model, self.spec.fold, result.status, result.reason)
+        log.info("%s ended: %s %s", rundir.job_label(self.spec), result.status, result.reason)
         return {"status": result.status, "reason": result.reason}
 
     def checkpoint(self) -> Any:
         """Called by submitit on SIGUSR2 (preemption / time limit): the submission that continues this job."""
         from submitit.helpers import DelayedSubmission
 
-        log.info("%s fold %d: requeueing (attempt %d next)", self.spec.model, self.spec.fold, self.attempt + 1)
+        log.info("%s: requeueing (attempt %d next)", rundir.job_label(self.spec), self.attempt + 1)
         return DelayedSubmission(CheckpointableJob(self.spec, self.attempt + 1))
 
 
@@ -255,9 +255,7 @@ class SubmititExecutor:
         self.queue.refresh(str(r["job_id"]) for r in records.values() if r is not None and r["backend"] == "slurm")
         for spec, record in records.items():
             if record is not None and recorded_job_alive(record, queue=self.queue):
-                log.info(
-                    "%s fold %d: re-attaching to %s job %s", spec.model, spec.fold, record["backend"], record["job_id"]
-                )
+                log.info("%s: re-attaching to %s job %s", rundir.job_label(spec), record["backend"], record["job_id"])
                 since = float(record.get("submitted_at_s", time.time()))
                 alive = self._is_active(str(record["job_id"]), lambda r=record: recorded_job_alive(r))
                 tracked.append(Tracked(spec, alive, since=since, record=record, job_id=str(record["job_id"])))
@@ -291,7 +289,7 @@ class SubmititExecutor:
                 "submitted_at_s": since,
             }
             write_record(spec, record)
-            log.info("%s fold %d submitted as %s job %s", spec.model, spec.fold, self.backend, job.job_id)
+            log.info("%s submitted as %s job %s", rundir.job_label(spec), self.backend, job.job_id)
             alive = self._is_active(str(job.job_id), lambda j=job: not j.done())
             tracked.append(Tracked(spec, alive, job, since, job_id=str(job.job_id)))
         return tracked
@@ -372,7 +370,7 @@ class SubmititExecutor:
         where = item.job.paths.stderr if item.job is not None else f"its log in {(item.record or {}).get('folder')}"
         reason = f"{self.backend} job {item.job_id} {what} without a result; see {where}; continue with --resume"
         status = "timeout" if timed_out else "killed"
-        log.warning("%s fold %d: %s — %s", spec.model, spec.fold, status, reason)
+        log.warning("%s: %s — %s", rundir.job_label(spec), status, reason)
         write_missing_result(spec, item.since, status, reason)
 
 

@@ -241,8 +241,8 @@ def worker_main(argv: Sequence[str]) -> int:
     except KeyboardInterrupt:
         # run_job recorded `killed`. Returning (rather than raising) drops the traceback's frames now, so the data
         # loader shuts its workers down in order instead of leaving them to multiprocessing's exit handler.
-        log.info("%s fold %d interrupted", spec.model, spec.fold)
+        log.info("%s interrupted", rundir.job_label(spec))
         gc.collect()
         return 128 + signal.SIGINT
-    log.info("%s fold %d ended: %s %s", spec.model, spec.fold, result.status, result.reason)
+    log.info("%s ended: %s %s", rundir.job_label(spec), result.status, result.reason)
     return 0
