@@ -45,7 +45,7 @@ def compare(fp32_dir: str, bf16_dir: str) -> list[tuple[str, bool]]:
         checks.append((f"{model}: mean Dice fp32 {group['ref'].mean():.3f}, bf16 {group['other'].mean():.3f} "
                        f"(bf16 - fp32 = {gap:+.3f}; within {MAX_DICE_GAP})", abs(gap) <= MAX_DICE_GAP))  # fmt: skip
         checks.append((f"{model}: verdict over {c.repeats} repeats, {c.job_units} networks each: '{c.verdict}' "
-                       f"(case p {stats.format_p(c.p_holm)}, job p {stats.format_p(c.job_p_holm)})",
+                       f"(case {stats.format_p(c.p_holm)}, job {stats.format_p(c.job_p_holm)})",
                        c.verdict != "beats" and c.repeats >= 3))  # fmt: skip
     return checks
 
