@@ -32,15 +32,15 @@ def compare(fp32_dir: str, bf16_dir: str) -> list[tuple[str, bool]]:
     fp32 = results.load_metrics(fp32_dir)[[*keys, "dice"]].rename(columns={"dice": "ref"})
     bf16 = results.load_metrics(bf16_dir)[[*keys, "dice"]].rename(columns={"dice": "other"})
     both = pd.merge(fp32, bf16, on=keys, how="outer")
-    checks = []
+    groups = list(both.groupby("model"))
     comparisons = [
         stats.repeated_comparison(
             group, metric="Dice", reference_name=f"{model} fp32", other_name=f"{model} bf16", higher_is_better=True
-        )  # fmt: skip
-        for model, group in both.groupby("model")
+        )
+        for model, group in groups
     ]
-    for model, c in zip(sorted(both["model"].unique()), stats.with_holm(comparisons), strict=True):
-        group = both[both["model"] == model]
+    checks = []
+    for (model, group), c in zip(groups, stats.with_holm(comparisons), strict=True):
         gap = float(group["other"].mean() - group["ref"].mean())
         checks.append((f"{model}: mean Dice fp32 {group['ref'].mean():.3f}, bf16 {group['other'].mean():.3f} "
                        f"(bf16 - fp32 = {gap:+.3f}; within {MAX_DICE_GAP})", abs(gap) <= MAX_DICE_GAP))  # fmt: skip

@@ -127,19 +127,20 @@ class Zygote:
 
     def _wait_until_ready(self) -> bool:
         """Block until the zygote has imported everything (no time limit: a busy machine imports slowly)."""
-        while not self._ready:
-            message = self._receive(timeout=1.0)
-            if message is None and self.process.poll() is not None:
-                return False
-            self._ready = self._ready or bool(message and message.get("ready"))
-        return self.process.poll() is None
+        self._ready = self._ready or self._receive_until("ready") is not None
+        return self._ready and self.process.poll() is None
 
     def _receive_pid(self) -> int | None:
         """The pid of the child just requested (a fork is quick), or ``None`` if the zygote died first."""
+        message = self._receive_until("pid")
+        return None if message is None else int(message["pid"])
+
+    def _receive_until(self, key: str) -> dict | None:
+        """The next message holding ``key`` (others are recorded on the way), or ``None`` once the zygote has died."""
         while True:
             message = self._receive(timeout=1.0)
-            if message is not None and "pid" in message:
-                return int(message["pid"])
+            if message is not None and key in message:
+                return message
             if message is None and self.process.poll() is not None:
                 return None
 
@@ -185,8 +186,8 @@ def _returncode_without_zygote(pid: int) -> int | None:
         os.kill(pid, 0)
     except ProcessLookupError:
         return 1
-    except PermissionError:
-        return None
+    except PermissionError:  # it exists (another user's process now has that pid, or it is ours under another uid)
+        pass
     return None
 
 
