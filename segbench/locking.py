@@ -2,7 +2,7 @@
 
 The kernel releases the lock when its process dies (even on SIGKILL), so a crashed run never leaves a stale lock
 behind, while a second live ``segbench run`` on the same directory is refused with the holder's pid, host and start
-time.
+time. A forked child (a data-loader worker) does not keep its parent's locks: see :func:`_drop_locks_in_child`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import time
+import weakref
 from pathlib import Path
 from typing import IO
 
@@ -49,6 +50,7 @@ class RunLock:
         handle.write(f"{self.what} " + json.dumps(info))
         handle.flush()
         self._handle = handle
+        _HELD.add(self)
         return self
 
     def release(self) -> None:
@@ -56,9 +58,31 @@ class RunLock:
             fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
             self._handle.close()
             self._handle = None
+        _HELD.discard(self)
 
     def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+_HELD: weakref.WeakSet[RunLock] = weakref.WeakSet()  # the locks this process holds
+
+
+def _drop_locks_in_child() -> None:
+    # An flock belongs to the open file description, which a fork shares. A data-loader worker forked by a job would
+    # keep the job's lock held after the job process was SIGKILLed (the OOM killer) until the orphan noticed, so the
+    # driver could not record the job as `killed`/`oom`. Closing the child's copy never unlocks while the parent
+    # holds its own, and the child must never LOCK_UN (that would free the parent's lock): release becomes a no-op.
+    for lock in list(_HELD):
+        handle, lock._handle = lock._handle, None
+        if handle is not None:
+            try:
+                handle.close()
+            except OSError:
+                pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_drop_locks_in_child)

@@ -423,3 +423,32 @@ def test_sigterm_mid_training_checkpoints_that_step_and_resume_gives_the_uninter
         )
         # Same rows, same losses: the row at 8 averages iterations 7 and 8 across the stop (the window is saved).
         pd.testing.assert_frame_equal(got[["iteration", "loss", "lr"]], want[["iteration", "loss", "lr"]])
+
+
+HOLDER_SCRIPT = """
+import os, signal, sys, time
+from segbench.locking import RunLock
+
+lock = RunLock(sys.argv[1], name="job.lock", what="job").acquire()  # held until the process dies
+if os.fork() == 0:  # what a data-loader worker is: a fork of the job process, outliving it for a while
+    time.sleep(30)
+    os._exit(0)
+print("locked", flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # the OOM killer
+"""
+
+
+def test_a_killed_lock_holder_frees_its_lock_at_once_although_its_forked_child_lives_on(tmp_path: Path):
+    """The driver records a SIGKILLed job's status only if the job lock is free; a loader worker used to keep it."""
+    from segbench.executors import job_lock_held
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER_SCRIPT, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert holder.wait(timeout=30) == -signal.SIGKILL
+        assert not job_lock_held(tmp_path)  # the forked child still sleeps, and holds no lock
+        with RunLock(tmp_path, name="job.lock", what="the driver"):
+            pass
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
