@@ -51,7 +51,9 @@ def job_line(label: str, status: str, reason: str, record: dict[str, Any], metri
 
     ``label`` names the job (:func:`segbench.rundir.job_label`); ``record`` and ``metrics`` are its result.json parts.
     """
-    parts = [f"{status} in {record.get('job_seconds', math.nan):.0f} s"]
+    seconds = record.get("job_seconds")
+    known = isinstance(seconds, int | float) and math.isfinite(seconds)  # unknown when the driver wrote the result
+    parts = [f"{status} in {seconds:.0f} s" if known else status]
     speed = record.get("train_iters_per_s")
     if isinstance(speed, int | float) and math.isfinite(speed):
         parts.append(f"{speed:.1f} it/s")

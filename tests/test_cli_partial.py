@@ -291,3 +291,5 @@ def test_plain_progress_lines_come_about_every_tenth_of_the_budget():
     line = job_line("unet fold 3", "done", "", record, [{"dice": 0.92}, {"dice": 0.94}])
     assert line == "unet fold 3: done in 61 s, 2.0 it/s, val Dice 0.93"
     assert job_line("unet fold 3", "oom", "out of GPU memory", {"job_seconds": 5}, []).endswith("— out of GPU memory")
+    # A result the driver wrote for a dead job process has no job time: no "in nan s".
+    assert job_line("unet fold 3", "killed", "SIGKILL", {}, []) == "unet fold 3: killed — SIGKILL"
