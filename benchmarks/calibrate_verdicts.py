@@ -17,6 +17,11 @@ Run (compute-heavy; trainings are resumable, a second call only analyses)::
 
     nice -n 10 python benchmarks/calibrate_verdicts.py --runs /tmp/calibration --comparisons 50 --repeats 2 3
 
+On two cores, train two shards side by side, then analyse::
+
+    for k in 0 1; do python benchmarks/calibrate_verdicts.py --runs /tmp/calibration --shard $k/2 & done; wait
+    python benchmarks/calibrate_verdicts.py --runs /tmp/calibration --analyse-only
+
 Not a pytest module: it trains hundreds of tiny models (about 2 s each on one CPU core).
 """
 
@@ -51,19 +56,23 @@ def dataset_and_splits(root: Path) -> tuple[Path, Path]:
     return data, splits
 
 
-def train_pool(root: Path, runs: int, model: str) -> None:
-    """Train runs ``0 … runs-1`` (one seed each), skipping those already complete."""
+def train_pool(root: Path, runs: int, model: str, *, seed0: int = SEED0, shard: tuple[int, int] = (0, 1)) -> None:
+    """Train runs ``0 … runs-1`` (run ``i`` with seed ``seed0 + i``), skipping those already complete.
+
+    ``shard = (k, n)`` trains only the runs with ``i % n == k``, so ``n`` one-thread processes can share a pool.
+    """
     from segbench.config import RunConfig, TrainConfig
     from segbench.runner import run_comparison
 
     data, splits = dataset_and_splits(root)
     train = TrainConfig(iterations=ITERATIONS, patch_size=PATCH, batch_size=2, num_workers=0,
                         checkpoint_every=ITERATIONS, log_every=ITERATIONS)  # fmt: skip
-    for i in range(runs):
+    k, n = shard
+    for i in range(k, runs, n):
         run_dir = root / f"run_{i:04d}"
         if (run_dir / "metrics.csv").is_file():
             continue
-        config = RunConfig(data=str(data), models=(model,), folds=FOLDS, splits=str(splits), seed=SEED0 + i,
+        config = RunConfig(data=str(data), models=(model,), folds=FOLDS, splits=str(splits), seed=seed0 + i,
                            device="cpu", train=train)  # fmt: skip
         run_comparison(config, run_dir=run_dir, progress=False, report=False, cache_dir=root / "cache")
         print(f"trained run {i + 1}/{runs}", flush=True)
@@ -129,6 +138,9 @@ def main() -> None:
     parser.add_argument("--comparisons", type=int, default=50, help="A/A comparisons at the largest R")
     parser.add_argument("--repeats", type=int, nargs="+", default=[2, 3], help="R values of the shipped rule")
     parser.add_argument("--model", default=MODEL)
+    parser.add_argument("--seed0", type=int, default=SEED0, help="run i trains with seed SEED0 + i; a fresh pool "
+                        "needs seeds no earlier pool used")  # fmt: skip
+    parser.add_argument("--shard", default="0/1", help="K/N: train only runs i with i %% N == K (parallel processes)")
     parser.add_argument("--analyse-only", action="store_true")
     args = parser.parse_args()
     os.environ.setdefault("SEGBENCH_CACHE", str(args.runs / "cache"))
@@ -136,7 +148,10 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     args.runs.mkdir(parents=True, exist_ok=True)
     if not args.analyse_only:
-        train_pool(args.runs, 2 * args.comparisons * max(args.repeats), args.model)
+        k, n = (int(x) for x in args.shard.split("/"))
+        train_pool(args.runs, 2 * args.comparisons * max(args.repeats), args.model, seed0=args.seed0, shard=(k, n))
+        if n > 1:
+            return  # one shard of the pool: analyse once every shard has finished
     table = analyse(args.runs, args.comparisons, args.repeats)
     print("| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns))
     for row in table.itertuples(index=False):

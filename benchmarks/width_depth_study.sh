@@ -56,7 +56,7 @@ cpu=$(grep -m1 "model name" /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ 
 cat >"$REPORT_DIR/study.txt" <<EOF
 command: segbench ${args[*]}
 segbench commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)
-machine: ${cpu} x $(nproc) cores; load average before: ${load_before}, after: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo "?")
+machine: ${cpu} x $(nproc --all) cores; load average before: ${load_before}, after: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo "?")
 repeats: ${REPEATS}
 wall time of segbench run: ${wall} s ($((wall / 60)) min $((wall % 60)) s)
 exit status of segbench run: ${status}

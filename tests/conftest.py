@@ -29,6 +29,22 @@ def pytest_unconfigure(config):
     shutil.rmtree(_CACHE, ignore_errors=True)
 
 
+@pytest.fixture
+def one_thread_job_processes(monkeypatch):
+    """Job processes inherit ``OMP_NUM_THREADS=1``: the numerics of the one-thread in-process reference runs, and the
+    2-core machine stays usable while a test runs several of them."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture
+def tiny_job_train():
+    """A two-iteration training recipe on 16³ patches with one loader worker: real job processes, seconds each."""
+    from segbench.config import TrainConfig
+
+    return TrainConfig(iterations=2, patch_size=(16, 16, 16), batch_size=2, num_workers=1, log_every=1,
+                       checkpoint_every=2)  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def tiny_task(tmp_path_factory) -> Path:
     """A 6-case synthetic Task02-like MSD folder of 24×24×16 volumes (shared, read-only by convention)."""

@@ -54,15 +54,12 @@ def tiny_config(task: Path, models: tuple[str, ...] = ("fcn", "unet"), **train) 
     return RunConfig(data=str(task), models=models, folds=2, train=TrainConfig(**train))
 
 
+pytestmark = pytest.mark.usefixtures("one_thread_job_processes")
+
+
 def tables(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     jobs = results.load_jobs(run_dir)
     return results.load_metrics(run_dir), jobs.drop(columns=[c for c in TIMING if c in jobs])
-
-
-@pytest.fixture(autouse=True)
-def _one_thread_workers(monkeypatch):
-    # Worker processes inherit it: identical numerics to the single-threaded reference run, and 2 cores stay usable.
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="module")
@@ -267,6 +264,9 @@ def test_slurm_parameters_are_explicit_and_validated():
     assert params["mem"] == "1536MB" and params["cpus_per_task"] == 8 and params["ntasks_per_node"] == 1
     assert "gpus_per_node" not in slurm_parameters(SlurmOptions(gpus_per_job=0))
     assert slurm_parameters(SlurmOptions(mem_gb=16))["mem"] == "16GB"
+    assert params["job_name"] == "segbench"
+    named = slurm_parameters(SlurmOptions(), run_name="run-20261130 04:00;x")["job_name"]
+    assert named == "segbench-run-20261130_04_00_x"  # squeue tells runs apart; nothing unsafe in the batch script
     for bad in ("gpu\nrm -rf ~", "gpu; reboot", "a b", "'x'"):
         with pytest.raises(ConfigError, match="--slurm-partition"):
             slurm_parameters(SlurmOptions(partition=bad))

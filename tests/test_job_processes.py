@@ -14,19 +14,14 @@ import pandas as pd
 import pytest
 
 from segbench import registry, results, rundir
-from segbench.config import RunConfig, TrainConfig
+from segbench.config import RunConfig
 from segbench.executors import LocalExecutor, LocalOptions
 from segbench.executors.worker import Child, settle
 from segbench.job import JobSpec
 from segbench.rundir import JobKey
 from segbench.runner import job_imports, run_comparison
 
-TRAIN = TrainConfig(iterations=2, patch_size=(16, 16, 16), batch_size=2, num_workers=1, log_every=1, checkpoint_every=2)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread_jobs(monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # job processes inherit it; 2 cores stay usable
+pytestmark = pytest.mark.usefixtures("one_thread_job_processes")
 
 
 def fold_zero_in_processes(specs: list[JobSpec]) -> None:
@@ -34,11 +29,11 @@ def fold_zero_in_processes(specs: list[JobSpec]) -> None:
     LocalExecutor(LocalOptions(poll_s=0.1))([spec for spec in specs if spec.fold == 0])
 
 
-def test_memory_figures_do_not_depend_on_the_order_of_the_jobs(tiny_task: Path, tmp_path: Path):
+def test_memory_figures_do_not_depend_on_the_order_of_the_jobs(tiny_task: Path, tmp_path: Path, tiny_job_train):
     figures = {}
     for order in (("fcn", "unet"), ("unet", "fcn")):
         run_dir = tmp_path / "-".join(order)
-        config = RunConfig(data=str(tiny_task), models=order, folds=2, train=TRAIN)
+        config = RunConfig(data=str(tiny_task), models=order, folds=2, train=tiny_job_train)
         run_comparison(config, run_dir=run_dir, progress=False, report=False, executor=fold_zero_in_processes)
         jobs = results.load_jobs(run_dir).set_index(["model", "fold"])
         assert set(jobs.loc[[("fcn", 0), ("unet", 0)], "status"]) == {"done"}
@@ -66,10 +61,10 @@ def crashing_models():
 
 
 def test_jobs_that_kill_or_abort_their_process_get_statuses_and_the_run_completes(
-    tiny_task: Path, tmp_path: Path, crashing_models
+    tiny_task: Path, tmp_path: Path, crashing_models, tiny_job_train
 ):
     run_dir = tmp_path / "run"
-    config = RunConfig(data=str(tiny_task), models=("fcn", *crashing_models), folds=2, train=TRAIN)
+    config = RunConfig(data=str(tiny_task), models=("fcn", *crashing_models), folds=2, train=tiny_job_train)
     executor = LocalExecutor(LocalOptions(poll_s=0.1))
     outcome = run_comparison(config, run_dir=run_dir, progress=False, report=True, executor=executor)
 

@@ -12,19 +12,14 @@ from pathlib import Path
 import pytest
 
 from segbench import registry, results, rundir
-from segbench.config import RunConfig, TrainConfig
+from segbench.config import RunConfig
 from segbench.executors import LocalExecutor, LocalOptions
 from segbench.executors.worker import Child, worker_args, worker_env
 from segbench.executors.zygote import Zygote
 from segbench.job import JobSpec
 from segbench.runner import run_comparison
 
-TRAIN = TrainConfig(iterations=2, patch_size=(16, 16, 16), batch_size=2, num_workers=1, log_every=1, checkpoint_every=2)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread_jobs(monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+pytestmark = pytest.mark.usefixtures("one_thread_job_processes")
 
 
 @pytest.fixture
@@ -35,10 +30,12 @@ def probe_model():
     importlib.sys.modules.pop(module.__name__, None)
 
 
-def test_cpu_jobs_are_forked_from_the_zygote_and_finish(tiny_task: Path, tmp_path: Path, monkeypatch, probe_model):
+def test_cpu_jobs_are_forked_from_the_zygote_and_finish(
+    tiny_task: Path, tmp_path: Path, monkeypatch, probe_model, tiny_job_train
+):
     probe = tmp_path / "parents.jsonl"
     monkeypatch.setenv("SEGBENCH_TEST_PROBE", str(probe))
-    config = RunConfig(data=str(tiny_task), models=(probe_model, "fcn"), folds=2, train=TRAIN)
+    config = RunConfig(data=str(tiny_task), models=(probe_model, "fcn"), folds=2, train=tiny_job_train)
     run_comparison(config, run_dir=tmp_path / "run", progress=False, report=False,
                    executor=LocalExecutor(LocalOptions(poll_s=0.1)))  # fmt: skip
     jobs = results.load_jobs(tmp_path / "run")

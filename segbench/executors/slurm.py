@@ -51,6 +51,7 @@ Backend = Literal["slurm", "local", "debug"]
 # Slurm partition names: letters, digits, '_', '-', '.', comma-separated lists. Anything else (spaces, quotes,
 # newlines) could escape the #SBATCH line submitit writes, so it is refused instead of quoted.
 _PARTITION = re.compile(r"[A-Za-z0-9_.\-]+(,[A-Za-z0-9_.\-]+)*")
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_.\-]")
 # How long before its time limit Slurm signals a job (SIGUSR2): time to stop and ask for a requeue.
 _SIGNAL_DELAY_S = 120
 # Slurm may send the time-limit signal up to a minute before the requested delay; below this limit it can arrive
@@ -154,8 +155,11 @@ def _checkpoint_on_signals() -> Iterator[dict[int, Any]]:
             signal.signal(signum, old)
 
 
-def slurm_parameters(options: SlurmOptions) -> dict[str, Any]:
+def slurm_parameters(options: SlurmOptions, *, run_name: str = "") -> dict[str, Any]:
     """``SlurmExecutor.update_parameters`` keywords for ``options`` (one task, one node per job).
+
+    The job array is named ``segbench-<run_name>`` (characters outside ``[A-Za-z0-9_.-]`` become ``_``), so that
+    ``squeue`` tells the arrays of several runs apart; ``segbench`` when ``run_name`` is empty.
 
     Raises:
         ConfigError: a value Slurm would reject or that could not be written safely into the batch script.
@@ -181,7 +185,7 @@ def slurm_parameters(options: SlurmOptions) -> dict[str, Any]:
         if not ok:
             raise ConfigError(message)
     params: dict[str, Any] = {
-        "job_name": "segbench",
+        "job_name": "-".join(filter(None, ("segbench", _UNSAFE_NAME.sub("_", run_name)))),
         "time": int(options.time_min),
         "nodes": 1,
         "ntasks_per_node": 1,
@@ -342,7 +346,7 @@ class SubmititExecutor:
             executor.update_parameters(timeout_min=self.options.time_min, signal_delay_s=_SIGNAL_DELAY_S)
             return executor
         executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=self.options.max_requeues)
-        executor.update_parameters(**slurm_parameters(self.options))
+        executor.update_parameters(**slurm_parameters(self.options, run_name=folder.parent.name))
         return executor
 
     def _job_device(self, spec: JobSpec) -> str:

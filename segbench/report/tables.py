@@ -440,7 +440,7 @@ HARDWARE_COSTS = ("train_iters_per_s", "inference_seconds_per_case", "train_seco
 # Costs (from done jobs): (header, summary.csv column = jobs.csv quantity, digits or "count", higher is better).
 _COST_COLUMNS = (
     ("params", "params", "count", False),
-    ("MFLOP/voxel", "mflop_per_voxel", 2, False),
+    ("forward MFLOP/voxel", "mflop_per_voxel", 2, False),
     ("train it/s", "train_iters_per_s", 2, True),
     ("infer s/case", "inference_seconds_per_case", 2, False),
     ("train s/fold", "train_seconds", 0, False),
