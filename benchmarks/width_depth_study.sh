@@ -17,6 +17,7 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+command -v segbench >/dev/null || { echo "segbench is not on PATH: activate the environment it is installed in" >&2; exit 2; }
 MODELS=${MODELS:-fcn,unet,unet_w20_d3,unet_w20_d4}
 MATCH=${MATCH:-flops}
 MATCH_TO=${MATCH_TO:-unet}
