@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from segbench.precision import autocast, to_memory_format
+from segbench.precision import autocast, guard_small_convolutions, to_memory_format
 
 __all__ = ["StepMemory", "estimate_memory", "training_step_memory"]
 
@@ -105,6 +105,7 @@ def training_step_memory(
         if device.type != "cpu":
             model = model.to(device)
         _to_memory_format(model, memory_format)
+        guard_small_convolutions(model, precision, device)  # as train() does: the same dtypes, the same memory
         model.train()
         opt = _optimizer(model, optimizer)
         image = to_memory_format(torch.randn(shape, device=device), memory_format)

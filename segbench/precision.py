@@ -14,12 +14,19 @@ where the job runs (a Slurm job resolves them on its compute node), and the reso
   re-measures it); cuDNN's 3D convolutions in reduced precision also prefer it.
 
 Losses and metrics always run in fp32: :func:`segbench.training.segmentation_loss` casts the logits first.
+
+A known kernel defect is worked around: torch's CPU bf16 3D convolution (oneDNN, seen with torch 2.13 on AVX-512
+BF16) returns a wrong *weight gradient* — values up to 1e37, then NaN — when the input's depth is larger than 1 but
+smaller than the kernel (depth 2 under a 3³ kernel: the bottleneck of a 4-level U-Net on 32³ patches). The forward
+pass and the input gradient are right, so the loss looks fine until the weights are destroyed.
+:func:`guard_small_convolutions` runs such convolutions in fp32; they are the coarsest, cheapest layers.
 """
 
 from __future__ import annotations
 
 import contextlib
 import platform
+import types
 from typing import Any
 
 import torch
@@ -30,6 +37,7 @@ __all__ = [
     "autocast",
     "cpu_features",
     "cpu_model",
+    "guard_small_convolutions",
     "hardware_name",
     "resolve_memory_format",
     "resolve_precision",
@@ -108,6 +116,35 @@ def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractC
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=_DTYPES[precision])
+
+
+def guard_small_convolutions(model: torch.nn.Module, precision: str, device: torch.device | str) -> int:
+    """Make every ``Conv3d`` of ``model`` compute in fp32 when its input is smaller than its kernel, for bf16 on CPU.
+
+    Works around the CPU bf16 weight-gradient defect described in the module docstring. The condition is checked
+    per call on the input's spatial size ``(D, H, W)`` against ``kernel_size``, so the same model runs its large
+    layers in bf16 and only the tiny ones in fp32. Installed in place (an instance-level ``forward`` that survives
+    ``copy.deepcopy``); parameters, state dict and outputs' meaning are unchanged. A no-op for other precisions and
+    devices.
+
+    Returns:
+        The number of ``Conv3d`` layers that carry the guard (0 when none is needed: not bf16, or not on CPU).
+    """
+    if precision != "bf16" or torch.device(device).type != "cpu":
+        return 0
+    guarded = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv3d) and "forward" not in vars(module):  # idempotent: guarded only once
+            module.forward = types.MethodType(_conv_fp32_when_smaller_than_kernel, module)
+        guarded += isinstance(module, torch.nn.Conv3d)
+    return guarded
+
+
+def _conv_fp32_when_smaller_than_kernel(self: torch.nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+    if x.device.type == "cpu" and any(size < k for size, k in zip(x.shape[2:], self.kernel_size, strict=True)):
+        with torch.autocast("cpu", enabled=False):
+            return type(self).forward(self, x.float())
+    return type(self).forward(self, x)
 
 
 def uses_grad_scaler(precision: str, device: torch.device | str) -> bool:

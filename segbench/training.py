@@ -142,6 +142,8 @@ def train(
         state.scaler = _make_scaler(state.scaler_state)
     # In place (parameters keep their identity), so the optimizer built before still holds them.
     numerics.to_memory_format(model, state.memory_format)
+    # bf16 on CPU: convolutions smaller than their kernel run in fp32 (a torch kernel defect, see segbench.precision).
+    numerics.guard_small_convolutions(model, state.precision, device)
     kind = loss_kind(config, out_channels)
     model.train()
     while (progress := _progress(config, state)) < 1.0:
