@@ -6,8 +6,7 @@
 # the tutorial U-Net and FCN on 5 folds with 3 training seeds per fold (--repeats, where this segbench has it).
 # The patch is 32x32x32 because depth 4 needs sizes divisible by 16.
 #
-# Cost: per repeat about 3.7x the training compute of the default `segbench run --folds 5` (one-process step-time
-# ratios at these patches), so roughly 1.5 hours with 3 repeats on an idle 2-core CPU; study.txt records the real one.
+# Cost: 31 min with 3 repeats on a 2-core AMD EPYC (AVX-512 BF16, bf16 training; 2026-11-30); study.txt records it.
 #
 # Usage (from anywhere):
 #   benchmarks/width_depth_study.sh                     # writes reports/width-depth/
@@ -44,6 +43,9 @@ args+=("$@")
 
 echo "segbench ${args[*]}" >&2
 load_before=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo "?")
+# The code that runs is the code at the start: edits made while it runs must not be credited to it.
+commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+[[ -n "$(git status --porcelain --untracked-files=no -- segbench 2>/dev/null)" ]] && commit+=" (with uncommitted changes in segbench/)"
 start=$(date +%s)
 status=0
 segbench "${args[@]}" --no-report || status=$?
@@ -56,7 +58,7 @@ cp "$RUN_DIR/manifest.json" "$RUN_DIR/jobs.csv" "$RUN_DIR/metrics.csv" "$REPORT_
 cpu=$(grep -m1 "model name" /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//' || echo "?")
 cat >"$REPORT_DIR/study.txt" <<EOF
 command: segbench ${args[*]}
-segbench commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)
+segbench commit: ${commit}
 machine: ${cpu} x $(nproc --all) cores; load average before: ${load_before}, after: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo "?")
 repeats: ${REPEATS}
 wall time of segbench run: ${wall} s ($((wall / 60)) min $((wall % 60)) s)

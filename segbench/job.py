@@ -167,6 +167,8 @@ def _run_locked(spec: JobSpec, folder: Path) -> results.JobResult:
         metrics = _train_and_evaluate(spec, record, started, peak_rss)
     except TrainingDiverged as exc:
         status, reason = "diverged", f"training diverged: {exc}; the last good checkpoint is kept"
+        if record.get("precision") in ("bf16", "fp16"):  # tell reduced-precision numerics from the recipe
+            reason += f"; it trained in {record['precision']}: `--precision fp32` (or a lower --lr) tells which"
     except (torch.OutOfMemoryError, MemoryError) as exc:
         status, reason = "oom", _out_of_memory(exc, device, record)
     except JobTimeout as exc:

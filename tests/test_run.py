@@ -109,6 +109,9 @@ def test_nan_loss_gives_a_diverged_row_and_the_other_jobs_finish(tiny_task: Path
     diverged = jobs[jobs["model"] == nan_model]
     assert set(diverged["status"]) == {"diverged"}
     assert diverged["reason"].str.contains("iteration 3").all()
+    reduced = diverged["precision"].isin(["bf16", "fp16"])  # the hint that tells numerics from the recipe
+    assert diverged.loc[reduced, "reason"].str.contains("`--precision fp32`", regex=False).all()
+    assert not diverged.loc[~reduced, "reason"].str.contains("--precision", regex=False).any()
     # The last good checkpoint (iteration 2) is kept.
     from segbench.checkpoints import load_latest_checkpoint
 
