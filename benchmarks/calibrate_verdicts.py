@@ -28,6 +28,7 @@ Not a pytest module: it trains hundreds of tiny models (about 2 s each on one CP
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 from pathlib import Path
@@ -71,6 +72,10 @@ def train_pool(root: Path, runs: int, model: str, *, seed0: int = SEED0, shard: 
     for i in range(k, runs, n):
         run_dir = root / f"run_{i:04d}"
         if (run_dir / "metrics.csv").is_file():
+            seed = json.loads((run_dir / "manifest.json").read_text())["config"]["seed"]
+            if seed != seed0 + i:  # a pool must not mix two seed ranges silently
+                raise SystemExit(f"{run_dir} was trained with seed {seed}, not {seed0 + i}: pass that pool's own "
+                                 "--seed0, or a fresh --runs folder")  # fmt: skip
             continue
         config = RunConfig(data=str(data), models=(model,), folds=FOLDS, splits=str(splits), seed=seed0 + i,
                            device="cpu", train=train)  # fmt: skip
@@ -149,6 +154,8 @@ def main() -> None:
     args.runs.mkdir(parents=True, exist_ok=True)
     if not args.analyse_only:
         k, n = (int(x) for x in args.shard.split("/"))
+        if not 0 <= k < n:
+            parser.error(f"--shard K/N needs 0 <= K < N (got {args.shard})")
         train_pool(args.runs, 2 * args.comparisons * max(args.repeats), args.model, seed0=args.seed0, shard=(k, n))
         if n > 1:
             return  # one shard of the pool: analyse once every shard has finished

@@ -141,6 +141,7 @@ def test_forward(benchmark, matmul_peaks, case):
 def test_train_step(benchmark, matmul_peaks, case):
     name, precision, memory_format = case
     model, x, shape = _prepare(name, memory_format)
+    numerics.guard_small_convolutions(model, precision, DEVICE)  # as train() does: the step users run
     model.train()
     target = (torch.rand((shape[0], *shape[2:]), generator=torch.Generator().manual_seed(1)) > 0.7).long().to(DEVICE)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)

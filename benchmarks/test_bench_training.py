@@ -62,9 +62,11 @@ def prepared_cases(tmp_path_factory, smoke):
     return list(prepare_dataset(load_dataset(task), config=PreprocessConfig(), cache_dir=root / "cache").values())
 
 
-def fresh_model(device: torch.device, memory_format: str):
+def fresh_model(device: torch.device, memory_format: str, precision: str):
     torch.manual_seed(0)
-    return numerics.to_memory_format(build_model("unet", in_channels=1, out_channels=1).to(device), memory_format)
+    model = numerics.to_memory_format(build_model("unet", in_channels=1, out_channels=1).to(device), memory_format)
+    numerics.guard_small_convolutions(model, precision, device)  # the bare side runs the layers train() runs
+    return model
 
 
 def pipeline(cases, config: TrainConfig, *, samples: int, device: torch.device):
@@ -96,12 +98,12 @@ def test_trainer_vs_bare_loop(benchmark, prepared_cases, device, smoke):
     precision = numerics.resolve_precision(base.precision, device)
     memory_format = numerics.resolve_memory_format(base.memory_format, device)
     batches = pipeline(prepared_cases, base, samples=(rounds + warmup) * iterations * batch, device=device)
-    model = fresh_model(device, memory_format)
+    model = fresh_model(device, memory_format, precision)
     optimizer = make_optimizer(model, base)
 
     preloaded = [(numerics.to_memory_format(b["image"].to(device), memory_format), b["label"].to(device))
                  for b in pipeline(prepared_cases, base, samples=4 * batch, device=device)]  # fmt: skip
-    bare_model = fresh_model(device, memory_format)
+    bare_model = fresh_model(device, memory_format, precision)
     bare_optimizer = make_optimizer(bare_model, base)
     bare_seconds: list[float] = []
     trainer_seconds: list[float] = []
@@ -153,7 +155,8 @@ def test_data_wait_share(benchmark, prepared_cases, device, smoke):
     shares: list[float] = []
 
     def run():
-        model = fresh_model(device, numerics.resolve_memory_format(config.memory_format, device))
+        model = fresh_model(device, numerics.resolve_memory_format(config.memory_format, device),
+                            numerics.resolve_precision(config.precision, device))  # fmt: skip
         batches = pipeline(prepared_cases, config, samples=iterations * batch, device=device)
         state = train(model=model, optimizer=make_optimizer(model, config), batches=batches, config=config,
                       device=device, out_channels=1)  # fmt: skip

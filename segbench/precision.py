@@ -25,8 +25,8 @@ pass and the input gradient are right, so the loss looks fine until the weights 
 from __future__ import annotations
 
 import contextlib
+import functools
 import platform
-import types
 from typing import Any
 
 import torch
@@ -124,7 +124,8 @@ def guard_small_convolutions(model: torch.nn.Module, precision: str, device: tor
     Works around the CPU bf16 weight-gradient defect described in the module docstring. The condition is checked
     per call on the input's spatial size ``(D, H, W)`` against ``kernel_size``, so the same model runs its large
     layers in bf16 and only the tiny ones in fp32. Installed in place (an instance-level ``forward`` that survives
-    ``copy.deepcopy``); parameters, state dict and outputs' meaning are unchanged. A no-op for other precisions and
+    ``copy.deepcopy`` and ``torch.save``); parameters, state dict and outputs' meaning are unchanged. A ``Conv3d``
+    that already has an instance-level ``forward`` of its own is left alone. A no-op for other precisions and
     devices.
 
     Returns:
@@ -135,13 +136,19 @@ def guard_small_convolutions(model: torch.nn.Module, precision: str, device: tor
     guarded = 0
     for module in model.modules():
         if isinstance(module, torch.nn.Conv3d) and "forward" not in vars(module):  # idempotent: guarded only once
-            module.forward = types.MethodType(_conv_fp32_when_smaller_than_kernel, module)
-        guarded += isinstance(module, torch.nn.Conv3d)
+            # A partial of a module-level function: survives copy.deepcopy and pickling (torch.save of the module).
+            module.forward = functools.partial(_conv_fp32_when_smaller_than_kernel, module)
+        guarded += isinstance(module, torch.nn.Conv3d) and _is_guarded(module)
     return guarded
 
 
+def _is_guarded(conv: torch.nn.Conv3d) -> bool:
+    forward = vars(conv).get("forward")
+    return isinstance(forward, functools.partial) and forward.func is _conv_fp32_when_smaller_than_kernel
+
+
 def _conv_fp32_when_smaller_than_kernel(self: torch.nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
-    if x.device.type == "cpu" and any(size < k for size, k in zip(x.shape[2:], self.kernel_size, strict=True)):
+    if x.device.type == "cpu" and any(size < k for size, k in zip(x.shape[-3:], self.kernel_size, strict=True)):
         with torch.autocast("cpu", enabled=False):
             return type(self).forward(self, x.float())
     return type(self).forward(self, x)
