@@ -28,7 +28,6 @@ Not a pytest module: it trains hundreds of tiny models (about 2 s each on one CP
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 from pathlib import Path
@@ -63,6 +62,7 @@ def train_pool(root: Path, runs: int, model: str, *, seed0: int = SEED0, shard: 
     ``shard = (k, n)`` trains only the runs with ``i % n == k``, so ``n`` one-thread processes can share a pool.
     """
     from segbench.config import RunConfig, TrainConfig
+    from segbench.results import load_manifest
     from segbench.runner import run_comparison
 
     data, splits = dataset_and_splits(root)
@@ -72,7 +72,7 @@ def train_pool(root: Path, runs: int, model: str, *, seed0: int = SEED0, shard: 
     for i in range(k, runs, n):
         run_dir = root / f"run_{i:04d}"
         if (run_dir / "metrics.csv").is_file():
-            seed = json.loads((run_dir / "manifest.json").read_text())["config"]["seed"]
+            seed = load_manifest(run_dir)["config"]["seed"]
             if seed != seed0 + i:  # a pool must not mix two seed ranges silently
                 raise SystemExit(f"{run_dir} was trained with seed {seed}, not {seed0 + i}: pass that pool's own "
                                  "--seed0, or a fresh --runs folder")  # fmt: skip

@@ -28,8 +28,8 @@ VARIANTS = [("fp32", "contiguous"), ("fp32", "channels_last"), ("bf16", "contigu
 
 def _setup(name: str, precision: str, memory_format: str, shape: tuple[int, ...], device: torch.device):
     torch.manual_seed(0)
-    model = numerics.to_memory_format(build_model(name, in_channels=1, out_channels=1).to(device), memory_format)
-    numerics.guard_small_convolutions(model, precision, device)  # as train() does
+    model = build_model(name, in_channels=1, out_channels=1).to(device)
+    numerics.prepare_model(model, precision=precision, memory_format=memory_format, device=device)  # as train() does
     image = numerics.to_memory_format(torch.randn(shape, device=device), memory_format)
     label = (torch.rand((shape[0], *shape[2:]), device=device) > 0.7).long()
     return model, torch.optim.Adam(model.parameters(), lr=3e-3), image, label

@@ -108,11 +108,13 @@ def _record(benchmark, case: tuple[str, str, str], model: torch.nn.Module, shape
     )
 
 
-def _prepare(name: str, memory_format: str):
+def _prepare(name: str, precision: str, memory_format: str):
     torch.manual_seed(0)
     shape = _input_shape(model_info(name).divisor)
     resolved = numerics.resolve_memory_format(memory_format, DEVICE)
-    model = numerics.to_memory_format(build_model(name, in_channels=1, out_channels=1).to(DEVICE), resolved)
+    model = build_model(name, in_channels=1, out_channels=1).to(DEVICE)
+    # As train() does (a job also predicts with the model train() prepared).
+    numerics.prepare_model(model, precision=precision, memory_format=resolved, device=DEVICE)
     x = numerics.to_memory_format(torch.randn(shape, device=DEVICE), resolved)
     return model, x, shape
 
@@ -125,7 +127,7 @@ def _case_id(case: tuple[str, str, str]) -> str:
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_forward(benchmark, matmul_peaks, case):
     name, precision, memory_format = case
-    model, x, shape = _prepare(name, memory_format)
+    model, x, shape = _prepare(name, precision, memory_format)
     model.eval()
 
     def forward() -> None:
@@ -140,8 +142,7 @@ def test_forward(benchmark, matmul_peaks, case):
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_train_step(benchmark, matmul_peaks, case):
     name, precision, memory_format = case
-    model, x, shape = _prepare(name, memory_format)
-    numerics.guard_small_convolutions(model, precision, DEVICE)  # as train() does: the step users run
+    model, x, shape = _prepare(name, precision, memory_format)
     model.train()
     target = (torch.rand((shape[0], *shape[2:]), generator=torch.Generator().manual_seed(1)) > 0.7).long().to(DEVICE)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)

@@ -64,9 +64,9 @@ def prepared_cases(tmp_path_factory, smoke):
 
 def fresh_model(device: torch.device, memory_format: str, precision: str):
     torch.manual_seed(0)
-    model = numerics.to_memory_format(build_model("unet", in_channels=1, out_channels=1).to(device), memory_format)
-    numerics.guard_small_convolutions(model, precision, device)  # the bare side runs the layers train() runs
-    return model
+    model = build_model("unet", in_channels=1, out_channels=1).to(device)
+    # As train() does, so that the bare side runs the layers the trainer runs.
+    return numerics.prepare_model(model, precision=precision, memory_format=memory_format, device=device)
 
 
 def pipeline(cases, config: TrainConfig, *, samples: int, device: torch.device):

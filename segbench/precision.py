@@ -39,6 +39,7 @@ __all__ = [
     "cpu_model",
     "guard_small_convolutions",
     "hardware_name",
+    "prepare_model",
     "resolve_memory_format",
     "resolve_precision",
     "to_memory_format",
@@ -116,6 +117,20 @@ def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractC
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=_DTYPES[precision])
+
+
+def prepare_model(
+    model: torch.nn.Module, *, precision: str, memory_format: str, device: torch.device | str
+) -> torch.nn.Module:
+    """Put ``model`` (already on ``device``) into the resolved numerics, in place: the memory format, and for bf16 on
+    CPU the small-convolution guard. Parameters keep their identity, so an optimizer built before still holds them.
+
+    The one place a model is readied for training (``segbench.training.train``) and for the benchmarks that time
+    what training runs. Returns ``model``.
+    """
+    to_memory_format(model, memory_format)
+    guard_small_convolutions(model, precision, device)
+    return model
 
 
 def guard_small_convolutions(model: torch.nn.Module, precision: str, device: torch.device | str) -> int:

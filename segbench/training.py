@@ -140,10 +140,9 @@ def train(
     state.memory_format = numerics.resolve_memory_format(config.memory_format, device)
     if numerics.uses_grad_scaler(state.precision, device) and state.scaler is None:
         state.scaler = _make_scaler(state.scaler_state)
-    # In place (parameters keep their identity), so the optimizer built before still holds them.
-    numerics.to_memory_format(model, state.memory_format)
-    # bf16 on CPU: convolutions smaller than their kernel run in fp32 (a torch kernel defect, see segbench.precision).
-    numerics.guard_small_convolutions(model, state.precision, device)
+    # In place (parameters keep their identity), so the optimizer built before still holds them. For bf16 on CPU this
+    # also runs convolutions smaller than their kernel in fp32 (a torch kernel defect, see segbench.precision).
+    numerics.prepare_model(model, precision=state.precision, memory_format=state.memory_format, device=device)
     kind = loss_kind(config, out_channels)
     model.train()
     while (progress := _progress(config, state)) < 1.0:
