@@ -22,7 +22,10 @@ from segbench.report import write_report
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 BROWSER = next((path for name in BROWSERS if (path := shutil.which(name))), None)
-pytestmark = pytest.mark.skipif(BROWSER is None, reason="headless Chromium is not installed (apt-get install chromium)")
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(BROWSER is None, reason="headless Chromium is not installed (apt-get install chromium)"),
+]
 
 # Models with long names and a failed one: the widest leaderboard a realistic run produces.
 MODELS = ("fcn", "unet", "unet_w40_d3", "unet_w8_d2", "fcn_w40_d3", "monai_basicunet")

@@ -7,7 +7,6 @@ jobs are waited for, never resubmitted; only ``lost`` ones are run again.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import time
@@ -20,7 +19,7 @@ from segbench.atomic import atomic_write_json
 from segbench.errors import RunDirectoryError
 from segbench.executors.slurm_queue import SlurmQueue
 from segbench.job import JobSpec
-from segbench.locking import RunLock
+from segbench.locking import RunLock, lock_held
 
 log = logging.getLogger(__name__)
 
@@ -28,23 +27,12 @@ _RECORD_KEYS = {"backend", "job_id", "folder"}
 
 
 def job_lock_held(folder: str | Path) -> bool:
-    """Whether a live process holds the job folder's ``job.lock`` (a non-blocking ``flock`` probe).
+    """Whether a live process holds the job folder's ``job.lock`` (see :func:`segbench.locking.lock_held`).
 
-    The probe holds the lock for an instant; a job starting in exactly that instant would refuse to run, so executors
-    probe only jobs they did not start themselves (classification on resume, jobs run by another process).
+    Executors probe only jobs they did not start themselves (classification on resume, jobs run by another process):
+    a job starting in the probe's instant would refuse to run.
     """
-    path = Path(folder) / rundir.JOB_LOCK_FILE
-    try:
-        handle = open(path, encoding="utf-8")  # noqa: SIM115 - closed below; never creates the file
-    except FileNotFoundError:
-        return False
-    with handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-        return False
+    return lock_held(Path(folder) / rundir.JOB_LOCK_FILE)
 
 
 def read_record(folder: str | Path) -> dict[str, Any] | None:

@@ -55,7 +55,7 @@ def _sacct_works() -> bool:
 
 
 PROBLEM = _cluster_problem()
-pytestmark = pytest.mark.skipif(PROBLEM is not None, reason=PROBLEM or "")
+pytestmark = [pytest.mark.slurm, pytest.mark.skipif(PROBLEM is not None, reason=PROBLEM or "")]
 ACCOUNTING = PROBLEM is None and _sacct_works()  # False on a cluster without slurmdbd (ACCOUNTING=0 … up)
 
 # One thread everywhere: Slurm pins each job to its CPU, and the local reference must compute the same numbers.
