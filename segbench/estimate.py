@@ -41,7 +41,14 @@ from segbench.geometry import CaseGeometry, padded_shape, window_count
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CostEstimate", "ModelEstimate", "estimate_for_run", "estimate_run", "measure_step_seconds", "measure_window_seconds"]
+__all__ = [
+    "CostEstimate",
+    "ModelEstimate",
+    "estimate_for_run",
+    "estimate_run",
+    "measure_step_seconds",
+    "measure_window_seconds",
+]
 
 #: Extra training-step equivalents a job spends outside its loop (memory measurement: two steps; first steps slow).
 JOB_SETUP_STEPS = 4
@@ -100,7 +107,7 @@ class CostEstimate:
         """Plain lines: one header, one per model, the totals, then advice."""
         out = [
             f"Estimate before the first job ({self.jobs} job(s) on {self.device}, {self.precision}, "
-            f"{self.memory_format}; measured here, see docs):"
+            f'{self.memory_format}; measured here, README "Cost estimate"):'
         ]
         for m in self.models:
             memory = f"{m.tensor_peak_mb:,.0f} MiB" if math.isfinite(m.tensor_peak_mb) else "? MiB"
@@ -175,7 +182,12 @@ def measure_step_seconds(
 
 
 def measure_window_seconds(
-    model: torch.nn.Module, *, config: RunConfig, in_channels: int, device: torch.device | str, numerics: tuple[str, str]
+    model: torch.nn.Module,
+    *,
+    config: RunConfig,
+    in_channels: int,
+    device: torch.device | str,
+    numerics: tuple[str, str],
 ) -> float:
     """Seconds per window of sliding-window prediction with the run's overlap, window batch and mirroring.
 
@@ -252,35 +264,26 @@ def estimate_run(
     from segbench.precision import resolve_memory_format, resolve_precision
 
     torch_device = torch.device(device)
-    precision = resolve_precision(config.train.precision, torch_device)
-    memory_format = resolve_memory_format(config.train.memory_format, torch_device)
-    patch = tuple(int(s) for s in config.train.patch_size)
-    overlap = config.inference.overlap
+    numerics = (resolve_precision(config.train.precision, torch_device),
+                resolve_memory_format(config.train.memory_format, torch_device))  # fmt: skip
+    patch, overlap = tuple(map(int, config.train.patch_size)), config.inference.overlap
     by_id = {case.case_id: case for case in geometry}
     per_model: dict[str, list[list[CaseGeometry]]] = {}
-    for model, case_ids in jobs:
+    for model, case_ids in jobs:  # each job's fold: the cases it predicts
         per_model.setdefault(model, []).append([by_id[c] for c in case_ids if c in by_id])
     predicted = [case for folds in per_model.values() for fold in folds for case in fold] or list(geometry)
     largest = max(geometry, key=lambda case: case.voxels)
     overhead = measure_case_overhead(largest, label_paths[largest.case_id], tolerance_mm=config.tolerance_mm)
     memory = estimate_memory(list(per_model), patch_size=patch, batch_size=config.train.batch_size,
-                             precision=precision, memory_format=memory_format, optimizer=config.train.optimizer,
-                             in_channels=in_channels, out_channels=out_channels)  # fmt: skip
-    peaks = dict(zip(memory["model"], memory["tensor_peak_mb"], strict=True))
-    estimates = []
-    for name, folds in per_model.items():
-        step_s = measure_step_seconds(name, config=config, in_channels=in_channels, out_channels=out_channels,
-                                      device=torch_device)  # fmt: skip
-        window_s = _window_seconds(name, config, in_channels, out_channels, torch_device, (precision, memory_format))
-        iterations, train_s = _training(config, step_s)
-        predict_s = statistics.mean(
-            sum(window_count(c.shape, patch, overlap) * window_s + overhead for c in fold) for fold in folds
-        )
-        job_s = train_s + predict_s + JOB_SETUP_STEPS * step_s + JOB_SETUP_S
-        estimates.append(ModelEstimate(name, len(folds), step_s, iterations, train_s, window_s, predict_s, job_s,
-                                       float(peaks.get(name, math.nan))))  # fmt: skip
+                             precision=numerics[0], memory_format=numerics[1], optimizer=config.train.optimizer,
+                             in_channels=in_channels, out_channels=out_channels).set_index("model")  # fmt: skip
+    estimates = [
+        _model_estimate(name, folds, config, channels=(in_channels, out_channels), device=torch_device,
+                        numerics=numerics, case_overhead_s=overhead, peak_mb=float(memory.loc[name, "tensor_peak_mb"]))
+        for name, folds in per_model.items()
+    ]  # fmt: skip
     estimate = CostEstimate(
-        models=tuple(estimates), device=device, precision=precision, memory_format=memory_format,
+        models=tuple(estimates), device=device, precision=numerics[0], memory_format=numerics[1],
         windows_per_case=statistics.mean(window_count(c.shape, patch, overlap) for c in predicted),
         cases_per_job=len(predicted) / len(jobs) if jobs else 0.0, case_overhead_s=overhead,
         prediction_buffers_mb=prediction_buffers_mb(geometry, patch, out_channels), cache=dict(cache),
@@ -288,8 +291,30 @@ def estimate_run(
     return dataclasses.replace(estimate, advice=tuple(prediction_advice(estimate, config, predicted)))
 
 
+def _model_estimate(name: str, folds: list[list[CaseGeometry]], config: RunConfig, *, channels: tuple[int, int],
+                    device: torch.device, numerics: tuple[str, str], case_overhead_s: float,
+                    peak_mb: float) -> ModelEstimate:  # fmt: skip
+    """One model's estimate: its step and window measured here, its jobs' training and prediction added up."""
+    patch, overlap = tuple(map(int, config.train.patch_size)), config.inference.overlap
+    step_s = measure_step_seconds(name, config=config, in_channels=channels[0], out_channels=channels[1],
+                                  device=device)  # fmt: skip
+    window_s = _window_seconds(name, config, channels[0], channels[1], device, numerics)
+    iterations, train_s = _training(config, step_s)
+    predict_s = statistics.mean(
+        sum(window_count(c.shape, patch, overlap) * window_s + case_overhead_s for c in fold) for fold in folds
+    )
+    job_s = train_s + predict_s + JOB_SETUP_STEPS * step_s + JOB_SETUP_S
+    return ModelEstimate(name, len(folds), step_s, iterations, train_s, window_s, predict_s, job_s, peak_mb)
+
+
 def estimate_for_run(
-    config: RunConfig, *, todo: Sequence, splits: list[dict], dataset, geometry: Sequence[CaseGeometry], device: str,
+    config: RunConfig,
+    *,
+    todo: Sequence,
+    splits: list[dict],
+    dataset,
+    geometry: Sequence[CaseGeometry],
+    device: str,
     cache: dict[str, Any],
 ) -> CostEstimate | None:
     """The estimate of a run's jobs still to run (``todo``: :class:`segbench.rundir.JobKey`), or ``None`` when none

@@ -74,10 +74,9 @@ def padded_shape(shape: Sequence[int], patch: Sequence[int]) -> tuple[int, ...]:
 
 def window_count(shape: Sequence[int], patch: Sequence[int], overlap: float) -> int:
     """Windows :func:`segbench.inference.sliding_window_predict` runs over an image of ``shape``."""
-    from segbench.inference import window_starts
+    from segbench.inference import window_corners
 
-    padded = padded_shape(shape, patch)
-    return math.prod(len(window_starts(s, p, overlap)) for s, p in zip(padded, patch, strict=True))
+    return len(window_corners(padded_shape(shape, patch), patch, overlap))
 
 
 def padding_share(shape: Sequence[int], patch: Sequence[int]) -> float:
@@ -92,9 +91,7 @@ def oversized_patch_warning(geometry: Sequence[CaseGeometry], patch: Sequence[in
     if not smaller:
         return None
     smallest = min(smaller, key=lambda case: (case.voxels, case.case_id))
-    axes = [
-        f"{name} {s} < {p}" for name, s, p in zip("DHW", smallest.shape, patch, strict=True) if s < p
-    ]
+    axes = [f"{name} {s} < {p}" for name, s, p in zip("DHW", smallest.shape, patch, strict=True) if s < p]
     share = padding_share(smallest.shape, patch)
     others = f"; {len(smaller) - 1} other case(s) are smaller too" if len(smaller) > 1 else ""
     return (

@@ -121,10 +121,15 @@ def _fit_cpu(config: RunConfig, median, models, divisor: int, channels: tuple[in
     per_voxel = steps[slowest] / math.prod(patch)
     budget = config.train.time_budget_s
     if budget is None:
-        step_budget, aim = CPU_JOB_TRAIN_S / config.train.iterations, (
-            f"keeps a job's {config.train.iterations} iterations within {CPU_JOB_TRAIN_S / 60:.0f} min")
+        step_budget, aim = (
+            CPU_JOB_TRAIN_S / config.train.iterations,
+            (f"keeps a job's {config.train.iterations} iterations within {CPU_JOB_TRAIN_S / 60:.0f} min"),
+        )
     else:
-        step_budget, aim = budget / MIN_ITERATIONS, f"leaves {MIN_ITERATIONS} iterations within --time-budget {budget:g}"
+        step_budget, aim = (
+            budget / MIN_ITERATIONS,
+            f"leaves {MIN_ITERATIONS} iterations within --time-budget {budget:g}",
+        )
     fitted = fit_patch_to_time(median, divisor=divisor, seconds_per_voxel=per_voxel, step_budget_s=step_budget)
     return (
         f"On this CPU one {slowest} step at {'x'.join(map(str, patch))} takes {steps[slowest]:.3g} s (measured); the "

@@ -34,15 +34,15 @@ from segbench.data.dataset import DatasetSpec, dataset_fingerprint, load_dataset
 from segbench.data.preprocess import PreprocessConfig, prepare_dataset
 from segbench.data.validate import validate_dataset
 from segbench.errors import ConfigError, DatasetError, RunDirectoryError
-from segbench.executors.base import Executor, as_executor
 from segbench.estimate import CostEstimate, estimate_for_run
+from segbench.executors.base import Executor, as_executor
 from segbench.executors.inprocess import InProcessExecutor
 from segbench.geometry import read_geometry
 from segbench.job import JobSpec, out_channels_for
 from segbench.locking import RunLock
 from segbench.matching import Matching, match_run
-from segbench.patch_advice import patch_warnings
 from segbench.metrics import nsd_tolerance_warning
+from segbench.patch_advice import patch_warnings
 from segbench.paths import preprocessed_cache
 from segbench.profiling import environment_info
 from segbench.registry import builder_module, model_info, module_source, resolve_models
@@ -303,8 +303,12 @@ def _prepare_run_dir(run_dir: Path, manifest: dict, splits: list, *, resume: boo
         updated = {**old, "config": manifest["config"], "device_type": old.get("device_type")}
         updated["resumes"] = [
             *old.get("resumes", []),
-            {"at": manifest["created_at"], "command": manifest["command"], "environment": manifest["environment"],
-             **{key: manifest[key] for key in ("estimate", "cache") if key in manifest}},
+            {
+                "at": manifest["created_at"],
+                "command": manifest["command"],
+                "environment": manifest["environment"],
+                **{key: manifest[key] for key in ("estimate", "cache") if key in manifest},
+            },
         ]
         atomic_write_json(manifest_path, updated)
         return

@@ -78,4 +78,3 @@ def _age(days: float) -> str:
     if days < 1:
         return f"{days * 24:.1f} h ago"
     return f"{days:.1f} days ago"
-

@@ -42,8 +42,7 @@ COLUMNS = ("name", "family", "source", "params", "MFLOP/vox fwd", "MFLOP/vox tra
     type=click.Choice(["fp32", "bf16", "fp16", "auto"]),
     default="auto",
     show_default=True,
-    help="--memory: autocast precision (auto: what a run on this machine's default device uses; the table says "
-    "which).",
+    help="--memory: autocast precision (auto: what a run on this machine's default device uses; the table says which).",
 )
 @click.option(
     "--memory-format",

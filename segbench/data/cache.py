@@ -27,7 +27,16 @@ from segbench.paths import cache_root, preprocessed_cache
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CacheEntry", "cache_bytes", "cache_state", "folder_bytes", "format_size", "list_entries", "record_use", "remove_entries"]
+__all__ = [
+    "CacheEntry",
+    "cache_bytes",
+    "cache_state",
+    "folder_bytes",
+    "format_size",
+    "list_entries",
+    "record_use",
+    "remove_entries",
+]
 
 INDEX_DIR = ".index"
 #: Bytes of an ``.npy`` header (numpy writes 128 for arrays of this rank) and of a ``case.json``, per cached case.

@@ -65,8 +65,7 @@ def estimate_section(manifest: dict[str, Any], jobs: pd.DataFrame) -> Section | 
     )  # fmt: skip
     jobs_rows = frame[frame["measure"] == "job time (s)"].dropna(subset=["ratio"])
     verdict = (
-        f"Job times: {int(jobs_rows['within'].sum())} of {len(jobs_rows)} model(s) within {TOLERANCE}x of the "
-        "estimate."
+        f"Job times: {int(jobs_rows['within'].sum())} of {len(jobs_rows)} model(s) within {TOLERANCE}x of the estimate."
         if not jobs_rows.empty
         else "No done job to compare with yet."
     )
