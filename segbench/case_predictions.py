@@ -44,12 +44,12 @@ class PredictionLedger:
             recorded = json.loads(path.read_text(encoding="utf-8")).get("weights")
         except (OSError, ValueError, AttributeError):
             recorded = None
+        folder.mkdir(parents=True, exist_ok=True)
         if recorded != digest:
             # Made by other weights (or by an attempt that left no record): they must not be scored as this model's.
             for stale in folder.glob(f"*{rundir.PREDICTION_SUFFIX}") if folder.is_dir() else ():
                 stale.unlink(missing_ok=True)
             atomic_write_json(path, {"weights": digest})
-        folder.mkdir(parents=True, exist_ok=True)
 
     def path(self, case_id: str) -> Path:
         return rundir.prediction_path(self._run_dir, self._job, case_id)
