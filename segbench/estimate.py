@@ -56,6 +56,8 @@ JOB_SETUP_STEPS = 4
 JOB_SETUP_S = 0.5
 #: Timed steps after one untimed warm-up step.
 TIMED_STEPS = 3
+#: Seconds within which a window timing adds calls (up to five) to take the median of.
+WINDOW_TIMING_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -191,27 +193,41 @@ def measure_window_seconds(
 ) -> float:
     """Seconds per window of sliding-window prediction with the run's overlap, window batch and mirroring.
 
-    Times the real predictor on an image three windows long (one warm-up call first); ``numerics`` is the resolved
+    Times the real predictor without mirroring on an image as long as one window batch along its first axis (at
+    least two windows), after one warm-up call; the median of at least two calls (more, up to five, while under
+    :data:`WINDOW_TIMING_S`) counts, as the jobs meet the same load. Mirroring runs every window 8
+    times (flips are cheap next to the forward pass), so it multiplies the figure by 8. ``numerics`` is the resolved
     (precision, memory format).
     """
     from segbench.inference import sliding_window_predict
     from segbench.precision import prepare_model
 
+    inference = config.inference
     patch = tuple(int(s) for s in config.train.patch_size)
-    image = torch.randn((in_channels, patch[0] * 2, *patch[1:]), generator=torch.Generator().manual_seed(0))
-    windows = window_count(image.shape[1:], patch, config.inference.overlap)
+    step = max(1, int(patch[0] * (1 - inference.overlap)))
+    length = patch[0] + step * max(1, inference.batch_size - 1)  # about one full batch of windows
+    image = torch.randn((in_channels, length, *patch[1:]), generator=torch.Generator().manual_seed(0))
+    windows = window_count(image.shape[1:], patch, inference.overlap)
     prepare_model(model, precision=numerics[0], memory_format=numerics[1], device=device)
 
     def predict() -> float:
         tic = time.perf_counter()
-        sliding_window_predict(model, image, patch_size=patch, overlap=config.inference.overlap,
-                               batch_size=config.inference.batch_size, mirror=config.inference.mirror,
-                               gaussian=config.inference.gaussian, device=device, precision=numerics[0],
-                               memory_format=numerics[1])  # fmt: skip
+        sliding_window_predict(model, image, patch_size=patch, overlap=inference.overlap,
+                               batch_size=inference.batch_size, mirror=False, gaussian=inference.gaussian,
+                               device=device, precision=numerics[0], memory_format=numerics[1])  # fmt: skip
+        _synchronize(device)
         return time.perf_counter() - tic
 
     predict()
-    return min(predict() for _ in range(2)) / windows
+    started, calls = time.perf_counter(), [predict(), predict()]
+    while len(calls) < 5 and time.perf_counter() - started < WINDOW_TIMING_S:
+        calls.append(predict())
+    return statistics.median(calls) / windows * (8 if inference.mirror else 1)
+
+
+def _synchronize(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def measure_case_overhead(geometry: CaseGeometry, label_path: Path, *, tolerance_mm: float) -> float:
