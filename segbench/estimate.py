@@ -350,6 +350,9 @@ def estimate_for_run(
     except BaseException as exc:  # noqa: BLE001 - an estimate must never stop a run: the job reports the model
         log.warning("no cost estimate (%s: %s)", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
         return None
+    finally:
+        if torch.device(device).type == "cuda":  # give the timed steps' cached blocks back before the jobs start
+            torch.cuda.empty_cache()
 
 
 def _window_seconds(name: str, config: RunConfig, in_channels: int, out_channels: int, device: torch.device,
@@ -381,8 +384,8 @@ def prediction_advice(estimate: CostEstimate, config: RunConfig, cases: Sequence
     if inference.mirror:
         lines.append("  --no-mirror: 8x fewer forward passes (mirroring runs every window 8 times)")
     patch = tuple(int(s) for s in config.train.patch_size)
-    if inference.overlap > 0.25 and cases:
-        fewer = statistics.mean(window_count(c.shape, patch, 0.25) for c in cases)
+    fewer = statistics.mean(window_count(c.shape, patch, 0.25) for c in cases) if cases else math.inf
+    if inference.overlap > 0.25 and fewer < estimate.windows_per_case:
         lines.append(f"  --overlap 0.25: {fewer:.3g} windows per case instead of {estimate.windows_per_case:.3g}")
     if config.target_spacing is None:
         lines.append("  --target-spacing SD SH SW (coarser than the native spacing): fewer voxels, fewer windows")
