@@ -111,9 +111,9 @@ def _slice_index(n_in: int, n_out: int) -> np.ndarray:
     """Input slice nearest to each output slice (order 0 along one axis), rounded exactly as
     ``map_coordinates(order=0)`` rounds nnU-Net's coordinates ``(o + 0.5) * n_in / n_out - 0.5``."""
     coordinates = float(n_in) / n_out * (np.arange(n_out) + 0.5) - 0.5
-    return ndimage.map_coordinates(np.arange(n_in, dtype=np.float64), coordinates[None], order=0, mode="nearest").astype(
-        np.intp
-    )
+    return ndimage.map_coordinates(
+        np.arange(n_in, dtype=np.float64), coordinates[None], order=0, mode="nearest"
+    ).astype(np.intp)
 
 
 def _resample_channel(channel: np.ndarray, shape: tuple[int, ...], axis: int | None, order: int, is_seg: bool):

@@ -104,7 +104,9 @@ def load_plans_json(path: str | Path) -> dict[str, Any]:
     try:
         plans = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"--plans {path} does not exist; pass an nnU-Net plans file (e.g. nnUNetPlans.json)") from None
+        raise ConfigError(
+            f"--plans {path} does not exist; pass an nnU-Net plans file (e.g. nnUNetPlans.json)"
+        ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"--plans {path} is not a readable JSON file ({exc})") from None
     if not isinstance(plans, dict) or not isinstance(plans.get("configurations"), dict):
@@ -167,7 +169,9 @@ def read_plan(path: str | Path, configuration: str = DEFAULT_CONFIGURATION) -> P
             probabilities_resampling=_resampling(config, "resampling_fn_probabilities_kwargs", where),
         )
     except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"{where} lacks or garbles the entry {exc}; write it with nnU-Net or `segbench plan`") from None
+        raise ConfigError(
+            f"{where} lacks or garbles the entry {exc}; write it with nnU-Net or `segbench plan`"
+        ) from None
 
 
 def _floats(values: Any) -> tuple[float, ...] | None:
@@ -181,7 +185,9 @@ def _resampling(config: dict[str, Any], key: str, where: str) -> Resampling:
         raise ConfigError(f"{where}: {key} has order_z {order_z}; segbench resamples the thick axis with order 0 "
                           "only (nnU-Net's default); set order_z to 0")  # fmt: skip
     force = kwargs.get("force_separate_z")
-    return Resampling(order=int(kwargs.get("order", 1)), order_z=0, force_separate_z=None if force is None else bool(force))
+    return Resampling(
+        order=int(kwargs.get("order", 1)), order_z=0, force_separate_z=None if force is None else bool(force)
+    )
 
 
 def _check_supported(plans: dict[str, Any], config: dict[str, Any], where: str) -> None:
