@@ -241,13 +241,13 @@ def numerics_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 def manifest_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """What changed between a stored manifest and a resume request (results-affecting fields only)."""
-    old_config, new_config = dict(old["config"]), dict(new["config"])
+    old_config, new_config = _with_defaults(old["config"]), _with_defaults(new["config"])
     for key in OPERATIONAL_KEYS:
         section, _, leaf = key.rpartition(".")
         for cfg in (old_config, new_config):
             target = cfg.get(section, {}) if section else cfg
             target.pop(leaf, None)
-    differences = [f"config {line}" for line in config_differences(_with_defaults(old_config), new_config)]
+    differences = [f"config {line}" for line in config_differences(old_config, new_config)]
     differences += numerics_differences(old, new)
     differences += plans_differences(old.get("plans"), new.get("plans"))
     if old["models"] != new["models"]:

@@ -124,3 +124,58 @@ def nnunet_preprocessed(raw: Path, plans: Path, base: Path, out: Path, configura
     out.mkdir(parents=True, exist_ok=True)
     run_nnunet_json(_PREPROCESS_SCRIPT, str(raw), str(plans), configuration, str(out), env=nnunet_env(base))
     return out
+
+
+def hand_plans(
+    *,
+    dataset_name: str,
+    spacing: tuple[float, float, float],
+    patch_size: tuple[int, int, int] = (16, 16, 16),
+    batch_size: int = 2,
+    schemes: tuple[str, ...] = ("ZScoreNormalization",),
+    median_spacing: tuple[float, float, float] | None = None,
+    transpose_forward: tuple[int, int, int] = (0, 1, 2),
+) -> dict:
+    """A minimal plans file in nnU-Net v2's format (the keys ``segbench run --plans`` reads), spacing in nnU-Net's
+    axis order (nibabel's reversed)."""
+    resampling = {"resampling_fn_data": "resample_data_or_seg_to_shape",
+                  "resampling_fn_seg": "resample_data_or_seg_to_shape",
+                  "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+                  "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+                  "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
+                  "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0,
+                                                         "force_separate_z": None}}  # fmt: skip
+    backward = [int(i) for i in np.argsort(transpose_forward)]
+    return {
+        "dataset_name": dataset_name,
+        "plans_name": "nnUNetPlans",
+        "original_median_spacing_after_transp": list(median_spacing or spacing),
+        "image_reader_writer": "SimpleITKIO",
+        "transpose_forward": list(transpose_forward),
+        "transpose_backward": backward,
+        "configurations": {
+            "3d_fullres": {
+                "data_identifier": "nnUNetPlans_3d_fullres",
+                "preprocessor_name": "DefaultPreprocessor",
+                "batch_size": batch_size,
+                "patch_size": list(patch_size),
+                "spacing": list(spacing),
+                "normalization_schemes": list(schemes),
+                "use_mask_for_norm": [False] * len(schemes),
+                **resampling,
+            },
+            "3d_fullres_bs4": {"inherits_from": "3d_fullres", "batch_size": 4},
+        },
+        "foreground_intensity_properties_per_channel": {
+            str(c): {"mean": 50.0, "std": 40.0, "percentile_00_5": -20.0, "percentile_99_5": 120.0}
+            for c in range(len(schemes))
+        },
+    }
+
+
+def write_plans(path: Path, plans: dict) -> Path:
+    """Write ``plans`` as JSON at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(plans, indent=2))
+    return path
