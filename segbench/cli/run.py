@@ -10,7 +10,7 @@ import click
 
 from segbench.cli.group import main
 from segbench.config import InferenceConfig, RunConfig, TrainConfig
-from segbench.rundir import MANIFEST_FILE
+from segbench.rundir import MANIFEST_FILE, PLANS_FILE
 
 # The defaults --help shows (with --resume: the stored run's).
 _RUN, _TRAIN, _INFER = RunConfig(), TrainConfig(), InferenceConfig()
@@ -124,7 +124,7 @@ def _interrupt_on_sigterm() -> None:
     type=click.Path(path_type=Path),
     default=None,
     help="nnU-Net plans file (nnUNetPlans.json, or `segbench plan`'s): spacing, transposition, patch, batch size, "
-    "normalization and resampling come from it (--patch / --batch-size override). Copied into RUN_DIR/plans.json.",
+    f"normalization and resampling come from it (--patch / --batch-size override). Copied into RUN_DIR/{PLANS_FILE}.",
 )
 @click.option(
     "--configuration",
