@@ -2,8 +2,8 @@
 
 * :func:`write_ct_like`: one CT channel, two labels (organ + lesion), anisotropic with thick slices whose spacing
   varies between cases, air around a body that does not fill the field of view on every slice.
-* :func:`write_mri_like`: two MRI channels, one label, near-isotropic, zero outside the head (nnU-Net then plans the
-  masked z-score).
+* :func:`write_mri_like`: two MRI channels, one label, near-isotropic with the coarsest axis first (nnU-Net's plan
+  then transposes the axes), zero outside the head (nnU-Net then plans the masked z-score).
 * :func:`nnunet_plans`: nnU-Net's fingerprint extraction + ``ExperimentPlanner`` in the reference interpreter
   (tests/nnunet_ref.py); returns the ``nnUNetPlans.json`` it wrote.
 * :func:`nnunet_preprocessed`: nnU-Net's ``DefaultPreprocessor.run_case`` of every training case with that plan.
@@ -62,13 +62,14 @@ def write_mri_like(root: Path, *, cases: int = 4, seed: int = 1, shape: tuple[in
         c = np.asarray(shape, dtype=float) / 2 + rng.uniform(-1.5, 1.5, 3)
         head = _ellipsoid(shape, tuple(c), tuple(np.asarray(shape) * 0.36))
         target = _ellipsoid(shape, tuple(c + (2, 1, -1)), tuple(np.asarray(shape) * 0.12))
+        # The coarsest axis is nibabel's first (nnU-Net's last): the plan transposes; all three spacings vary.
+        spacing = (1.37 + 0.05 * i, 1.25 - 0.02 * i, 1.2 + 0.03 * i)
         for ch, (base, contrast) in enumerate(((300.0, 250.0), (500.0, -200.0))):
             image = np.where(head, base + rng.normal(0, 30, shape), 0.0)
             image[target] += contrast
             write_volume(root / "imagesTr" / f"mr_{i:03d}_{ch:04d}.nii.gz", image.astype(np.float32),
-                         spacing=(1.25, 1.25, 1.37 + 0.05 * i))  # fmt: skip
-        write_volume(root / "labelsTr" / f"mr_{i:03d}.nii.gz", target.astype(np.uint8),
-                     spacing=(1.25, 1.25, 1.37 + 0.05 * i))  # fmt: skip
+                         spacing=spacing)  # fmt: skip
+        write_volume(root / "labelsTr" / f"mr_{i:03d}.nii.gz", target.astype(np.uint8), spacing=spacing)
     _dataset_json(root, {"0": "T1", "1": "T2"}, {"background": 0, "target": 1}, cases)
     return root
 

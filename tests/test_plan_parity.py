@@ -47,6 +47,10 @@ def planned(request, tmp_path_factory) -> dict:
 
 def test_preprocessing_matches_nnunets_default_preprocessor(planned: dict):
     plan = read_plan(planned["plans"])
+    if planned["kind"] == "mri":  # what the datasets exercise: masked z-score and transposed axes ...
+        assert plan.transpose_forward != (0, 1, 2) and all(plan.use_mask_for_norm)
+    else:  # ... CT normalization and the separate-z rule (thick axis first)
+        assert plan.normalization_schemes == ("CTNormalization",) and plan.spacing[0] / plan.spacing[1] > 3
     figures = []
     for case in load_dataset(planned["raw"]).training:
         image, label = load_case(case)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -205,3 +206,21 @@ def test_plan_preprocessing_round_trips_a_label_to_the_source_geometry(tiny_raw:
     expected = label.array.copy()
     expected[:2] = 0  # outside the crop: background
     assert (restored == expected).mean() > 0.97  # down to 2 mm and back: only boundary voxels may move
+
+
+@pytest.mark.slow
+def test_run_with_a_hand_written_plan_predicts_in_the_source_geometry(tiny_raw: Path, tmp_path: Path):
+    # The plan transposes (its first axis is nibabel's last) and resamples that axis from 1.37 to 2 mm.
+    plans = _plans(tmp_path, spacing=(2.0, 1.25, 1.25), median_spacing=(1.37, 1.25, 1.25), transpose_forward=(2, 0, 1),
+                   patch_size=(8, 16, 16))  # fmt: skip
+    run_dir = tmp_path / "run"
+    proc = _run("--data", str(tiny_raw), "--plans", str(plans), "--models", "fcn", "--iterations", "2", "--folds", "2",
+                "--num-workers", "0", "--device", "cpu", "--out", str(run_dir), "--quiet", "--no-report")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["config"]["train"]["patch_size"] == [8, 16, 16] and manifest["plans"]["path"] == str(plans)
+    assert (run_dir / "plans.json").read_bytes() == plans.read_bytes()
+    predictions = sorted((run_dir / "predictions" / "fcn").glob("*.nii.gz"))
+    assert [p.name for p in predictions] == [f"t_00{i}.nii.gz" for i in range(1, 5)]
+    for prediction in predictions:
+        assert nib.load(str(prediction)).shape == (16, 16, 16)  # the source grid, not the plan's (11 x 16 x 16)
