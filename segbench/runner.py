@@ -268,10 +268,10 @@ def _with_defaults(stored: dict[str, Any]) -> dict[str, Any]:
 
 
 def plans_differences(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[str]:
-    """A plans file whose content changed since the run started (same path, other SHA-256), or another configuration.
+    """A plans file whose content changed since the run started (same path, other SHA-256).
 
-    ``old`` and ``new`` are manifests' ``plans`` entries (``None`` without ``--plans``; a path change is a config
-    difference already).
+    ``old`` and ``new`` are manifests' ``plans`` entries (``None`` without ``--plans``; another path or
+    ``--configuration`` is a config difference already).
     """
     if not old or not new:
         return []
@@ -518,7 +518,7 @@ def _selected_models(config: RunConfig, dataset: DatasetSpec, device: str) -> tu
     least common multiple of the models' divisors (for patch planning)."""
     models = resolve_models(",".join(config.models))
     out_channels = out_channels_for(tuple(dataset.foreground_labels))
-    source = f"the patch of --plans {config.plans}" if config.plans else "--patch"
+    source = f"--plans {config.plans}: its patch" if config.plans else "--patch"
     divisor = check_patch(models, tuple(config.train.patch_size), len(dataset.channels), out_channels, source=source)
     matching = match_run(config, models, in_channels=len(dataset.channels), out_channels=out_channels, device=device)
     return (matching.resolved if matching is not None else models), matching, divisor

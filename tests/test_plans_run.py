@@ -224,3 +224,10 @@ def test_run_with_a_hand_written_plan_predicts_in_the_source_geometry(tiny_raw: 
     assert [p.name for p in predictions] == [f"t_00{i}.nii.gz" for i in range(1, 5)]
     for prediction in predictions:
         assert nib.load(str(prediction)).shape == (16, 16, 16)  # the source grid, not the plan's (11 x 16 x 16)
+
+
+def test_a_plan_and_a_target_spacing_are_refused_together():
+    from segbench.config import RunConfig
+
+    with pytest.raises(ConfigError, match="--target-spacing and --plans both set the spacing"):
+        RunConfig(plans="/data/nnUNetPlans.json", target_spacing=(1.0, 1.0, 1.0))
