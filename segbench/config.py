@@ -75,6 +75,9 @@ class RunConfig:
     job_timeout_s: float | None = None  # wall-clock limit per job; exceeded -> status "timeout"
     match: str | None = None  # "flops", "params" or "memory": scale family members to match_to's cost (matching.py)
     match_to: str | None = None  # the reference model of `match`
+    # nnU-Net plans file (--plans): spacing, transposition, patch, batch, normalization and resampling come from it
+    plans: str | None = None
+    configuration: str = "3d_fullres"  # the plans file's configuration (--configuration)
     train: TrainConfig = field(default_factory=TrainConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
@@ -131,6 +134,10 @@ def validate_config(config: RunConfig) -> None:
             "--match needs --match-to MODEL, the model whose cost to match",
         ),
         (config.match_to is None or config.match is not None, "--match-to needs --match flops, params or memory"),
+        (
+            config.plans is None or config.target_spacing is None,
+            "--target-spacing and --plans both set the spacing; drop --target-spacing (the plan's spacing is used)",
+        ),
     ]
     for ok, message in checks:
         if not ok:

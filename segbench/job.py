@@ -47,9 +47,15 @@ from segbench.checkpoints import load_latest_checkpoint, restore, save_checkpoin
 from segbench.config import RunConfig, TrainConfig, config_from_dict
 from segbench.data.dataset import DatasetSpec, load_dataset
 from segbench.data.nifti import read_label, write_nifti
-from segbench.data.preprocess import PreparedCase, PreprocessConfig, load_prepared, prepare_dataset, restore_to_original
+from segbench.data.preprocess import (
+    PreparedCase,
+    PreprocessConfig,
+    labels_in_source_geometry,
+    load_prepared,
+    prepare_dataset,
+)
 from segbench.data.sampling import PatchDataset, make_loader
-from segbench.inference import logits_to_labels, sliding_window_predict
+from segbench.inference import sliding_window_predict
 from segbench.locking import RunLock
 from segbench.memory import training_step_memory
 from segbench.metrics import compute_case_metrics
@@ -365,10 +371,19 @@ def _prepare_cases(ctx: JobContext) -> dict[str, PreparedCase]:
     wanted = set(ctx.split["train"]) | set(ctx.split["val"])
     return prepare_dataset(
         ctx.dataset,
-        config=PreprocessConfig(target_spacing=ctx.config.target_spacing),
+        config=PreprocessConfig(target_spacing=ctx.config.target_spacing, plan=_run_plan(ctx)),
         cache_dir=cache_dir,
         cases=[c for c in ctx.dataset.training if c.case_id in wanted],
     )
+
+
+def _run_plan(ctx: JobContext) -> Any:
+    """The run's plan, read from its copy in the run directory (``None`` for a run without ``--plans``)."""
+    if not getattr(ctx.config, "plans", None):
+        return None
+    from segbench.plans.plans_file import read_plan
+
+    return read_plan(rundir.plans_path(ctx.spec.run_dir), ctx.config.configuration)
 
 
 def _resume(ctx: JobContext, state: LoopState, record: dict[str, Any]) -> tuple[list[dict], dict[str, Any]]:
@@ -534,8 +549,7 @@ def _predict_case(
         precision=resolved[0],
         memory_format=resolved[1],
     )
-    logits = restore_to_original(logits, case)
-    classes = torch.from_numpy(logits_to_labels(logits).astype(np.int64))
+    classes = torch.from_numpy(labels_in_source_geometry(logits, case).astype(np.int64))
     values = torch.tensor((0, *ctx.foreground), dtype=torch.uint8)
     return values[classes].numpy()
 

@@ -3,7 +3,7 @@
 This is the only module that spells a run-directory name; everything else builds paths through it::
 
     RUN_DIR/
-      manifest.json, splits.json, metrics.csv, jobs.csv, run.lock
+      manifest.json, splits.json, plans.json (with --plans), metrics.csv, jobs.csv, run.lock
       jobs/<model>/fold_<k>/        job_dir(run_dir, job)  (runs with one repeat)
       jobs/<model>/fold_<k>/repeat_<r>/   job_dir(run_dir, job)  (runs with R > 1 repeats)
         result.json, result.json.previous, error.txt, error.txt.previous, training_log.csv,
@@ -33,6 +33,7 @@ from typing import Protocol
 # --- RUN_DIR ------------------------------------------------------------------------------------------------------
 MANIFEST_FILE = "manifest.json"  # resolved config, dataset fingerprint, environment
 SPLITS_FILE = "splits.json"  # nnU-Net splits_final.json format
+PLANS_FILE = "plans.json"  # a copy of the --plans file the run used (nnU-Net plans format)
 METRICS_FILE = "metrics.csv"  # per (model, fold, case_id, label); rebuilt from every result.json
 JOBS_FILE = "jobs.csv"  # per (model, fold); rebuilt from every result.json
 RUN_LOCK_FILE = "run.lock"  # locked (POSIX record lock) while a `segbench run` works on the directory
@@ -111,6 +112,11 @@ def manifest_path(run_dir: str | Path) -> Path:
 def splits_path(run_dir: str | Path) -> Path:
     """``RUN_DIR/splits.json``."""
     return Path(run_dir) / SPLITS_FILE
+
+
+def plans_path(run_dir: str | Path) -> Path:
+    """``RUN_DIR/plans.json``: the plans file the run used (only in runs with ``--plans``)."""
+    return Path(run_dir) / PLANS_FILE
 
 
 def metrics_path(run_dir: str | Path) -> Path:

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from segbench import __version__, results, rundir, stop
-from segbench.atomic import atomic_write_json
+from segbench.atomic import atomic_write_bytes, atomic_write_json
 from segbench.config import RunConfig, TrainConfig, config_differences, config_to_dict
 from segbench.data.cache import cache_state, record_use
 from segbench.data.dataset import DatasetSpec, dataset_fingerprint, load_dataset
@@ -188,19 +188,30 @@ def check_models_early(config: RunConfig) -> None:
             in_channels, out_channels = len(spec.channels), out_channels_for(tuple(spec.foreground_labels))
         except DatasetError:
             pass  # preflight names the dataset's problem next
-    check_patch(models, tuple(config.train.patch_size), in_channels, out_channels)
+    check_patch(models, tuple(config.train.patch_size), in_channels, out_channels, source=_patch_source(config))
 
 
-def check_patch(models: list[str], patch_size: tuple[int, ...], in_channels: int, out_channels: int) -> int:
-    """Every model must accept the common patch: each side divisible by the model's divisor; returns their lcm."""
+def _patch_source(config: RunConfig) -> str:
+    """Where the run's patch came from, as an error message names it."""
+    return f"--plans {config.plans}: its patch" if config.plans else "--patch"
+
+
+def check_patch(
+    models: list[str], patch_size: tuple[int, ...], in_channels: int, out_channels: int, *, source: str = "--patch"
+) -> int:
+    """Every model must accept the common patch: each side divisible by the model's divisor; returns their lcm.
+
+    ``source`` names where the patch came from in the error (``--patch``, or a plans file's patch_size).
+    """
     common = 1
     for name in models:
         divisor = model_info(name, in_channels=in_channels, out_channels=out_channels).divisor
         common = math.lcm(common, divisor)
         if any(int(size) % divisor for size in patch_size):
             raise ConfigError(
-                f"--patch {' '.join(map(str, patch_size))} does not suit model {name}, whose input sizes must be "
+                f"{source} {' '.join(map(str, patch_size))} does not suit model {name}, whose input sizes must be "
                 f"divisible by {divisor}; choose a patch whose sides are multiples of {divisor}"
+                + (" with --patch D H W" if source != "--patch" else "")
             )
     return common
 
@@ -257,7 +268,7 @@ def numerics_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 def manifest_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """What changed between a stored manifest and a resume request (results-affecting fields only)."""
-    old_config, new_config = dict(old["config"]), dict(new["config"])
+    old_config, new_config = _with_defaults(old["config"]), _with_defaults(new["config"])
     for key in OPERATIONAL_KEYS:
         section, _, leaf = key.rpartition(".")
         for cfg in (old_config, new_config):
@@ -265,11 +276,36 @@ def manifest_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             target.pop(leaf, None)
     differences = [f"config {line}" for line in config_differences(old_config, new_config)]
     differences += numerics_differences(old, new)
+    differences += plans_differences(old.get("plans"), new.get("plans"))
     if old["models"] != new["models"]:
         differences.append(f"models: {', '.join(old['models'])} -> {', '.join(new['models'])}")
     if old["dataset"]["fingerprint"] != new["dataset"]["fingerprint"]:
         differences.append(f"dataset {new['dataset']['path']} changed (fingerprint differs)")
     return differences
+
+
+def _with_defaults(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored config with the defaults of keys added since it was written (a missing key is no difference)."""
+    defaults = config_to_dict(RunConfig())
+    merged = {**{k: v for k, v in defaults.items() if k not in ("train", "inference")}, **stored}
+    for section in ("train", "inference"):
+        if isinstance(stored.get(section), dict):
+            merged[section] = {**defaults[section], **stored[section]}
+    return merged
+
+
+def plans_differences(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[str]:
+    """A plans file whose content changed since the run started (same path, other SHA-256).
+
+    ``old`` and ``new`` are manifests' ``plans`` entries (``None`` without ``--plans``; another path or
+    ``--configuration`` is a config difference already).
+    """
+    if not old or not new:
+        return []
+    if old.get("sha256") != new.get("sha256"):
+        return [f"the plans file {new.get('path')} changed since the run started (its SHA-256 differs from the copy "
+                f"in {rundir.PLANS_FILE})"]  # fmt: skip
+    return []
 
 
 def _read_json(path: Path) -> Any:
@@ -459,11 +495,16 @@ def _run_locked(config: RunConfig, run_dir: Path, *, resume: bool, progress: boo
         log.warning(warning)
     case_ids = [case.case_id for case in dataset.training]
     splits = resolve_splits(config.splits, case_ids, folds=config.folds, seed=config.seed)
+    plan, plans_source = _run_plan(config, dataset, run_dir, resume=resume)
     manifest = build_manifest(config, dataset, models, dataset_path, command=command, imports=imports,
                               matching=matching)  # fmt: skip
     manifest["device_type"] = device_type(device)
+    if plan is not None:
+        manifest["plans"] = plan.record(config.plans)
+        if not rundir.manifest_path(run_dir).exists():  # a new run: the copy is written before the manifest
+            atomic_write_bytes(rundir.plans_path(run_dir), plans_source.read_bytes())
     preprocess_dir = preprocessed_cache(cache_dir)
-    preprocess_config = PreprocessConfig(target_spacing=config.target_spacing)
+    preprocess_config = PreprocessConfig(target_spacing=config.target_spacing, plan=plan)
     manifest["cache"] = cache_state(dataset, preprocess_config, preprocess_dir, geometry)
     if on_estimate is not None and not executor.resolves_device:
         todo, _ = plan_jobs(run_dir, models, len(splits), config.repeats)
@@ -524,9 +565,35 @@ def _selected_models(config: RunConfig, dataset: DatasetSpec, device: str) -> tu
     least common multiple of the models' divisors (for patch planning)."""
     models = resolve_models(",".join(config.models))
     out_channels = out_channels_for(tuple(dataset.foreground_labels))
-    divisor = check_patch(models, tuple(config.train.patch_size), len(dataset.channels), out_channels)
+    divisor = check_patch(models, tuple(config.train.patch_size), len(dataset.channels), out_channels,
+                          source=_patch_source(config))  # fmt: skip
     matching = match_run(config, models, in_channels=len(dataset.channels), out_channels=out_channels, device=device)
     return (matching.resolved if matching is not None else models), matching, divisor
+
+
+def _run_plan(config: RunConfig, dataset: DatasetSpec, run_dir: Path, *, resume: bool) -> tuple[Any, Path | None]:
+    """The run's plan (``--plans``) checked against the dataset, and the file it was read from; ``(None, None)``
+    without one. A resumed run whose plans file is gone reads the copy in the run directory.
+
+    Raises:
+        ConfigError: the plans file is unreadable, unsupported or does not fit the dataset.
+    """
+    if config.plans is None:
+        return None, None
+    from segbench.plans.plans_file import check_plan_fits, read_plan
+
+    source = Path(config.plans)
+    if resume and not source.exists() and rundir.plans_path(run_dir).is_file():
+        log.warning("%s is gone: resuming with the run's copy %s", source, rundir.plans_path(run_dir))
+        source = rundir.plans_path(run_dir)
+    plan = read_plan(source, config.configuration)
+    check_plan_fits(plan, source, dataset)
+    train = config.train
+    if (tuple(train.patch_size), train.batch_size) != (tuple(plan.patch_size), plan.batch_size):
+        log.warning("patch %s and batch size %d differ from the plan's %s and %d (recorded in %s)",
+                    "x".join(map(str, train.patch_size)), train.batch_size, "x".join(map(str, plan.patch_size)),
+                    plan.batch_size, rundir.MANIFEST_FILE)  # fmt: skip
+    return plan, source
 
 
 def _jobs_to_run(run_dir: Path, models: list[str], splits: list, repeats: int) -> list[rundir.JobKey]:

@@ -10,7 +10,7 @@ import click
 
 from segbench.cli.group import main
 from segbench.config import InferenceConfig, RunConfig, TrainConfig
-from segbench.rundir import MANIFEST_FILE
+from segbench.rundir import MANIFEST_FILE, PLANS_FILE
 
 # The defaults --help shows (with --resume: the stored run's).
 _RUN, _TRAIN, _INFER = RunConfig(), TrainConfig(), InferenceConfig()
@@ -118,6 +118,20 @@ def _interrupt_on_sigterm() -> None:
     cls=ConfigDefault,
     show_default="native",
     help="Resample to this spacing in mm (predictions are resampled back).",
+)
+@click.option(
+    "--plans",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="nnU-Net plans file (nnUNetPlans.json, or `segbench plan`'s): spacing, transposition, patch, batch size, "
+    f"normalization and resampling come from it (--patch / --batch-size override). Copied into RUN_DIR/{PLANS_FILE}.",
+)
+@click.option(
+    "--configuration",
+    default=None,
+    cls=ConfigDefault,
+    show_default=_RUN.configuration,
+    help="The configuration of --plans to use.",
 )
 @click.option(
     "--precision",
@@ -263,6 +277,8 @@ def run(**options) -> None:  # fmt: skip
     import_user_modules(imports)
     executor = _build_executor(options)
     config = _config_from_options(options, click.get_current_context())
+    if config.plans and not options["resume"]:
+        config = _with_plan(config, options)
     run_dir = options["out"] or default_run_dir()
     _interrupt_on_sigterm()
     click.echo(f"segbench run → {run_dir}", err=True)
@@ -278,6 +294,18 @@ def run(**options) -> None:  # fmt: skip
         raise SystemExit(130) from None
     _print_summary(outcome)
     raise SystemExit(0 if outcome.all_done else 1)
+
+
+def _with_plan(config, options: dict):
+    """--plans: the plan's patch and batch size, except where --patch / --batch-size override them."""
+    from segbench.plans.plans_file import config_with_plan, read_plan
+
+    plan = read_plan(config.plans, config.configuration)
+    flags = {"patch_size": ("patch", "--patch"), "batch_size": ("batch_size", "--batch-size")}
+    keep = tuple(field for field, (option, _) in flags.items() if options[option] is not None)
+    for field in keep:
+        click.echo(f"warning: {flags[field][1]} overrides the plan's {field} {getattr(plan, field)}", err=True)
+    return config_with_plan(config, plan, keep=keep)
 
 
 def resume_command(run_dir: Path) -> str:
@@ -328,6 +356,8 @@ _CONFIG_FLAGS = {
     "job_timeout": ("", "job_timeout_s", lambda v: v),
     "match": ("", "match", str),
     "match_to": ("", "match_to", str),
+    "plans": ("", "plans", lambda v: str(Path(v).resolve()) if v else None),
+    "configuration": ("", "configuration", str),
     "iterations": ("train", "iterations", int),
     "time_budget": ("train", "time_budget_s", float),
     "patch": ("train", "patch_size", tuple),

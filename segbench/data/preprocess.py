@@ -1,15 +1,18 @@
-"""Preprocessing cache: z-scored (optionally resampled) cases stored as memory-mappable ``.npy`` files.
+"""Preprocessing cache: z-scored (optionally resampled) cases, or cases preprocessed with a plan as nnU-Net does it,
+stored as memory-mappable ``.npy`` files.
 
 Decoding a ``.nii.gz`` costs a full gzip inflate every time; training reads each case hundreds of
 times, so every case is prepared once into ``cache_dir/<case_id>-<key>/``:
 
-* ``image.npy``  ``(C, D, H, W)`` float32, each channel z-scored over the whole image;
+* ``image.npy``  ``(C, D, H, W)`` float32, each channel z-scored over the whole image (with a plan: cropped to the
+  nonzero region, normalized and resampled by :mod:`segbench.data.plan_preprocess`, axes in the plan's order);
 * ``label.npy``  ``(D, H, W)`` uint8 (absent for unlabelled cases);
 * ``case.json``  the :class:`PreparedCase` metadata (original geometry for writing predictions back).
 
 ``key`` hashes the source files' fingerprints (resolved path, size, mtime in ns), the
-:class:`PreprocessConfig` and :data:`CACHE_FORMAT_VERSION`, so an edited file or a changed setting gets a
-new folder and a stale cache is never read. Each folder is written under a temp name and renamed into
+:class:`PreprocessConfig` (with a plan: every setting it takes from the plan and the plans file's SHA-256) and
+:data:`CACHE_FORMAT_VERSION`, so an edited file, a changed setting or another plan gets a new folder and a stale
+cache is never read. Each folder is written under a temp name and renamed into
 place, so concurrent runs preparing the same case never see (or leave) a half-written folder.
 """
 
@@ -31,7 +34,9 @@ import torch
 import torch.nn.functional as F
 
 from segbench.atomic import atomic_write_json
+from segbench.data.plan_preprocess import Resampling, preprocess_with_plan, restore_labels
 from segbench.errors import ConfigError, DatasetError
+from segbench.inference import logits_to_labels
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +51,16 @@ class PreprocessConfig:
     Attributes:
         target_spacing: resample every case to this voxel size in mm (array-axis order); ``None`` keeps
             each case's own spacing.
+        plan: a :class:`segbench.plans.plans_file.PlanSettings`: preprocess as nnU-Net does with that plan (then
+            ``target_spacing`` must be ``None``: the plan sets the spacing).
     """
 
     target_spacing: tuple[float, float, float] | None = None  # None = keep the original spacing
+    plan: Any = None  # PlanSettings or None (no plan: per-case z-score)
 
     def __post_init__(self) -> None:
+        if self.plan is not None and self.target_spacing is not None:
+            raise ConfigError("a target spacing and a plan both set the spacing; drop the target spacing")
         if self.target_spacing is not None:
             spacing = tuple(float(s) for s in self.target_spacing)
             if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
@@ -71,6 +81,10 @@ class PreparedCase:
         spacing: voxel size of the prepared arrays in mm.
         affine: the source image's 4×4 affine, 16 values row-major (to write predictions back).
         shape: spatial shape of the prepared arrays.
+        plan_axes: with a plan, the permutation of the source axes into the arrays' (plan) axis order.
+        crop_bbox: with a plan, the nonzero crop ``(start, stop)`` per axis (plan axis order, source grid).
+        probabilities_resampling: with a plan, how scores go back to the source grid (the plan's
+            ``resampling_fn_probabilities_kwargs``: order, order_z, force_separate_z).
     """
 
     case_id: str
@@ -81,6 +95,9 @@ class PreparedCase:
     spacing: tuple[float, float, float]
     affine: tuple[float, ...]
     shape: tuple[int, int, int]
+    plan_axes: tuple[int, int, int] | None = None
+    crop_bbox: tuple[tuple[int, int], ...] | None = None
+    probabilities_resampling: dict[str, Any] | None = None
 
     @property
     def affine_matrix(self) -> np.ndarray:
@@ -105,6 +122,9 @@ class PreparedCase:
             spacing=tuple(float(v) for v in data["spacing"]),  # type: ignore[arg-type]
             affine=tuple(float(v) for v in data["affine"]),
             shape=tuple(int(v) for v in data["shape"]),  # type: ignore[arg-type]
+            plan_axes=None if data.get("plan_axes") is None else tuple(int(a) for a in data["plan_axes"]),  # type: ignore[arg-type]
+            crop_bbox=None if data.get("crop_bbox") is None else tuple((int(a), int(b)) for a, b in data["crop_bbox"]),
+            probabilities_resampling=data.get("probabilities_resampling"),
         )
 
 
@@ -124,9 +144,12 @@ def cache_key(case: Any, config: PreprocessConfig) -> str:
     """
     sources = [_fingerprint(Path(p)) for p in case.images]
     label = None if case.label is None else _fingerprint(Path(case.label))
+    settings = asdict(config)
+    if settings["plan"] is None:  # entries made before plans existed keep their keys
+        del settings["plan"]
     payload = json.dumps(
         {"version": CACHE_FORMAT_VERSION, "case_id": case.case_id, "images": sources, "label": label,
-         "config": asdict(config)},
+         "config": settings},
         sort_keys=True,
     )  # fmt: skip
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -180,6 +203,40 @@ def _read_case(case: Any) -> tuple[np.ndarray, np.ndarray | None, tuple[float, f
     return image.array, None if label is None else label.array, image.spacing, image.affine
 
 
+def _arrays(case: Any, config: PreprocessConfig) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """Read and prepare one case: (image, uint8 label or ``None``, the :class:`PreparedCase` fields but the paths)."""
+    image, label, spacing, affine = _read_case(case)
+    original_shape = tuple(int(s) for s in image.shape[1:])
+    fields: dict[str, Any] = {
+        "case_id": case.case_id,
+        "original_shape": original_shape,
+        "original_spacing": tuple(float(s) for s in spacing),
+        "affine": tuple(float(v) for v in np.asarray(affine, dtype=float).reshape(-1)),
+    }
+    if config.plan is not None:
+        planned = preprocess_with_plan(image, label, spacing, config.plan)
+        seg = None if planned.seg is None else np.maximum(planned.seg, 0).astype(np.uint8)  # -1 (outside) -> 0
+        resampling = config.plan.probabilities_resampling
+        fields.update(
+            spacing=tuple(float(s) for s in config.plan.spacing),
+            shape=tuple(int(n) for n in planned.image.shape[1:]),
+            plan_axes=planned.axes,
+            crop_bbox=planned.bbox,
+            probabilities_resampling=asdict(resampling),
+        )
+        return planned.image, seg, fields
+    new_spacing, shape = spacing, original_shape
+    if config.target_spacing is not None:
+        shape = resampled_shape(original_shape, spacing, config.target_spacing)
+        new_spacing = config.target_spacing
+        if shape != original_shape:
+            image = _resample(image, shape, mode="trilinear")
+            if label is not None:
+                label = _resample(label[None], shape, mode="nearest")[0].astype(np.uint8)
+    fields.update(spacing=tuple(float(s) for s in new_spacing), shape=shape)
+    return zscore(image), label, fields
+
+
 def prepare_case(case: Any, *, config: PreprocessConfig, cache_dir: Path) -> PreparedCase:
     """Prepare one case (duck-typed: ``case_id``, ``images`` paths, ``label`` path or ``None``) or reuse its cache.
 
@@ -193,18 +250,7 @@ def prepare_case(case: Any, *, config: PreprocessConfig, cache_dir: Path) -> Pre
     if meta_path.is_file():  # a cache hit: not logged per case (every job reads every case)
         return PreparedCase.from_json(json.loads(meta_path.read_text()), folder)
 
-    image, label, spacing, affine = _read_case(case)
-    original_shape = tuple(int(s) for s in image.shape[1:])
-    new_spacing, shape = spacing, original_shape
-    if config.target_spacing is not None:
-        shape = resampled_shape(original_shape, spacing, config.target_spacing)
-        new_spacing = config.target_spacing
-        if shape != original_shape:
-            image = _resample(image, shape, mode="trilinear")
-            if label is not None:
-                label = _resample(label[None], shape, mode="nearest")[0].astype(np.uint8)
-    image = zscore(image)
-
+    image, label, fields = _arrays(case, config)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=cache_dir))
     try:
@@ -212,14 +258,7 @@ def prepare_case(case: Any, *, config: PreprocessConfig, cache_dir: Path) -> Pre
         if label is not None:
             np.save(tmp / "label.npy", np.ascontiguousarray(label, dtype=np.uint8))
         prepared = PreparedCase(
-            case_id=case.case_id,
-            image_path=folder / "image.npy",
-            label_path=None if label is None else folder / "label.npy",
-            original_shape=original_shape,  # type: ignore[arg-type]
-            original_spacing=tuple(float(s) for s in spacing),  # type: ignore[arg-type]
-            spacing=tuple(float(s) for s in new_spacing),  # type: ignore[arg-type]
-            affine=tuple(float(v) for v in np.asarray(affine, dtype=float).reshape(-1)),
-            shape=shape,  # type: ignore[arg-type]
+            image_path=folder / "image.npy", label_path=None if label is None else folder / "label.npy", **fields
         )
         atomic_write_json(tmp / "case.json", prepared.to_json())  # fsyncs; written last
         try:
@@ -311,3 +350,28 @@ def restore_to_original(array: torch.Tensor, case: PreparedCase) -> torch.Tensor
     work = array if array.is_floating_point() else array.float()
     out = F.interpolate(work[None], size=tuple(case.original_shape), mode="trilinear", align_corners=False)[0]
     return out.to(dtype)
+
+
+def labels_in_source_geometry(logits: torch.Tensor, case: PreparedCase) -> np.ndarray:
+    """Class indices ``(*case.original_shape)`` uint8 (0 background) from scores ``(K, *case.shape)``.
+
+    A case prepared with a plan goes back as nnU-Net exports a prediction (scores resampled to the cropped grid,
+    labels put back into the uncropped volume, axes restored: :func:`segbench.data.plan_preprocess.restore_labels`);
+    any other case through :func:`restore_to_original`.
+
+    Raises:
+        ValueError: ``logits`` is not ``(K, *case.shape)``.
+    """
+    if case.plan_axes is None:
+        return logits_to_labels(restore_to_original(logits, case))
+    if logits.ndim != 4 or tuple(logits.shape[1:]) != tuple(case.shape):
+        raise ValueError(f"expected scores of shape (K, {', '.join(map(str, case.shape))}), got {tuple(logits.shape)}")
+    return restore_labels(
+        logits,
+        axes=case.plan_axes,
+        bbox=case.crop_bbox,
+        plan_spacing=case.spacing,
+        source_spacing=tuple(case.original_spacing[a] for a in case.plan_axes),
+        source_shape=case.original_shape,
+        resampling=Resampling(**case.probabilities_resampling),
+    )

@@ -51,7 +51,7 @@ from segbench.results import (
     metrics_table,
     scan_results,
 )
-from segbench.rundir import JOBS_FILE, MANIFEST_FILE, METRICS_FILE, RESULT_FILE, SPLITS_FILE
+from segbench.rundir import JOBS_FILE, MANIFEST_FILE, METRICS_FILE, PLANS_FILE, RESULT_FILE, SPLITS_FILE
 
 __all__ = ["compare_models", "metric_definitions", "write_report"]
 
@@ -295,6 +295,17 @@ def _read_benchmarks(path: Path) -> pd.DataFrame:
         ) from None
 
 
+def _plans_line(plans: Any) -> tuple[str, ...]:
+    """The provenance line of a run with ``--plans`` (none without)."""
+    if not isinstance(plans, dict):
+        return ()
+    return (
+        f"plans: {plans.get('path', '–')} (configuration {plans.get('configuration', '–')}, "
+        f"{plans.get('plans_name') or 'plans'} for {plans.get('dataset_name') or '–'}, SHA-256 "
+        f"{str(plans.get('sha256', '–'))[:16]}…; copied to {PLANS_FILE})",
+    )
+
+
 def _provenance(inputs: _Inputs) -> list[Any]:
     manifest = inputs.manifest
     dataset = manifest.get("dataset") or {}
@@ -308,6 +319,7 @@ def _provenance(inputs: _Inputs) -> list[Any]:
                 f"dataset: {dataset.get('name', '–')} ({dataset.get('format', '–')}) at {_dataset_place(manifest)}, "
                 f"{dataset.get('num_training', '–')} training cases, fingerprint {dataset.get('fingerprint', '–')}",
                 f"labels: {json.dumps(dataset.get('labels', {}), sort_keys=True, ensure_ascii=False)}",
+                *_plans_line(manifest.get("plans")),
             )
         ),
         TableBlock(
