@@ -13,7 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from segbench.errors import ConfigError
-from segbench.precision import MEMORY_FORMATS, PRECISIONS
+
+# Choices of --precision and --memory-format (what each means and how `auto` resolves: segbench.precision). Here, so
+# that reading a config never imports torch.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 
 # Keys of configs written before --precision/--memory-format existed: those runs trained with other numerics
 # (fp16 AMP on CUDA only, fp32 on CPU), which no value of the new keys reproduces on every device.

@@ -1,7 +1,7 @@
 """Patch warnings that fit the device: a suggestion a CPU can train in reasonable time or a GPU can hold, and a warning
 when the patch is larger than an image.
 
-nnU-Net-style planning (:func:`segbench.runner.plan_patch`: the largest multiple of the models' divisor within the
+nnU-Net-style planning (:func:`plan_patch`: the largest multiple of the models' divisor within the
 median image and 128³ voxels) suits a large GPU. The suggestion made here is the largest planned patch that also fits
 this run's device:
 
@@ -33,6 +33,38 @@ MIN_ITERATIONS = 100
 GPU_MEMORY_SHARE = 0.8
 
 
+# nnU-Net-like patch planning budget: voxels of one patch (128³, what a 3D full-resolution nnU-Net plans on a GPU).
+PATCH_VOXEL_BUDGET = 128**3
+
+
+def plan_patch(median_shape: Sequence[int], *, divisor: int, max_voxels: int = PATCH_VOXEL_BUDGET) -> tuple[int, ...]:
+    """The largest patch whose sides are multiples of ``divisor``, within ``median_shape`` and ``max_voxels``.
+
+    Starts from the median image shape rounded down to the divisor (at least one divisor per side) and shrinks the
+    longest side by one divisor until the patch fits the budget, like nnU-Net's planner.
+    """
+    patch = [max(divisor, int(side) // divisor * divisor) for side in median_shape]
+    while math.prod(patch) > max_voxels and max(patch) > divisor:
+        longest = max(range(len(patch)), key=lambda axis: patch[axis])
+        patch[longest] -= divisor
+    return tuple(patch)
+
+
+def warn_small_patch(config: RunConfig, median_shape: Sequence[int] | None, divisor: int) -> str | None:
+    """A warning when the default patch (no ``--patch``) covers under 1/8 of the median image; else ``None``."""
+    patch = tuple(config.train.patch_size)
+    if not median_shape or patch != TrainConfig().patch_size or math.prod(patch) * 8 > math.prod(median_shape):
+        return None
+    planned = plan_patch(median_shape, divisor=divisor)
+    share = math.prod(patch) / math.prod(median_shape)
+    return (
+        f"--patch not given: the default patch {' '.join(map(str, patch))} covers {share:.1%} of the median image "
+        f"({' '.join(map(str, median_shape))} voxels); nnU-Net-style planning (largest multiple of {divisor} within "
+        f"the median shape and {PATCH_VOXEL_BUDGET:,} voxels) gives --patch {' '.join(map(str, planned))}; pass "
+        "--patch D H W to choose (a smaller patch trains faster but sees less context)"
+    )
+
+
 def median_shape(geometry: Sequence[CaseGeometry]) -> tuple[int, ...] | None:
     """Per-axis median (lower) of the prepared shapes."""
     if not geometry:
@@ -43,8 +75,6 @@ def median_shape(geometry: Sequence[CaseGeometry]) -> tuple[int, ...] | None:
 def fit_patch_to_time(median: Sequence[int], *, divisor: int, seconds_per_voxel: float, step_budget_s: float):
     """The largest planned patch whose step, at ``seconds_per_voxel`` (per patch voxel, the batch included), takes at
     most ``step_budget_s``."""
-    from segbench.runner import PATCH_VOXEL_BUDGET, plan_patch
-
     voxels = step_budget_s / seconds_per_voxel if seconds_per_voxel > 0 else PATCH_VOXEL_BUDGET
     return plan_patch(median, divisor=divisor, max_voxels=int(min(PATCH_VOXEL_BUDGET, voxels)))
 
@@ -57,8 +87,6 @@ def fit_patch_to_memory(
     Memory is close to linear in the patch's voxels: two estimates (the smallest patch, the 128³ plan) give the line,
     the line gives a voxel budget, and exact estimates confirm it, shrinking while it does not fit.
     """
-    from segbench.runner import PATCH_VOXEL_BUDGET, plan_patch
-
     large = plan_patch(median, divisor=divisor)
     small = tuple(divisor for _ in median)
     high, low = peak_mb(large), peak_mb(small)
@@ -98,8 +126,6 @@ def patch_warnings(
 
 def _small_patch_warning(config: RunConfig, median: tuple[int, ...], models: Sequence[str], divisor: int,
                          device: str, channels: tuple[int, int]) -> str | None:  # fmt: skip
-    from segbench.runner import warn_small_patch
-
     base = warn_small_patch(config, median, divisor)
     if base is None or device == "auto":  # Slurm: the device is only known where the jobs run
         return base

@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from segbench.config import MEMORY_FORMATS, PRECISIONS  # the names; kept in config, which never imports torch
+
 __all__ = [
     "MEMORY_FORMATS",
     "PRECISIONS",
@@ -46,8 +48,6 @@ __all__ = [
     "uses_grad_scaler",
 ]
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 

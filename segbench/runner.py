@@ -28,7 +28,7 @@ import torch
 
 from segbench import __version__, results, rundir, stop
 from segbench.atomic import atomic_write_bytes, atomic_write_json
-from segbench.config import RunConfig, TrainConfig, config_differences, config_to_dict
+from segbench.config import RunConfig, config_differences, config_to_dict
 from segbench.data.cache import cache_state, record_use
 from segbench.data.dataset import DatasetSpec, dataset_fingerprint, load_dataset
 from segbench.data.preprocess import PreprocessConfig, prepare_dataset
@@ -42,7 +42,7 @@ from segbench.job import JobSpec, out_channels_for
 from segbench.locking import RunLock
 from segbench.matching import Matching, match_run
 from segbench.metrics import nsd_tolerance_warning
-from segbench.patch_advice import patch_warnings
+from segbench.patch_advice import PATCH_VOXEL_BUDGET, patch_warnings, plan_patch, warn_small_patch  # noqa: F401 - re-exported
 from segbench.paths import preprocessed_cache
 from segbench.profiling import environment_info
 from segbench.registry import builder_module, model_info, module_source, resolve_models
@@ -139,38 +139,6 @@ def preflight_dataset(
             f"run `segbench data check {path}` for the full list"
         )
     return load_dataset(path), report.summary or {}
-
-
-# nnU-Net-like patch planning budget: voxels of one patch (128³, what a 3D full-resolution nnU-Net plans on a GPU).
-PATCH_VOXEL_BUDGET = 128**3
-
-
-def plan_patch(median_shape: Sequence[int], *, divisor: int, max_voxels: int = PATCH_VOXEL_BUDGET) -> tuple[int, ...]:
-    """The largest patch whose sides are multiples of ``divisor``, within ``median_shape`` and ``max_voxels``.
-
-    Starts from the median image shape rounded down to the divisor (at least one divisor per side) and shrinks the
-    longest side by one divisor until the patch fits the budget, like nnU-Net's planner.
-    """
-    patch = [max(divisor, int(side) // divisor * divisor) for side in median_shape]
-    while math.prod(patch) > max_voxels and max(patch) > divisor:
-        longest = max(range(len(patch)), key=lambda axis: patch[axis])
-        patch[longest] -= divisor
-    return tuple(patch)
-
-
-def warn_small_patch(config: RunConfig, median_shape: Sequence[int] | None, divisor: int) -> str | None:
-    """A warning when the default patch (no ``--patch``) covers under 1/8 of the median image; else ``None``."""
-    patch = tuple(config.train.patch_size)
-    if not median_shape or patch != TrainConfig().patch_size or math.prod(patch) * 8 > math.prod(median_shape):
-        return None
-    planned = plan_patch(median_shape, divisor=divisor)
-    share = math.prod(patch) / math.prod(median_shape)
-    return (
-        f"--patch not given: the default patch {' '.join(map(str, patch))} covers {share:.1%} of the median image "
-        f"({' '.join(map(str, median_shape))} voxels); nnU-Net-style planning (largest multiple of {divisor} within "
-        f"the median shape and {PATCH_VOXEL_BUDGET:,} voxels) gives --patch {' '.join(map(str, planned))}; pass "
-        "--patch D H W to choose (a smaller patch trains faster but sees less context)"
-    )
 
 
 def check_models_early(config: RunConfig) -> None:
