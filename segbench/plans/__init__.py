@@ -1,0 +1,33 @@
+"""Experiment planning as nnU-Net v2 does it: dataset fingerprint -> plan (spacing, patch, batch, topology,
+normalization) -> an nnU-Net v2 plans file; and a patch fitted to the models being compared (:mod:`.fit`).
+
+Modules, in dataflow order: :mod:`.fingerprint` (what the data look like), :mod:`.rules` (target spacing,
+transposition, normalization), :mod:`.topology` (pooling and kernels), :mod:`.vram` (nnU-Net's memory proxy),
+:mod:`.presets` (the four planners), :mod:`.planner` (patch and batch per configuration), :mod:`.plansfile` (the
+JSON schema), :mod:`.api` (a dataset folder in, files out).
+
+All plan quantities are in nnU-Net's axis order, which is segbench's array-axis order reversed.
+"""
+
+from segbench.plans.api import nnunet_dataset_name, plan_dataset, write_plan
+from segbench.plans.fingerprint import DatasetFingerprint, extract_fingerprint, from_plan_axes, to_plan_axes
+from segbench.plans.planner import ConfigurationPlan, ExperimentPlan, plan_experiment
+from segbench.plans.plansfile import plans_to_json
+from segbench.plans.presets import PRESETS, PlannerPreset, get_preset
+
+__all__ = [
+    "PRESETS",
+    "ConfigurationPlan",
+    "DatasetFingerprint",
+    "ExperimentPlan",
+    "PlannerPreset",
+    "extract_fingerprint",
+    "from_plan_axes",
+    "get_preset",
+    "nnunet_dataset_name",
+    "plan_dataset",
+    "plan_experiment",
+    "plans_to_json",
+    "to_plan_axes",
+    "write_plan",
+]
