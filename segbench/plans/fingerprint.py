@@ -106,8 +106,7 @@ class DatasetFingerprint:
             spacings=tuple(tuple(float(v) for v in s) for s in doc["spacings"]),
             shapes_after_crop=tuple(tuple(int(v) for v in s) for s in doc["shapes_after_crop"]),
             foreground_intensity_properties_per_channel=tuple(
-                IntensityProperties(**{k: float(v) for k, v in props[key].items()})
-                for key in sorted(props, key=int)
+                IntensityProperties(**{k: float(v) for k, v in props[key].items()}) for key in sorted(props, key=int)
             ),
             median_relative_size_after_cropping=float(doc["median_relative_size_after_cropping"]),
         )

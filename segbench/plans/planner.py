@@ -87,7 +87,7 @@ def initial_patch_size(spacing: Sequence[float], median_shape: Sequence[float]) 
         start = [round(i) for i in inverse * (256**3 / np.prod(inverse)) ** (1 / 3)]
     else:
         start = [round(i) for i in inverse * (2048**2 / np.prod(inverse)) ** (1 / 2)]
-    return np.array([min(i, j) for i, j in zip(start, median_shape[: len(spacing)])])
+    return np.array([min(i, j) for i, j in zip(start, median_shape[: len(spacing)], strict=True)])
 
 
 def shrink_patch(spacing: Sequence[float], topology: Topology, median_shape: Sequence[float]) -> Topology:
@@ -97,7 +97,7 @@ def shrink_patch(spacing: Sequence[float], topology: Topology, median_shape: Seq
     the 64 that 256 needs) are not skipped.
     """
     patch = list(topology.patch_size)
-    axis = int(np.argsort([p / m for p, m in zip(patch, median_shape)])[-1])
+    axis = int(np.argsort([p / m for p, m in zip(patch, median_shape[: len(patch)], strict=True)])[-1])
     trial = list(patch)
     trial[axis] -= topology.divisible_by[axis]
     patch[axis] -= pool_and_conv_props(spacing, trial, min_edge=MIN_FEATURE_MAP_EDGE).divisible_by[axis]
@@ -128,7 +128,8 @@ def plan_configuration(
     ref_batch = preset.reference_batch_3d if is_3d else preset.reference_batch_2d
     reference = (preset.reference_3d if is_3d else preset.reference_2d) * (preset.gpu_memory_gb / preset.reference_gb)
     topology = pool_and_conv_props(spacing, initial_patch_size(spacing, median_shape), min_edge=MIN_FEATURE_MAP_EDGE)
-    estimate, features, enc, dec = feature_map_size(preset, topology, num_classes=num_classes, max_features=max_features)
+    estimate, features, enc, dec = feature_map_size(preset, topology, num_classes=num_classes,
+                                                    max_features=max_features)  # fmt: skip
     # The default planner compares the estimate scaled to the minimum batch of 2; the ResEnc planners do not.
     while (estimate / ref_batch * preset.min_batch_size if preset.min_batch_per_reference else estimate) > reference:
         topology = shrink_patch(spacing, topology, median_shape)
@@ -203,8 +204,8 @@ def plan_experiment(
     """
     target = fullres_target_spacing(fingerprint.spacings, fingerprint.shapes_after_crop)
     forward, backward = transpose_axes(target)
-    new_shapes = [compute_new_shape(shape, spacing, target)
-                  for spacing, shape in zip(fingerprint.spacings, fingerprint.shapes_after_crop)]  # fmt: skip
+    pairs = zip(fingerprint.spacings, fingerprint.shapes_after_crop, strict=True)
+    new_shapes = [compute_new_shape(shape, spacing, target) for spacing, shape in pairs]
     median_shape = np.median(new_shapes, 0)[forward]
     n_voxels = float(np.prod(median_shape, dtype=np.float64) * num_training)
     common = {"n_voxels_dataset": n_voxels, "num_classes": num_classes}

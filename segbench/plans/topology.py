@@ -87,7 +87,8 @@ def pool_and_conv_props(
         kernels.append(tuple(kernel))
     kernels.append((3,) * dim)
     divisible_by = tuple(2**p for p in pools)
-    return Topology(tuple(pools), tuple(strides), tuple(kernels), pad_to_multiple(patch_size, divisible_by), divisible_by)
+    padded = pad_to_multiple(patch_size, divisible_by)
+    return Topology(tuple(pools), tuple(strides), tuple(kernels), padded, divisible_by)
 
 
 def _poolable_axes(spacing: list[float], size: list[float], pools: list[int], min_edge: int, max_pools: int) -> list:
