@@ -62,6 +62,7 @@ def write_raw(
 def write_msd_multichannel(root: Path, *, shapes, spacings, channels=("T1", "FLAIR"), seed: int = 0) -> Path:
     """An MSD task folder with 4D channel-last images (as the public MSD tarballs)."""
     rng = np.random.default_rng(seed)
+    (root / "imagesTs").mkdir(parents=True, exist_ok=True)  # nnU-Net's MSD converter insists on it
     training = []
     for i, (shape, spacing) in enumerate(zip(shapes, spacings, strict=True)):
         label = _blobs(shape, 2, rng)
