@@ -112,3 +112,36 @@ def build(name: str, parent: Path) -> Path:
     """Write dataset ``name`` of :data:`DATASETS` under ``parent``; returns its folder."""
     folder, builder = DATASETS[name]
     return builder(parent / folder)
+
+
+def _intensity(mean: float, std: float) -> dict:
+    return {"mean": mean, "median": mean, "std": std, "min": mean - 4 * std, "max": mean + 4 * std,
+            "percentile_99_5": mean + 2.6 * std, "percentile_00_5": mean - 2.6 * std}  # fmt: skip
+
+
+def _fingerprint(spacings, shapes, relative: float, channels: int = 1) -> dict:
+    """A dataset_fingerprint.json document in nnU-Net's axis order."""
+    return {"spacings": [list(map(float, s)) for s in spacings], "shapes_after_crop": [list(s) for s in shapes],
+            "foreground_intensity_properties_per_channel": {str(c): _intensity(100.0 + c, 20.0)
+                                                            for c in range(channels)},
+            "median_relative_size_after_cropping": relative}  # fmt: skip
+
+
+#: name -> (channel names, labels incl. background, fingerprint in nnU-Net's axis order): real-sized datasets planned
+#: from a fingerprint alone (no images to read), for the patch loop, the batch rule and 3d_lowres.
+FINGERPRINTS = {
+    # Abdominal CT: 400² slices, slice thickness 1.25-5 mm, 30-80 slices: shrink loop, 3d_lowres, the 5 % cap.
+    "ct_abdomen": (("CT",), 3, _fingerprint(
+        [(5.0, 0.78, 0.78), (2.5, 0.7, 0.7), (1.25, 0.82, 0.82), (5.0, 0.74, 0.74), (3.0, 0.68, 0.68)] * 6,
+        [(30, 400, 400), (60, 384, 400), (80, 400, 400), (40, 400, 392), (50, 400, 400)] * 6, 1.0)),
+    # Isotropic brain MRI, 1 mm, two channels, zero background: shrink loop on all axes, masked z-score.
+    "brain_mri": (("T1", "FLAIR"), 4, _fingerprint(
+        [(1.0, 1.0, 1.0)] * 8, [(138, 170, 139), (140, 172, 136), (134, 168, 140), (142, 176, 138)] * 2, 0.6, 2)),
+    # Cardiac cine MRI: 10 mm slices, about 10 slices: the thick-slice rule and a tiny anisotropic patch.
+    "cardiac": (("cineMRI",), 4, _fingerprint(
+        [(10.0, 1.56, 1.56), (6.5, 1.37, 1.37), (10.0, 1.25, 1.25), (5.0, 1.45, 1.45)] * 25,
+        [(9, 256, 216), (16, 232, 256), (10, 224, 180), (18, 256, 216)] * 25, 0.98)),
+    # Thick axis in the middle of the array, many cases: transposition and large ResEnc batches.
+    "mid_thick": (("nonorm",), 2, _fingerprint(
+        [(0.5, 3.0, 0.5)] * 40, [(96, 20, 96), (100, 22, 90)] * 20, 0.9)),
+}

@@ -14,9 +14,11 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
+
 import pytest
 from nnunet_ref import run_nnunet_json, skip_without_nnunet
-from plans_datasets import DATASETS, build
+from plans_datasets import DATASETS, FINGERPRINTS, build
 
 pytestmark = pytest.mark.nnunet
 
@@ -169,3 +171,65 @@ def _normalised(plans: dict) -> dict:
         return value
 
     return walk(json.loads(json.dumps(plans)))
+
+
+PLAN_ONLY = r"""
+import json, sys
+from batchgenerators.utilities.file_and_folder_operations import join, load_json
+from nnunetv2.paths import nnUNet_preprocessed
+from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+from nnunetv2.experiment_planning.experiment_planners.residual_unets.residual_encoder_unet_planners import (
+    nnUNetPlannerResEncL, nnUNetPlannerResEncM, nnUNetPlannerResEncXL)
+
+planners = {"nnunet": ExperimentPlanner, "resenc-m": nnUNetPlannerResEncM, "resenc-l": nnUNetPlannerResEncL,
+            "resenc-xl": nnUNetPlannerResEncXL}
+out = {}
+for name in sys.argv[1:]:
+    out[name] = {}
+    for key, cls in planners.items():
+        planner = cls(name)
+        planner.plan_experiment()
+        out[name][key] = load_json(join(nnUNet_preprocessed, name, planner.plans_identifier + ".json"))
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def fingerprint_parity(tmp_path_factory):
+    """nnU-Net's four planners on every fingerprint of FINGERPRINTS, in one reference run (no images read)."""
+    from msd_factory import write_volume
+
+    skip_without_nnunet()
+    tmp = tmp_path_factory.mktemp("fingerprints")
+    names = {}
+    for i, (key, (channels, n_labels, fingerprint)) in enumerate(FINGERPRINTS.items()):
+        name = names[key] = f"Dataset{600 + i}_{key.replace('_', '')}"
+        raw = tmp / "raw" / name
+        # The planner reads dataset.json and opens one image (to choose its reader); numTraining is the case count.
+        for c in range(len(channels)):
+            write_volume(raw / "imagesTr" / f"case_000_{c:04d}.nii.gz", np.zeros((4, 4, 4), np.float32))
+        write_volume(raw / "labelsTr" / "case_000.nii.gz", np.zeros((4, 4, 4), np.uint8))
+        meta = {"channel_names": {str(c): n for c, n in enumerate(channels)},
+                "labels": {"background": 0, **{f"l{k}": k for k in range(1, n_labels)}},
+                "numTraining": len(fingerprint["spacings"]), "file_ending": ".nii.gz"}  # fmt: skip
+        (raw / "dataset.json").write_text(json.dumps(meta))
+        (tmp / "pre" / name).mkdir(parents=True)
+        (tmp / "pre" / name / "dataset_fingerprint.json").write_text(json.dumps(fingerprint))
+    env = {"nnUNet_raw": str(tmp / "raw"), "nnUNet_preprocessed": str(tmp / "pre"), "nnUNet_results": str(tmp / "r")}
+    return names, run_nnunet_json(PLAN_ONLY, *names.values(), env=env)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("case", list(FINGERPRINTS))
+def test_plans_from_fingerprint_equal_nnunet(fingerprint_parity, case, preset):
+    """Real-sized datasets (patch loop, batch rule, 3d_lowres): the whole plans file equals nnU-Net's."""
+    from segbench.plans import DatasetFingerprint, get_preset, plan_experiment, plans_to_json
+
+    names, ref = fingerprint_parity
+    channels, n_labels, fingerprint = FINGERPRINTS[case]
+    plan = plan_experiment(DatasetFingerprint.from_json(fingerprint), get_preset(preset), dataset_name=names[case],
+                           channel_names=channels, num_classes=n_labels, num_training=len(fingerprint["spacings"]))
+    mine, theirs = _normalised(plans_to_json(plan)), _normalised(ref[names[case]][preset])
+    for key in ("spacing", "patch_size", "batch_size"):
+        assert mine["configurations"]["3d_fullres"][key] == theirs["configurations"]["3d_fullres"][key], key
+    assert mine == theirs
