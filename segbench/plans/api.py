@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from pathlib import Path
@@ -34,6 +35,7 @@ def plan_dataset(
     *,
     preset: str = "nnunet",
     fingerprint: DatasetFingerprint | None = None,
+    gpu_memory_gb: float | None = None,
     progress: bool = False,
 ) -> ExperimentPlan:
     """Fingerprint the dataset at ``data`` (MSD task or nnU-Net v2 raw folder) and plan it with ``preset``.
@@ -42,6 +44,7 @@ def plan_dataset(
         data: the dataset folder (holding dataset.json).
         preset: ``nnunet``, ``resenc-m``, ``resenc-l`` or ``resenc-xl``.
         fingerprint: reuse a fingerprint of this dataset instead of extracting it again.
+        gpu_memory_gb: nnU-Net's VRAM target instead of the preset's (``-gpu_memory_target``), GB.
         progress: show a progress bar while fingerprinting.
 
     Raises:
@@ -49,6 +52,10 @@ def plan_dataset(
         ConfigError: unknown preset.
     """
     planner = get_preset(preset)
+    if gpu_memory_gb is not None:
+        if not gpu_memory_gb > 0:
+            raise ConfigError(f"--gpu-memory must be a positive number of GB, got {gpu_memory_gb}")
+        planner = dataclasses.replace(planner, gpu_memory_gb=float(gpu_memory_gb))
     spec = load_dataset(data)
     if fingerprint is None:
         fingerprint = extract_fingerprint(spec, progress=progress)

@@ -139,7 +139,7 @@ def extract_fingerprint(spec: DatasetSpec, *, progress: bool = False) -> Dataset
     per_case = int(TOTAL_INTENSITY_SAMPLES // len(spec.training))
     cases = [
         fingerprint_case(case, num_samples=per_case)
-        for case in tqdm(spec.training, desc="fingerprinting", unit="case", disable=not progress, leave=False)
+        for case in tqdm(spec.training, desc="fingerprinting", unit="case", disable=None if progress else True, leave=False)
     ]
     n_channels = len(spec.channels)
     # nnU-Net pools each channel's samples with np.concatenate; an empty case list entry is a float64 [] as there.
