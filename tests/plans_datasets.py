@@ -82,28 +82,44 @@ DATASETS = {
     # Isotropic MRI-like with a zero frame (crop keeps < 3/4: z-score inside the mask); shapes vary.
     "mri_isotropic": (
         "Dataset501_MriIso",
-        lambda root: write_raw(root, shapes=[(56, 52, 48), (60, 56, 44), (52, 56, 52)], spacings=[(1.0, 1.0, 1.0)] * 3,
-                               channels=("T2",), border=10),  # fmt: skip
+        lambda root: write_raw(
+            root,
+            shapes=[(56, 52, 48), (60, 56, 44), (52, 56, 52)],
+            spacings=[(1.0, 1.0, 1.0)] * 3,
+            channels=("T2",),
+            border=10,
+        ),  # fmt: skip
     ),
     # CT-like: thick slices (array axis 0) whose spacing varies between cases; three labels (organ, lesion, core).
     "ct_anisotropic": (
         "Dataset502_CtAniso",
-        lambda root: write_raw(root, shapes=[(14, 64, 60), (10, 60, 64), (18, 64, 64), (12, 56, 60), (16, 60, 56)],
-                               spacings=[(4.0, 0.7, 0.7), (5.0, 0.75, 0.75), (2.5, 0.7, 0.7), (5.0, 0.8, 0.8),
-                                         (3.0, 0.7, 0.7)],
-                               channels=("CT",), n_labels=3, base=-200.0, scale=150.0),  # fmt: skip
+        lambda root: write_raw(
+            root,
+            shapes=[(14, 64, 60), (10, 60, 64), (18, 64, 64), (12, 56, 60), (16, 60, 56)],
+            spacings=[(4.0, 0.7, 0.7), (5.0, 0.75, 0.75), (2.5, 0.7, 0.7), (5.0, 0.8, 0.8), (3.0, 0.7, 0.7)],
+            channels=("CT",),
+            n_labels=3,
+            base=-200.0,
+            scale=150.0,
+        ),  # fmt: skip
     ),
     # Two channels, in MSD format (4D channel-last files), planned by nnU-Net after its own MSD conversion.
     "two_channels_msd": (
         "Task503_TwoChannels",
-        lambda root: write_msd_multichannel(root, shapes=[(40, 44, 36), (44, 40, 36), (40, 40, 40)],
-                                            spacings=[(1.2, 1.0, 1.0)] * 3),  # fmt: skip
+        lambda root: write_msd_multichannel(
+            root, shapes=[(40, 44, 36), (44, 40, 36), (40, 40, 40)], spacings=[(1.2, 1.0, 1.0)] * 3
+        ),  # fmt: skip
     ),
     # Large in-plane, few slices: smaller than the initial patch along one axis; the patch loop has to shrink.
     "small_axis": (
         "Dataset504_SmallAxis",
-        lambda root: write_raw(root, shapes=[(288, 272, 10), (272, 288, 12), (280, 280, 10)],
-                               spacings=[(0.9, 0.9, 1.1)] * 3, channels=("MRI",), n_labels=2),  # fmt: skip
+        lambda root: write_raw(
+            root,
+            shapes=[(288, 272, 10), (272, 288, 12), (280, 280, 10)],
+            spacings=[(0.9, 0.9, 1.1)] * 3,
+            channels=("MRI",),
+            n_labels=2,
+        ),  # fmt: skip
     ),
 }
 
@@ -131,17 +147,33 @@ def _fingerprint(spacings, shapes, relative: float, channels: int = 1) -> dict:
 #: from a fingerprint alone (no images to read), for the patch loop, the batch rule and 3d_lowres.
 FINGERPRINTS = {
     # Abdominal CT: 400² slices, slice thickness 1.25-5 mm, 30-80 slices: shrink loop, 3d_lowres, the 5 % cap.
-    "ct_abdomen": (("CT",), 3, _fingerprint(
-        [(5.0, 0.78, 0.78), (2.5, 0.7, 0.7), (1.25, 0.82, 0.82), (5.0, 0.74, 0.74), (3.0, 0.68, 0.68)] * 6,
-        [(30, 400, 400), (60, 384, 400), (80, 400, 400), (40, 400, 392), (50, 400, 400)] * 6, 1.0)),
+    "ct_abdomen": (
+        ("CT",),
+        3,
+        _fingerprint(
+            [(5.0, 0.78, 0.78), (2.5, 0.7, 0.7), (1.25, 0.82, 0.82), (5.0, 0.74, 0.74), (3.0, 0.68, 0.68)] * 6,
+            [(30, 400, 400), (60, 384, 400), (80, 400, 400), (40, 400, 392), (50, 400, 400)] * 6,
+            1.0,
+        ),
+    ),
     # Isotropic brain MRI, 1 mm, two channels, zero background: shrink loop on all axes, masked z-score.
-    "brain_mri": (("T1", "FLAIR"), 4, _fingerprint(
-        [(1.0, 1.0, 1.0)] * 8, [(138, 170, 139), (140, 172, 136), (134, 168, 140), (142, 176, 138)] * 2, 0.6, 2)),
+    "brain_mri": (
+        ("T1", "FLAIR"),
+        4,
+        _fingerprint(
+            [(1.0, 1.0, 1.0)] * 8, [(138, 170, 139), (140, 172, 136), (134, 168, 140), (142, 176, 138)] * 2, 0.6, 2
+        ),
+    ),
     # Cardiac cine MRI: 10 mm slices, about 10 slices: the thick-slice rule and a tiny anisotropic patch.
-    "cardiac": (("cineMRI",), 4, _fingerprint(
-        [(10.0, 1.56, 1.56), (6.5, 1.37, 1.37), (10.0, 1.25, 1.25), (5.0, 1.45, 1.45)] * 25,
-        [(9, 256, 216), (16, 232, 256), (10, 224, 180), (18, 256, 216)] * 25, 0.98)),
+    "cardiac": (
+        ("cineMRI",),
+        4,
+        _fingerprint(
+            [(10.0, 1.56, 1.56), (6.5, 1.37, 1.37), (10.0, 1.25, 1.25), (5.0, 1.45, 1.45)] * 25,
+            [(9, 256, 216), (16, 232, 256), (10, 224, 180), (18, 256, 216)] * 25,
+            0.98,
+        ),
+    ),
     # Thick axis in the middle of the array, many cases: transposition and large ResEnc batches.
-    "mid_thick": (("nonorm",), 2, _fingerprint(
-        [(0.5, 3.0, 0.5)] * 40, [(96, 20, 96), (100, 22, 90)] * 20, 0.9)),
+    "mid_thick": (("nonorm",), 2, _fingerprint([(0.5, 3.0, 0.5)] * 40, [(96, 20, 96), (100, 22, 90)] * 20, 0.9)),
 }

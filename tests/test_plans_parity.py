@@ -15,7 +15,6 @@ import json
 import math
 
 import numpy as np
-
 import pytest
 from nnunet_ref import run_nnunet_json, skip_without_nnunet
 from plans_datasets import DATASETS, FINGERPRINTS, build
@@ -154,8 +153,9 @@ def test_nnunet_reads_the_plans_file_and_its_network_matches_the_estimate(parity
     assert read["patch_size"] == config["patch_size"] and read["batch_size"] == config["batch_size"]
     topology = pool_and_conv_props(config["spacing"], config["patch_size"])
     num_classes = len(ref["dataset_json"]["labels"])
-    assert feature_map_size(get_preset(preset), topology, num_classes=num_classes, max_features=320)[0] == (
-        read["feature_map_size"]
+    assert (
+        feature_map_size(get_preset(preset), topology, num_classes=num_classes, max_features=320)[0]
+        == (read["feature_map_size"])
     )
 
 
@@ -227,8 +227,14 @@ def test_plans_from_fingerprint_equal_nnunet(fingerprint_parity, case, preset):
 
     names, ref = fingerprint_parity
     channels, n_labels, fingerprint = FINGERPRINTS[case]
-    plan = plan_experiment(DatasetFingerprint.from_json(fingerprint), get_preset(preset), dataset_name=names[case],
-                           channel_names=channels, num_classes=n_labels, num_training=len(fingerprint["spacings"]))
+    plan = plan_experiment(
+        DatasetFingerprint.from_json(fingerprint),
+        get_preset(preset),
+        dataset_name=names[case],
+        channel_names=channels,
+        num_classes=n_labels,
+        num_training=len(fingerprint["spacings"]),
+    )
     mine, theirs = _normalised(plans_to_json(plan)), _normalised(ref[names[case]][preset])
     for key in ("spacing", "patch_size", "batch_size"):
         assert mine["configurations"]["3d_fullres"][key] == theirs["configurations"]["3d_fullres"][key], key

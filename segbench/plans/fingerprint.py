@@ -137,10 +137,9 @@ def extract_fingerprint(spec: DatasetSpec, *, progress: bool = False) -> Dataset
     if not spec.training:
         raise DatasetError(f"{spec.dataset_json} lists no labelled training case; planning needs labelled cases")
     per_case = int(TOTAL_INTENSITY_SAMPLES // len(spec.training))
-    cases = [
-        fingerprint_case(case, num_samples=per_case)
-        for case in tqdm(spec.training, desc="fingerprinting", unit="case", disable=None if progress else True, leave=False)
-    ]
+    # disable=None: a bar only on a terminal.
+    bar = tqdm(spec.training, desc="fingerprinting", unit="case", disable=None if progress else True, leave=False)
+    cases = [fingerprint_case(case, num_samples=per_case) for case in bar]
     n_channels = len(spec.channels)
     # nnU-Net pools each channel's samples with np.concatenate; an empty case list entry is a float64 [] as there.
     pooled = [np.concatenate([c.samples[i] for c in cases]) for i in range(n_channels)]
