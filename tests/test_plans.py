@@ -148,10 +148,13 @@ def test_write_plan_never_overwrites_without_force(tmp_path):
     out = tmp_path / "plans.json"
     write_plan(plan, out)
     assert json.loads(out.read_text())["plans_name"] == "nnUNetResEncUNetLPlans"
-    assert json.loads((tmp_path / "dataset_fingerprint.json").read_text()) == doc
+    assert json.loads((tmp_path / "plans.fingerprint.json").read_text()) == doc
     with pytest.raises(ConfigError, match="already exists; pass --force"):
         write_plan(plan, out)
     write_plan(plan, out, force=True)
+    out.unlink()  # a fingerprint left from another plan is refused too
+    with pytest.raises(ConfigError, match="plans.fingerprint.json already exists"):
+        write_plan(plan, out)
 
 
 def test_unknown_preset_lists_the_choices():

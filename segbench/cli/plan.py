@@ -25,7 +25,7 @@ PRESET_NAMES = ("nnunet", "resenc-m", "resenc-l", "resenc-xl")
     type=click.Path(path_type=Path),
     default=Path("plans.json"),
     show_default=True,
-    help="The plans file; dataset_fingerprint.json is written beside it.",
+    help="The plans file; its fingerprint goes beside it (plans.json -> plans.fingerprint.json).",
 )
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
 @click.option(
@@ -69,11 +69,9 @@ def plan_command(
     """
     from segbench.errors import ConfigError
     from segbench.plans import plan_dataset, write_plan
+    from segbench.plans.api import check_outputs
 
-    if out.exists() and not force:
-        raise ConfigError(f"{out} already exists; pass --force to overwrite it or --out to write elsewhere")
-    if out.is_dir():
-        raise ConfigError(f"--out {out} is a folder; give a file name such as {out / 'plans.json'}")
+    check_outputs(out, force=force)  # before the fingerprint: refusing costs nothing
     if fit_models is not None and gpu_memory is None:
         raise ConfigError("--fit needs --gpu-memory GB: the memory every listed model must fit in")
     models = _resolve(fit_models) if fit_models is not None else None
@@ -140,7 +138,8 @@ def format_fit(fit) -> str:
     c = fit.plan.configurations["3d_fullres"]
     lines = [
         f"fitted to {fit.budget_mb / 1024:g} GiB at {fit.precision}: patch {_x(c.patch_size)}, batch {c.batch_size} "
-        f"(nnU-Net's heuristic: patch {_x(fit.nnunet_patch)}, batch {fit.nnunet_batch}); {fit.estimates} estimates",
+        f"(nnU-Net's heuristic: patch {_x(fit.nnunet_patch)}, batch {fit.nnunet_batch}); "
+        f"{fit.estimates} exact estimate{'s' if fit.estimates > 1 else ''} per model",
         f"  {'model':<24} {'peak MiB':>10} {'activations':>12} {'weights+grads+opt':>18}",
     ]
     for name, m in fit.memory.items():

@@ -70,29 +70,34 @@ def plan_dataset(
 
 
 def write_plan(plan: ExperimentPlan, out: str | Path, *, force: bool = False) -> tuple[Path, Path]:
-    """Write ``plan`` to ``out`` and its fingerprint to ``dataset_fingerprint.json`` beside it (atomically).
+    """Write ``plan`` to ``out`` and its fingerprint beside it (:func:`~segbench.plans.plansfile.fingerprint_path`),
+    each atomically.
 
     Returns:
         ``(plans_path, fingerprint_path)``.
 
     Raises:
-        ConfigError: ``out`` (or a different fingerprint beside it) exists and ``force`` is False, or ``out`` is a
-            folder.
+        ConfigError: ``out`` or its fingerprint file exists and ``force`` is False, or ``out`` is a folder.
     """
     out = Path(out)
+    check_outputs(out, force=force)
     finger = fingerprint_path(out)
-    plans_text, finger_text = dumps(plans_to_json(plan)), dumps(plan.fingerprint.to_json())
-    if out.is_dir():
-        raise ConfigError(f"--out {out} is a folder; give a file name such as {out / 'plans.json'}")
-    if out.exists() and not force:
-        raise ConfigError(f"{out} already exists; pass --force to overwrite it or --out to write elsewhere")
-    if finger.exists() and not force and finger.read_text(encoding="utf-8", errors="replace") != finger_text:
-        raise ConfigError(
-            f"{finger} already exists with another fingerprint; pass --force to overwrite it or --out to write "
-            "the plan into another folder"
-        )
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(finger, finger_text)
-    atomic_write_text(out, plans_text)
+    atomic_write_text(finger, dumps(plan.fingerprint.to_json()))
+    atomic_write_text(out, dumps(plans_to_json(plan)))
     log.info("wrote %s and %s", out, finger)
     return out, finger
+
+
+def check_outputs(out: str | Path, *, force: bool = False) -> None:
+    """Refuse, before any work, to write a plan to ``out`` when it or its fingerprint file exists (without ``force``).
+
+    Raises:
+        ConfigError: naming the file and the way out.
+    """
+    out = Path(out)
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give a file name such as {out / 'plans.json'}")
+    for path in (out, fingerprint_path(out)):
+        if path.exists() and not force:
+            raise ConfigError(f"{path} already exists; pass --force to overwrite it or --out to write elsewhere")

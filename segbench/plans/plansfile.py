@@ -13,7 +13,6 @@ from segbench.plans.planner import ConfigurationPlan, ExperimentPlan
 
 #: The reader nnU-Net uses for NIfTI; the plan's axis order is its array order.
 IMAGE_READER_WRITER = "SimpleITKIO"
-FINGERPRINT_FILE = "dataset_fingerprint.json"
 
 _RESAMPLING = "resample_data_or_seg_to_shape"
 
@@ -98,8 +97,12 @@ def architecture_to_json(plan: ExperimentPlan, config: ConfigurationPlan) -> dic
 
 
 def fingerprint_path(plans_path: str | Path) -> Path:
-    """Where the fingerprint of a plans file is written: ``dataset_fingerprint.json`` beside it (nnU-Net's name)."""
-    return Path(plans_path).with_name(FINGERPRINT_FILE)
+    """Where the fingerprint of a plans file is written: beside it, ``plans.json`` -> ``plans.fingerprint.json``.
+
+    (nnU-Net calls it ``dataset_fingerprint.json``; the schema is the same. One name per plans file, so plans of
+    several datasets can share a folder.)"""
+    path = Path(plans_path)
+    return path.with_name(f"{path.name[: -len(path.suffix)] if path.suffix else path.name}.fingerprint.json")
 
 
 def dumps(doc: dict) -> str:
