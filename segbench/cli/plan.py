@@ -145,4 +145,8 @@ def format_fit(fit) -> str:
     for name, m in fit.memory.items():
         fixed = m.parameters_mb + m.gradients_mb + m.optimizer_mb
         lines.append(f"  {name:<24} {m.peak_mb:>10,.0f} {m.activations_mb:>12,.0f} {fixed:>18,.0f}")
+    if c.batch_size == fit.batch_cap:
+        share = f"{fit.plan.preset.max_dataset_covered:.0%}"
+        lines.append(f"  batch size capped at {fit.batch_cap} by nnU-Net's rule that a batch covers at most {share} "
+                     "of the dataset's voxels (at least 2)")  # fmt: skip
     return "\n".join(lines)

@@ -46,6 +46,7 @@ class FitResult:
         precision: the precision the estimates were made for.
         nnunet_patch, nnunet_batch: what nnU-Net's heuristic chose for comparison.
         estimates: exact estimates made during the search (per model).
+        batch_cap: nnU-Net's dataset-coverage cap on the batch size at the fitted patch (at least 2).
     """
 
     plan: ExperimentPlan
@@ -55,6 +56,7 @@ class FitResult:
     nnunet_patch: tuple[int, ...]
     nnunet_batch: int
     estimates: int
+    batch_cap: int
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,8 @@ def fit_plan(
     topology, memory, count = _fit_patch(runner, config, divisor, budget)
     n_voxels = float(np.prod(config.median_shape, dtype=np.float64)) * len(plan.fingerprint.spacings)
     cap = round(n_voxels * plan.preset.max_dataset_covered / np.prod(topology.patch_size, dtype=np.float64))
-    batch, memory, more = _fit_batch(runner, topology.patch_size, memory, budget, max(cap, 2))
+    cap = max(cap, 2)
+    batch, memory, more = _fit_batch(runner, topology.patch_size, memory, budget, cap)
     fitted = _configuration(plan, config, topology, batch)
     return FitResult(
         plan=dataclasses.replace(plan, configurations={**plan.configurations, "3d_fullres": fitted}),
@@ -134,6 +137,7 @@ def fit_plan(
         nnunet_patch=config.patch_size,
         nnunet_batch=config.batch_size,
         estimates=count + more,
+        batch_cap=cap,
     )
 
 
