@@ -137,8 +137,8 @@ def format_fit(fit) -> str:
     """Each model's exact training-step estimate at the fitted patch and batch, and nnU-Net's own choice."""
     c = fit.plan.configurations["3d_fullres"]
     lines = [
-        f"fitted to {fit.budget_mb / 1024:g} GiB at {fit.precision}: patch {_x(c.patch_size)}, batch {c.batch_size} "
-        f"(nnU-Net's heuristic: patch {_x(fit.nnunet_patch)}, batch {fit.nnunet_batch}); "
+        f"fitted to {fit.budget_mb / 1024:g} GiB at {fit.precision}: patch {_x(c.patch_size)}, batch {c.batch_size}",
+        f"  nnU-Net's heuristic chose patch {_x(fit.nnunet_patch)}, batch {fit.nnunet_batch}; "
         f"{fit.estimates} exact estimate{'s' if fit.estimates > 1 else ''} per model",
         f"  {'model':<24} {'peak MiB':>10} {'activations':>12} {'weights+grads+opt':>18}",
     ]
