@@ -157,6 +157,17 @@ def test_write_plan_never_overwrites_without_force(tmp_path):
         write_plan(plan, out)
 
 
+def test_axis_conversions_are_inverse_and_follow_the_transposition():
+    from segbench.plans import array_to_configuration_axes, configuration_to_array_axes
+
+    # Array (D, H, W) = (512, 512, 40) with thick W: nnU-Net order (40, 512, 512), coarsest first -> unchanged.
+    assert array_to_configuration_axes((0.7, 0.8, 5.0), (0, 1, 2)) == (5.0, 0.8, 0.7)
+    # Thick middle axis: plan order (a, thick, c) with transpose_forward [1, 0, 2].
+    forward, backward = transpose_axes([0.5, 3.0, 0.6])
+    config = array_to_configuration_axes((0.6, 3.0, 0.5), forward)
+    assert config == (3.0, 0.5, 0.6) and configuration_to_array_axes(config, backward) == (0.6, 3.0, 0.5)
+
+
 def test_unknown_preset_lists_the_choices():
     with pytest.raises(ConfigError, match="resenc-m"):
         get_preset("resenc-s")

@@ -5,8 +5,8 @@ crop keeps; per channel: intensity statistics of foreground voxels sampled from 
 
 **Axis order.** Plans and fingerprints are written in nnU-Net's axis order, so nnU-Net can read them: for NIfTI,
 nnU-Net reads images through SimpleITK, whose arrays are segbench's (nibabel's) array axes reversed. segbench arrays
-``(D, H, W)`` with spacing ``(sD, sH, sW)`` are ``(W, H, D)`` with ``(sW, sH, sD)`` in a plan. :func:`to_plan_axes`
-and :func:`from_plan_axes` convert.
+``(D, H, W)`` with spacing ``(sD, sH, sW)`` are ``(W, H, D)`` with ``(sW, sH, sD)`` in a plan;
+:mod:`segbench.plans.axes` converts.
 
 **Crop.** The nonzero region is where any channel is nonzero, with holes filled (6-connected); the crop is its
 bounding box; foreground is every voxel of the cropped label map above 0.
@@ -20,13 +20,13 @@ case's foreground voxels in C order of the plan-ordered array. The statistics (m
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from segbench.data.dataset import Case, DatasetSpec, load_case
 from segbench.errors import DatasetError
+from segbench.plans.axes import to_plan_axes
 
 log = logging.getLogger(__name__)
 
@@ -110,16 +110,6 @@ class DatasetFingerprint:
             ),
             median_relative_size_after_cropping=float(doc["median_relative_size_after_cropping"]),
         )
-
-
-def to_plan_axes(values: Sequence) -> tuple:
-    """segbench array-axis order -> plan (nnU-Net / SimpleITK) axis order: reversed."""
-    return tuple(values)[::-1]
-
-
-def from_plan_axes(values: Sequence) -> tuple:
-    """Plan axis order -> segbench array-axis order: reversed (the conversion is its own inverse)."""
-    return tuple(values)[::-1]
 
 
 def extract_fingerprint(spec: DatasetSpec, *, progress: bool = False) -> DatasetFingerprint:

@@ -26,6 +26,7 @@ import numpy as np
 
 from segbench.errors import ConfigError
 from segbench.memory import StepMemory, training_step_memory
+from segbench.plans.axes import configuration_to_array_axes
 from segbench.plans.planner import ConfigurationPlan, ExperimentPlan, feature_map_size, initial_patch_size
 from segbench.plans.topology import Topology, pool_and_conv_props
 
@@ -72,8 +73,7 @@ class _Models:
     transpose_backward: tuple[int, ...]
 
     def measure(self, patch: Sequence[int], batch: int) -> dict[str, StepMemory]:
-        # Plan order -> untransposed plan order -> segbench's array order (reversed).
-        patch = tuple(int(patch[i]) for i in self.transpose_backward)[::-1]
+        patch = tuple(int(p) for p in configuration_to_array_axes(patch, self.transpose_backward))
         out = {}
         for name in self.names:
             try:
