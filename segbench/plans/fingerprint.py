@@ -177,16 +177,10 @@ def nonzero_bounding_box(image: np.ndarray) -> tuple[tuple[slice, ...], np.ndarr
     Returns:
         ``(slices, mask)``: one slice per spatial axis, and the filled mask ``(*spatial)`` bool.
     """
-    from scipy.ndimage import binary_fill_holes
+    from segbench.data.plan_preprocess import bounding_box, nonzero_mask  # the crop preprocessing applies
 
-    mask = binary_fill_holes(np.any(image != 0, axis=0))
-    if not mask.any():
-        return tuple(slice(0, s) for s in mask.shape), mask
-    box = []
-    for axis in range(mask.ndim):
-        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
-    return tuple(box), mask
+    mask = nonzero_mask(image)
+    return tuple(slice(start, stop) for start, stop in bounding_box(mask)), mask
 
 
 def intensity_properties(sample: np.ndarray) -> IntensityProperties:
