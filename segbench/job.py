@@ -381,7 +381,7 @@ def _run_plan(ctx: JobContext) -> Any:
     """The run's plan, read from its copy in the run directory (``None`` for a run without ``--plans``)."""
     if not getattr(ctx.config, "plans", None):
         return None
-    from segbench.plans.plans_file import read_plan
+    from segbench.plans.reader import read_plan
 
     return read_plan(rundir.plans_path(ctx.spec.run_dir), ctx.config.configuration)
 

@@ -548,7 +548,7 @@ def _run_plan(config: RunConfig, dataset: DatasetSpec, run_dir: Path, *, resume:
     """
     if config.plans is None:
         return None, None
-    from segbench.plans.plans_file import check_plan_fits, read_plan
+    from segbench.plans.reader import check_plan_fits, read_plan
 
     source = Path(config.plans)
     if resume and not source.exists() and rundir.plans_path(run_dir).is_file():

@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from segbench.data.dataset import load_case, load_dataset
 from segbench.data.plan_preprocess import preprocess_with_plan, restore_labels
-from segbench.plans.plans_file import read_plan
+from segbench.plans.reader import read_plan
 
 pytestmark = pytest.mark.nnunet
 

@@ -20,7 +20,7 @@ from segbench.data.plan_preprocess import plan_axes, preprocess_with_plan
 from segbench.data.preprocess import PreprocessConfig, labels_in_source_geometry, prepare_case
 from segbench.data.resampling import resample, thick_axis, zoom_labels
 from segbench.errors import ConfigError
-from segbench.plans.plans_file import check_plan_fits, fit_problems, read_plan
+from segbench.plans.reader import check_plan_fits, fit_problems, read_plan
 from segbench.runner import manifest_differences
 
 SPACING = (1.37, 1.25, 1.25)  # nibabel order, as msd_factory writes it

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from segbench.cli.group import main
+from segbench.rundir import PLANS_FILE  # the same name a run gives its copy of the plan
 
 PRESET_NAMES = ("nnunet", "resenc-m", "resenc-l", "resenc-xl")
 
@@ -23,9 +24,9 @@ PRESET_NAMES = ("nnunet", "resenc-m", "resenc-l", "resenc-xl")
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
-    default=Path("plans.json"),
+    default=Path(PLANS_FILE),
     show_default=True,
-    help="The plans file; its fingerprint goes beside it (plans.json -> plans.fingerprint.json).",
+    help="The plans file; its fingerprint goes beside it (NAME.json -> NAME.fingerprint.json).",
 )
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
 @click.option(

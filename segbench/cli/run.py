@@ -298,7 +298,7 @@ def run(**options) -> None:  # fmt: skip
 
 def _with_plan(config, options: dict):
     """--plans: the plan's patch and batch size, except where --patch / --batch-size override them."""
-    from segbench.plans.plans_file import config_with_plan, read_plan
+    from segbench.plans.reader import config_with_plan, read_plan
 
     plan = read_plan(config.plans, config.configuration)
     flags = {"patch_size": ("patch", "--patch"), "batch_size": ("batch_size", "--batch-size")}

@@ -155,7 +155,7 @@ def preprocess_with_plan(
         image: ``(C, D, H, W)`` in segbench's (nibabel) axis order.
         label: ``(D, H, W)`` label values, or ``None``.
         spacing: the source spacing in the same order (mm).
-        plan: a :class:`segbench.plans.plans_file.PlanSettings` (``transpose_forward``, ``spacing``,
+        plan: a :class:`segbench.plans.reader.PlanSettings` (``transpose_forward``, ``spacing``,
             ``normalization_schemes``, ``use_mask_for_norm``, ``intensity_properties``, ``data_resampling``,
             ``seg_resampling``).
 

@@ -51,7 +51,7 @@ class PreprocessConfig:
     Attributes:
         target_spacing: resample every case to this voxel size in mm (array-axis order); ``None`` keeps
             each case's own spacing.
-        plan: a :class:`segbench.plans.plans_file.PlanSettings`: preprocess as nnU-Net does with that plan (then
+        plan: a :class:`segbench.plans.reader.PlanSettings`: preprocess as nnU-Net does with that plan (then
             ``target_spacing`` must be ``None``: the plan sets the spacing).
     """
 

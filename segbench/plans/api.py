@@ -12,8 +12,9 @@ from segbench.data.dataset import MSD, DatasetSpec, load_dataset
 from segbench.errors import ConfigError
 from segbench.plans.fingerprint import DatasetFingerprint, extract_fingerprint
 from segbench.plans.planner import ExperimentPlan, plan_experiment
-from segbench.plans.plansfile import dumps, fingerprint_path, plans_to_json
 from segbench.plans.presets import get_preset
+from segbench.plans.writer import dumps, fingerprint_path, plans_to_json
+from segbench.rundir import PLANS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def plan_dataset(
 
 
 def write_plan(plan: ExperimentPlan, out: str | Path, *, force: bool = False) -> tuple[Path, Path]:
-    """Write ``plan`` to ``out`` and its fingerprint beside it (:func:`~segbench.plans.plansfile.fingerprint_path`),
+    """Write ``plan`` to ``out`` and its fingerprint beside it (:func:`~segbench.plans.writer.fingerprint_path`),
     each atomically.
 
     Returns:
@@ -97,7 +98,7 @@ def check_outputs(out: str | Path, *, force: bool = False) -> None:
     """
     out = Path(out)
     if out.is_dir():
-        raise ConfigError(f"--out {out} is a folder; give a file name such as {out / 'plans.json'}")
+        raise ConfigError(f"--out {out} is a folder; give a file name such as {out / PLANS_FILE}")
     for path in (out, fingerprint_path(out)):
         if path.exists() and not force:
             raise ConfigError(f"{path} already exists; pass --force to overwrite it or --out to write elsewhere")
