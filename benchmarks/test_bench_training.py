@@ -1,10 +1,12 @@
 """The trainer on the real data pipeline against a bare step on preloaded tensors, and the data-wait share.
 
-* ``test_trainer_vs_bare_loop``: what a user's job runs — the preprocessing cache of a synthetic task →
-  :class:`~segbench.data.sampling.PatchDataset` → :func:`~segbench.data.sampling.make_loader` (one worker, the default)
-  → :func:`segbench.training.train` with the default recipe (precision and memory format ``auto``, resolved for the
-  device) — against a bare loop of forward, loss, backward and Adam step on batches preloaded on the device, in the
-  same precision and memory format. Both train the tutorial U-Net with the same patch, batch and optimiser, and run
+* ``test_trainer_vs_bare_loop[fcn|unet]``: what a user's job runs — the preprocessing cache of a synthetic task →
+  the job's own batches (:func:`segbench.job.training_batches`: patch dataset, loader with the default number of
+  workers, label mapping) → :func:`segbench.training.train` with the default recipe (precision and memory format
+  ``auto``, resolved for the device) and the job's peak-memory sampler (:class:`~segbench.callbacks.PeakRss`, a
+  thread, as in every job) — against a bare loop of forward, loss, backward, clipping and Adam step on batches
+  preloaded on the device, in the same precision and memory format. Both train the same network with the same patch,
+  batch and optimiser, and run
   back to back in every round (the bare loop in pytest-benchmark's ``setup`` hook), so both see the same machine
   load. The loader is made once and read across rounds, like one long job; the warm-up round (worker start-up,
   allocator growth, oneDNN/cuDNN kernel selection) is excluded from both sides. ``extra_info["throughput_ratio"]``
@@ -29,8 +31,10 @@ import pytest
 import torch
 
 from segbench import precision as numerics
+from segbench.callbacks import PeakRss
 from segbench.config import TrainConfig
 from segbench.data.sampling import PatchDataset, make_loader
+from segbench.job import training_batches
 from segbench.registry import build_model
 from segbench.training import make_optimizer, segmentation_loss, train
 
@@ -62,9 +66,9 @@ def prepared_cases(tmp_path_factory, smoke):
     return list(prepare_dataset(load_dataset(task), config=PreprocessConfig(), cache_dir=root / "cache").values())
 
 
-def fresh_model(device: torch.device, memory_format: str, precision: str):
+def fresh_model(device: torch.device, memory_format: str, precision: str, name: str = "unet"):
     torch.manual_seed(0)
-    model = build_model("unet", in_channels=1, out_channels=1).to(device)
+    model = build_model(name, in_channels=1, out_channels=1).to(device)
     # As train() does, so that the bare side runs the layers the trainer runs.
     return numerics.prepare_model(model, precision=precision, memory_format=memory_format, device=device)
 
@@ -78,7 +82,7 @@ def pipeline(cases, config: TrainConfig, *, samples: int, device: torch.device):
 
 
 def bare_loop(model, optimizer, batches, iterations: int, device: torch.device, precision: str) -> None:
-    """Forward, loss, backward, step on preloaded device tensors: the reference every trainer should match."""
+    """Forward, loss, backward, clipping, step on preloaded device tensors: the reference a job's loop should match."""
     model.train()
     for image, label in itertools.islice(itertools.cycle(batches), iterations):
         optimizer.zero_grad(set_to_none=True)
@@ -86,24 +90,30 @@ def bare_loop(model, optimizer, batches, iterations: int, device: torch.device, 
             logits = model(image)
         loss = segmentation_loss(logits, label, kind="dice_bce")
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), TrainConfig().grad_clip)
         optimizer.step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def test_trainer_vs_bare_loop(benchmark, prepared_cases, device, smoke):
+@pytest.mark.parametrize("name", ["fcn", "unet"])
+def test_trainer_vs_bare_loop(benchmark, prepared_cases, device, smoke, name):
     patch, batch, iterations = sizes(smoke)
+    if name == "fcn" and not smoke:
+        iterations *= 3  # a step a third as long: rounds of comparable length
     rounds, warmup = (1, 0) if smoke else (ROUNDS, WARMUP_ROUNDS)
     base = dataclasses.replace(TrainConfig(), patch_size=patch, batch_size=batch, iterations=iterations)
     precision = numerics.resolve_precision(base.precision, device)
     memory_format = numerics.resolve_memory_format(base.memory_format, device)
-    batches = pipeline(prepared_cases, base, samples=(rounds + warmup) * iterations * batch, device=device)
-    model = fresh_model(device, memory_format, precision)
+    job_config = dataclasses.replace(base, iterations=(rounds + warmup) * iterations)
+    batches = training_batches(prepared_cases, job_config, seed=0, foreground=(1,), device=device)
+    model = fresh_model(device, memory_format, precision, name)
     optimizer = make_optimizer(model, base)
+    peak_rss = PeakRss()  # its sampling thread runs beside every job's training
 
     preloaded = [(numerics.to_memory_format(b["image"].to(device), memory_format), b["label"].to(device))
                  for b in pipeline(prepared_cases, base, samples=4 * batch, device=device)]  # fmt: skip
-    bare_model = fresh_model(device, memory_format, precision)
+    bare_model = fresh_model(device, memory_format, precision, name)
     bare_optimizer = make_optimizer(bare_model, base)
     bare_seconds: list[float] = []
     trainer_seconds: list[float] = []
@@ -120,19 +130,24 @@ def test_trainer_vs_bare_loop(benchmark, prepared_cases, device, smoke):
         config = dataclasses.replace(base, iterations=done["iterations"])
         tic = time.perf_counter()
         state = train(model=model, optimizer=optimizer, batches=batches, config=config, device=device,
-                      out_channels=1, state=run_trainer.state)  # fmt: skip
+                      out_channels=1, state=run_trainer.state, callbacks=[peak_rss])  # fmt: skip
         trainer_seconds.append(time.perf_counter() - tic)
         run_trainer.state = state
 
     run_trainer.state = None
-    benchmark.pedantic(run_trainer, setup=setup, rounds=rounds, warmup_rounds=warmup)
+    try:
+        benchmark.pedantic(run_trainer, setup=setup, rounds=rounds, warmup_rounds=warmup)
+    finally:
+        peak_rss.stop()
+        batches.close()
     # setup and the timed call both run in warm-up rounds too: drop those from both sides.
     bare, ours = bare_seconds[warmup:], trainer_seconds[warmup:]
     ratio = statistics.median(b / o for b, o in zip(bare, ours, strict=True))
     voxels = batch * iterations * int(torch.tensor(patch).prod())
     benchmark.extra_info.update(
-        model="unet",
+        model=name,
         device=numerics.hardware_name(device),
+        num_workers=base.num_workers,
         precision=precision,
         memory_format=memory_format,
         threads=torch.get_num_threads(),

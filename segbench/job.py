@@ -21,7 +21,7 @@ import socket
 import time
 import traceback
 import zlib
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,7 +71,7 @@ from segbench.training import LoopState, TrainingDiverged, make_optimizer, train
 
 log = logging.getLogger(__name__)
 
-__all__ = ["JobSpec", "JobTimeout", "class_lookup", "job_seed", "out_channels_for", "run_job"]
+__all__ = ["JobSpec", "JobTimeout", "class_lookup", "job_seed", "out_channels_for", "run_job", "training_batches"]
 
 
 @dataclass(frozen=True)
@@ -409,13 +409,32 @@ def _resume(ctx: JobContext, state: LoopState, record: dict[str, Any]) -> tuple[
 
 def _batches(ctx: JobContext, prepared: dict[str, PreparedCase], *, start: int) -> Generator[dict, None, None]:
     """Training batches from ``start`` on: patches of the fold's training cases, labels as class indices."""
-    train_cfg = ctx.config.train
+    cases = [prepared[case_id] for case_id in ctx.split["train"]]
+    return training_batches(cases, ctx.config.train, seed=ctx.seed, foreground=ctx.foreground, start=start,
+                            device=ctx.device)  # fmt: skip
+
+
+def training_batches(
+    cases: Sequence[PreparedCase],
+    train_cfg: TrainConfig,
+    *,
+    seed: int,
+    foreground: tuple[int, ...],
+    start: int = 0,
+    device: torch.device,
+) -> Generator[dict, None, None]:
+    """The batches a job trains on, from iteration ``start``: what ``benchmarks/`` measures a job's loop with.
+
+    Patches of ``cases`` (:class:`PatchDataset`, seeded by ``seed``) through the job's loader (``train_cfg.num_workers``
+    workers, pinned memory on CUDA); ``image`` ``(B, C, *patch)`` float32, ``label`` ``(B, *patch)`` class indices.
+    Close the generator to shut the loader's workers down.
+    """
     patch_dataset = PatchDataset(
-        [prepared[case_id] for case_id in ctx.split["train"]],
+        cases,
         patch_size=tuple(train_cfg.patch_size),
         length=_sample_count(train_cfg),
-        seed=ctx.seed,
-        foreground_labels=ctx.foreground,
+        seed=seed,
+        foreground_labels=foreground,
         fg_fraction=train_cfg.fg_fraction,
         augment=train_cfg.augment,
     )
@@ -424,9 +443,9 @@ def _batches(ctx: JobContext, prepared: dict[str, PreparedCase], *, start: int) 
         batch_size=train_cfg.batch_size,
         start_iteration=start,
         num_workers=train_cfg.num_workers,
-        pin_memory=ctx.device.type == "cuda",
+        pin_memory=device.type == "cuda",
     )
-    lut = class_lookup(ctx.foreground)
+    lut = class_lookup(foreground)
     return ({**batch, "label": lut[batch["label"].long()]} for batch in loader)
 
 
