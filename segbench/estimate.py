@@ -387,7 +387,7 @@ def prediction_advice(estimate: CostEstimate, config: RunConfig, cases: Sequence
     fewer = statistics.mean(window_count(c.shape, patch, 0.25) for c in cases) if cases else math.inf
     if inference.overlap > 0.25 and fewer < estimate.windows_per_case:
         lines.append(f"  --overlap 0.25: {fewer:.3g} windows per case instead of {estimate.windows_per_case:.3g}")
-    if config.target_spacing is None:
+    if config.target_spacing is None and config.plans is None:  # --plans fixes the spacing
         lines.append("  --target-spacing SD SH SW (coarser than the native spacing): fewer voxels, fewer windows")
     lines.append(f"  (writing and scoring take {estimate.case_overhead_s:.2g} s per case whatever the options)")
     return lines

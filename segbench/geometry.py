@@ -38,8 +38,12 @@ class CaseGeometry:
         return math.prod(self.shape)
 
 
-def read_geometry(cases: Sequence, *, target_spacing: Sequence[float] | None = None) -> list[CaseGeometry]:
+def read_geometry(cases: Sequence, *, target_spacing: Sequence[float] | None = None, plan=None) -> list[CaseGeometry]:
     """Geometry of ``cases`` (objects with ``case_id`` and ``images`` paths) from their first image's header.
+
+    With ``plan`` (a :class:`segbench.plans.reader.PlanSettings`) shapes and spacings are the plan's: axes in the
+    plan's order (nibabel's reversed, then ``transpose_forward``) and resampled to the plan's spacing. A header does
+    not show the nonzero region nnU-Net's preprocessing crops to, so those shapes are upper bounds.
 
     Raises:
         DatasetError: a header cannot be read.
@@ -61,7 +65,14 @@ def read_geometry(cases: Sequence, *, target_spacing: Sequence[float] | None = N
         channels = dims[3] if len(dims) == 4 else 1
         channels *= len(case.images)  # nnU-Net raw: one file per channel
         shape, new_spacing = original, spacing
-        if target_spacing is not None:
+        if plan is not None:
+            from segbench.data.plan_preprocess import plan_axes
+
+            axes = plan_axes(plan.transpose_forward)
+            source_spacing = tuple(spacing[a] for a in axes)
+            shape = resampled_shape(tuple(original[a] for a in axes), source_spacing, plan.spacing)
+            new_spacing = tuple(plan.spacing)
+        elif target_spacing is not None:
             shape, new_spacing = resampled_shape(original, spacing, target_spacing), tuple(target_spacing)
         found.append(CaseGeometry(case.case_id, shape, new_spacing, original, channels))  # type: ignore[arg-type]
     return found
@@ -84,9 +95,11 @@ def padding_share(shape: Sequence[int], patch: Sequence[int]) -> float:
     return 1.0 - math.prod(shape) / math.prod(padded_shape(shape, patch))
 
 
-def oversized_patch_warning(geometry: Sequence[CaseGeometry], patch: Sequence[int]) -> str | None:
+def oversized_patch_warning(
+    geometry: Sequence[CaseGeometry], patch: Sequence[int], *, source: str = "--patch"
+) -> str | None:
     """A warning when ``patch`` is larger than some image along an axis, naming the smallest such image and what
-    its padding costs; ``None`` when the patch fits inside every image."""
+    its padding costs; ``None`` when the patch fits inside every image. ``source`` names where the patch came from."""
     smaller = [case for case in geometry if any(s < p for s, p in zip(case.shape, patch, strict=True))]
     if not smaller:
         return None
@@ -95,7 +108,7 @@ def oversized_patch_warning(geometry: Sequence[CaseGeometry], patch: Sequence[in
     share = padding_share(smallest.shape, patch)
     others = f"; {len(smaller) - 1} other case(s) are smaller too" if len(smaller) > 1 else ""
     return (
-        f"--patch {' '.join(map(str, patch))} is larger than case {smallest.case_id} "
+        f"{source} {' '.join(map(str, patch))} is larger than case {smallest.case_id} "
         f"({'x'.join(map(str, smallest.shape))} voxels; {', '.join(axes)}){others}: its training patches and "
         f"prediction windows are zero-padded, {share:.0%} of each window of it is padding (computed, then cropped "
         "off); choose a patch within the smallest image to avoid it"

@@ -101,11 +101,13 @@ def lock_held(path: str | Path) -> bool:
     if _held_here(path):
         return True  # probing would close a descriptor of the file, and that drops this process's own lock
     try:
-        fd = os.open(path, os.O_RDWR)  # a write lock needs a descriptor open for writing
+        # Read-only (a job.lock of another user in a shared run directory is readable, not writable): a shared lock
+        # still conflicts with the holder's exclusive one.
+        fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return False
     try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError:
         return True
     finally:

@@ -104,6 +104,11 @@ def fit_patch_to_memory(
     return patch, peak
 
 
+def patch_source(config: RunConfig) -> str:
+    """Where the run's patch came from, as messages name it."""
+    return f"--plans {config.plans}: its patch" if config.plans else "--patch"
+
+
 def patch_warnings(
     config: RunConfig,
     *,
@@ -117,7 +122,7 @@ def patch_warnings(
     """Warnings about the run's patch: larger than an image (always), and with ``planned`` (a new run without
     ``--patch``) a default patch far smaller than the images, with a suggestion that fits ``device``."""
     patch = tuple(int(s) for s in config.train.patch_size)
-    warnings = [oversized_patch_warning(geometry, patch)]
+    warnings = [oversized_patch_warning(geometry, patch, source=patch_source(config))]
     median = median_shape(geometry)
     if planned and median and patch == TrainConfig().patch_size and math.prod(patch) * 8 <= math.prod(median):
         warnings.append(_small_patch_warning(config, median, models, divisor, device, channels))

@@ -42,7 +42,13 @@ from segbench.job import JobSpec, out_channels_for
 from segbench.locking import RunLock
 from segbench.matching import Matching, match_run
 from segbench.metrics import nsd_tolerance_warning
-from segbench.patch_advice import PATCH_VOXEL_BUDGET, patch_warnings, plan_patch, warn_small_patch  # noqa: F401 - re-exported
+from segbench.patch_advice import (  # noqa: F401 - plan_patch, warn_small_patch re-exported
+    PATCH_VOXEL_BUDGET,
+    patch_source,
+    patch_warnings,
+    plan_patch,
+    warn_small_patch,
+)
 from segbench.paths import preprocessed_cache
 from segbench.profiling import environment_info
 from segbench.registry import builder_module, model_info, module_source, resolve_models
@@ -156,12 +162,7 @@ def check_models_early(config: RunConfig) -> None:
             in_channels, out_channels = len(spec.channels), out_channels_for(tuple(spec.foreground_labels))
         except DatasetError:
             pass  # preflight names the dataset's problem next
-    check_patch(models, tuple(config.train.patch_size), in_channels, out_channels, source=_patch_source(config))
-
-
-def _patch_source(config: RunConfig) -> str:
-    """Where the run's patch came from, as an error message names it."""
-    return f"--plans {config.plans}: its patch" if config.plans else "--patch"
+    check_patch(models, tuple(config.train.patch_size), in_channels, out_channels, source=patch_source(config))
 
 
 def check_patch(
@@ -286,15 +287,21 @@ def _read_json(path: Path) -> Any:
         ) from None
 
 
-def _prepare_run_dir(run_dir: Path, manifest: dict, splits: list, *, resume: bool) -> None:
+def _check_run_dir(run_dir: Path, manifest: dict, splits: list, *, resume: bool) -> None:
+    """Refuse a new run into a folder that holds one, and a resume whose request differs from the stored run.
+
+    Called before anything costly (the cost estimate), and again by :func:`_prepare_run_dir` before it writes.
+
+    Raises:
+        RunDirectoryError: naming the folder, the differences and the way out.
+    """
     manifest_path = rundir.manifest_path(run_dir)
     if manifest_path.exists() and not resume:
         raise RunDirectoryError(
             f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out for a new run"
         )
     if resume and manifest_path.exists():
-        old = _read_json(manifest_path)
-        differences = manifest_differences(old, manifest)
+        differences = manifest_differences(_read_json(manifest_path), manifest)
         if _read_json(rundir.splits_path(run_dir)) != splits:
             differences.append(f"splits differ from the stored {rundir.SPLITS_FILE}")
         if differences:
@@ -303,6 +310,13 @@ def _prepare_run_dir(run_dir: Path, manifest: dict, splits: list, *, resume: boo
                 + "; ".join(differences)
                 + "); rerun with the original settings, or start a new run with another --out"
             )
+
+
+def _prepare_run_dir(run_dir: Path, manifest: dict, splits: list, *, resume: bool) -> None:
+    _check_run_dir(run_dir, manifest, splits, resume=resume)
+    manifest_path = rundir.manifest_path(run_dir)
+    if resume and manifest_path.exists():
+        old = _read_json(manifest_path)
         # Operational settings (device, time limit, workers) may change on resume; jobs read them from here.
         updated = {**old, "config": manifest["config"], "device_type": old.get("device_type")}
         updated["resumes"] = [
@@ -433,6 +447,7 @@ def _first_missing(path: Path) -> Path | None:
 def _remove_unused(run_dir: Path, created: Path) -> None:
     """Remove the folder a failed run created (only its lock file inside) and the empty parents it created."""
     (run_dir / rundir.RUN_LOCK_FILE).unlink(missing_ok=True)
+    rundir.plans_path(run_dir).unlink(missing_ok=True)  # the plan's copy, written before the manifest
     folder = run_dir
     while True:
         try:
@@ -456,21 +471,22 @@ def _run_locked(config: RunConfig, run_dir: Path, *, resume: bool, progress: boo
     models, matching, divisor = _selected_models(config, dataset, device)
     # Jobs in other processes import what registered their models: refuse what they cannot import, up front.
     job_modules = job_imports(models, imports, strict=not getattr(executor, "runs_in_process", False))
-    geometry = read_geometry(dataset.training, target_spacing=config.target_spacing)
+    plan, plans_source = _run_plan(config, dataset, run_dir, resume=resume)
+    geometry = read_geometry(dataset.training, target_spacing=config.target_spacing, plan=plan)
     for warning in patch_warnings(config, geometry=geometry, models=models, divisor=divisor, device=device,
                                   channels=(len(dataset.channels), out_channels_for(tuple(dataset.foreground_labels))),
                                   planned=not resume):  # fmt: skip
         log.warning(warning)
     case_ids = [case.case_id for case in dataset.training]
     splits = resolve_splits(config.splits, case_ids, folds=config.folds, seed=config.seed)
-    plan, plans_source = _run_plan(config, dataset, run_dir, resume=resume)
     manifest = build_manifest(config, dataset, models, dataset_path, command=command, imports=imports,
                               matching=matching)  # fmt: skip
     manifest["device_type"] = device_type(device)
     if plan is not None:
         manifest["plans"] = plan.record(config.plans)
-        if not rundir.manifest_path(run_dir).exists():  # a new run: the copy is written before the manifest
-            atomic_write_bytes(rundir.plans_path(run_dir), plans_source.read_bytes())
+    _check_run_dir(run_dir, manifest, splits, resume=resume)  # before the estimate's seconds, and before any write
+    if plan is not None and not rundir.manifest_path(run_dir).exists():  # a new run: the copy before the manifest
+        atomic_write_bytes(rundir.plans_path(run_dir), plans_source.read_bytes())
     preprocess_dir = preprocessed_cache(cache_dir)
     preprocess_config = PreprocessConfig(target_spacing=config.target_spacing, plan=plan)
     manifest["cache"] = cache_state(dataset, preprocess_config, preprocess_dir, geometry)
@@ -534,7 +550,7 @@ def _selected_models(config: RunConfig, dataset: DatasetSpec, device: str) -> tu
     models = resolve_models(",".join(config.models))
     out_channels = out_channels_for(tuple(dataset.foreground_labels))
     divisor = check_patch(models, tuple(config.train.patch_size), len(dataset.channels), out_channels,
-                          source=_patch_source(config))  # fmt: skip
+                          source=patch_source(config))  # fmt: skip
     matching = match_run(config, models, in_channels=len(dataset.channels), out_channels=out_channels, device=device)
     return (matching.resolved if matching is not None else models), matching, divisor
 

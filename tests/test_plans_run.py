@@ -231,3 +231,30 @@ def test_a_plan_and_a_target_spacing_are_refused_together():
 
     with pytest.raises(ConfigError, match="--target-spacing and --plans both set the spacing"):
         RunConfig(plans="/data/nnUNetPlans.json", target_spacing=(1.0, 1.0, 1.0))
+
+
+def test_case_geometry_follows_the_plan_so_estimates_and_patch_warnings_see_the_planned_arrays(tmp_path: Path):
+    """A thick-slice CT case as nibabel reads it (x, y, z) = 256 x 256 x 40 at 0.8 x 0.8 x 4 mm; the plan's axes are
+    nibabel's reversed, then transposed, at the plan's spacing. Without the plan the geometry (and the oversized-patch
+    warning, and the window count of the cost estimate) would compare the plan's patch with the wrong axes."""
+    from types import SimpleNamespace
+
+    import nibabel as nib
+    import numpy as np
+
+    from segbench.geometry import oversized_patch_warning, read_geometry, window_count
+
+    path = tmp_path / "ct_000_0000.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((256, 256, 40), np.float32), np.diag([0.8, 0.8, 4.0, 1.0])), path)
+    case = SimpleNamespace(case_id="ct_000", images=[path])
+    plan = SimpleNamespace(transpose_forward=(0, 1, 2), spacing=(4.0, 1.6, 1.6))
+    (planned,) = read_geometry([case], plan=plan)
+    assert planned.shape == (40, 128, 128) and planned.spacing == (4.0, 1.6, 1.6)
+    patch = (32, 128, 128)
+    assert oversized_patch_warning([planned], patch, source="--plans p.json: its patch") is None
+    assert window_count(planned.shape, patch, 0.5) == 2  # 2 windows along the 40 slices, 1 in plane
+    (unplanned,) = read_geometry([case])
+    warning = oversized_patch_warning([unplanned], patch, source="--plans p.json: its patch")
+    assert warning is not None and warning.startswith("--plans p.json: its patch 32 128 128 is larger than case ct_000")
+    transposed = SimpleNamespace(transpose_forward=(2, 0, 1), spacing=(1.6, 4.0, 1.6))
+    assert read_geometry([case], plan=transposed)[0].shape == (128, 40, 128)
