@@ -2,7 +2,7 @@
 
 nnU-Net's planner accepts a 3d_fullres patch when its U-Net's summed feature-map elements (one sample) stay under a
 reference value (560 M for 8 GB at batch 2). This script plans the ``ct_abdomen`` fingerprint of
-tests/plans_datasets.py with the default preset, builds the very network the plan describes
+tests/planner_datasets.py with the default preset, builds the very network the plan describes
 (dynamic-network-architectures' PlainConvUNet, without deep supervision, since segbench's loss takes one output)
 and prints segbench's FakeTensor estimate of one training step at the planned patch and batch size, with nnU-Net's
 SGD, for fp32, bf16 and fp16. Needs ``pip install --no-deps dynamic-network-architectures einops``; CPU, seconds.
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import math  # noqa: E402
 import pydoc  # noqa: E402
 
-from plans_datasets import FINGERPRINTS  # noqa: E402
+from planner_datasets import FINGERPRINTS  # noqa: E402
 
 from segbench.memory import training_step_memory  # noqa: E402
 from segbench.plans import DatasetFingerprint, get_preset, plan_experiment, plans_to_json  # noqa: E402

@@ -1,7 +1,7 @@
 """The planner's pure rules (no nnunetv2 needed): topology, nnU-Net's VRAM proxy, spacing/transpose/normalization,
 the fingerprint's crop and sampling, the plans file, and the ``segbench plan`` command.
 
-Parity with the real nnU-Net is in tests/test_plans_parity.py (tier ``nnunet``).
+Parity with the real nnU-Net is in tests/test_planner_parity.py (tier ``nnunet``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from plans_datasets import FINGERPRINTS, build
+from planner_datasets import FINGERPRINTS, build
 
 from segbench.errors import ConfigError
 from segbench.plans import DatasetFingerprint, get_preset, plan_experiment, plans_to_json, write_plan

@@ -1,5 +1,5 @@
 """``segbench run --plans``: reading a plans file, refusing one that does not fit, the cache keyed by the plan, the way
-back to the source geometry (fast tier; parity with nnU-Net itself is in test_plan_parity.py)."""
+back to the source geometry (fast tier; parity with nnU-Net itself is in test_preprocess_parity.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from msd_factory import read_dataset_json, write_dataset_json, write_nnunet
-from plan_datasets import hand_plans, write_plans
+from preprocess_datasets import hand_plans, write_plans
 
 from segbench.data.dataset import load_dataset
 from segbench.data.plan_preprocess import plan_axes, preprocess_with_plan

@@ -1,12 +1,12 @@
 """segbench's planner against the real nnU-Net 2.8.1 planner, field for field, on generated datasets.
 
-For each dataset (tests/plans_datasets.py) the reference interpreter runs nnU-Net's own fingerprint extractor and
+For each dataset (tests/planner_datasets.py) the reference interpreter runs nnU-Net's own fingerprint extractor and
 its four planners (ExperimentPlanner, nnUNetPlannerResEncM/L/XL); an MSD task is first converted by nnU-Net's own
 MSD converter. segbench plans the same folder (the MSD task directly). Every 3d_fullres field nnU-Net decides must
 come out equal; nnU-Net must also read segbench's plans file and build its network from it, and that network's
 ``compute_conv_feature_map_size`` must equal segbench's arithmetic.
 
-Tier: ``pytest -m nnunet tests/test_plans_parity.py`` (skips with the reason without the reference interpreter).
+Tier: ``pytest -m nnunet tests/test_planner_parity.py`` (skips with the reason without the reference interpreter).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import math
 import numpy as np
 import pytest
 from nnunet_ref import run_nnunet_json, skip_without_nnunet
-from plans_datasets import DATASETS, FINGERPRINTS, build
+from planner_datasets import DATASETS, FINGERPRINTS, build
 
 pytestmark = pytest.mark.nnunet
 

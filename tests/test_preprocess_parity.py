@@ -3,7 +3,7 @@
 spacing, two labels) and an MRI-like (two channels, masked z-score) dataset planned by nnU-Net's own
 ``ExperimentPlanner``; and ``segbench run --plans`` end to end with the plans file nnU-Net wrote.
 
-Tier ``nnunet`` (``pytest -m nnunet tests/test_plan_parity.py``): nnU-Net runs in its own interpreter
+Tier ``nnunet`` (``pytest -m nnunet tests/test_preprocess_parity.py``): nnU-Net runs in its own interpreter
 (tests/nnunet_ref.py) and every test skips with the reason when it is absent.
 """
 
@@ -19,7 +19,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from nnunet_ref import run_nnunet_json, skip_without_nnunet
-from plan_datasets import nnunet_env, nnunet_plans, nnunet_preprocessed, write_ct_like, write_mri_like
+from preprocess_datasets import nnunet_env, nnunet_plans, nnunet_preprocessed, write_ct_like, write_mri_like
 from scipy import ndimage
 
 from segbench.data.dataset import load_case, load_dataset
@@ -126,7 +126,6 @@ def test_predictions_go_back_to_the_source_geometry_as_nnunet_exports_them(plann
     assert all(share >= SHARE for share in shares.values()), shares
 
 
-@pytest.mark.slow
 def test_run_with_a_plans_file_nnunet_wrote(planned: dict, tmp_path: Path):
     if planned["kind"] != "mri":
         pytest.skip("one end-to-end run suffices; the CT-like plan's patch (14 slices) does not suit fcn/unet's 4")
