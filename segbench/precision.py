@@ -4,8 +4,8 @@
 where the job runs (a Slurm job resolves them on its compute node), and the resolved values are recorded in
 ``jobs.csv`` so that two jobs are only compared when they trained with the same numerics.
 
-* ``auto`` precision on CUDA: bf16 autocast where the GPU supports it (Ampere and newer; no GradScaler needed),
-  fp16 autocast with a GradScaler otherwise.
+* ``auto`` precision on CUDA: bf16 autocast where the job's GPU computes it natively (compute capability 8.0, Ampere,
+  and newer; no GradScaler needed), fp16 autocast with a GradScaler otherwise (Volta, Turing emulate bf16).
 * ``auto`` precision on CPU: bf16 autocast where the CPU has native bf16 instructions (AVX-512 BF16 or AMX, as
   reported by torch's own CPU feature probes), fp32 otherwise. Without native instructions bf16 is emulated and
   slower than fp32.
@@ -37,6 +37,7 @@ __all__ = [
     "autocast",
     "cpu_features",
     "cpu_model",
+    "cuda_has_native_bf16",
     "guard_small_convolutions",
     "hardware_name",
     "prepare_model",
@@ -96,8 +97,21 @@ def resolve_precision(requested: str, device: torch.device | str) -> str:
         return requested
     device = torch.device(device)
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cuda_has_native_bf16(device) else "fp16"
     return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def cuda_has_native_bf16(device: torch.device | str = "cuda") -> bool:
+    """Whether the GPU ``device`` (not the current one) computes bf16 natively: compute capability 8.0 (Ampere) or newer.
+
+    ``torch.cuda.is_bf16_supported()`` is not the test: it asks the *current* device, and by default it also answers
+    True on older GPUs where bf16 only runs emulated (Volta, Turing: slower than fp16 and than fp32 on tensor cores).
+    ROCm GPUs that torch runs on all have bf16.
+    """
+    if torch.version.hip:
+        return True
+    major, _ = torch.cuda.get_device_capability(torch.device(device))
+    return major >= 8
 
 
 def resolve_memory_format(requested: str, device: torch.device | str) -> str:  # noqa: ARG001 - same on both today

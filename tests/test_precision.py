@@ -22,6 +22,21 @@ def test_cpu_auto_follows_native_bf16_instructions():
     assert precision.resolve_precision("auto", "cpu") == expected
 
 
+@pytest.mark.parametrize(("device", "expected"), [("cuda", "bf16"), ("cuda:0", "bf16"), ("cuda:1", "fp16"),
+                                                ("cuda:2", "fp16")])  # fmt: skip
+def test_cuda_auto_asks_the_jobs_gpu_for_native_bf16(monkeypatch, device, expected):
+    # cuda:0 is an A100 (8.0), cuda:1 a V100 (7.0) and cuda:2 a T4 (7.5). torch's is_bf16_supported() answers for the
+    # current device and, by default, True where bf16 is only emulated: it must not decide.
+    capabilities = {0: (8, 0), 1: (7, 0), 2: (7, 5)}
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability",
+                        lambda d=None: capabilities[0 if d is None or d.index is None else d.index])  # fmt: skip
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert precision.resolve_precision("auto", device) == expected
+    assert precision.uses_grad_scaler(precision.resolve_precision("auto", device), device) == (expected == "fp16")
+
+
 @pytest.mark.parametrize("choice", ["fp32", "bf16", "fp16"])
 def test_explicit_precision_passes_through(choice):
     assert precision.resolve_precision(choice, "cpu") == choice
