@@ -102,7 +102,7 @@ def resolve_precision(requested: str, device: torch.device | str) -> str:
 
 
 def cuda_has_native_bf16(device: torch.device | str = "cuda") -> bool:
-    """Whether the GPU ``device`` (not the current one) computes bf16 natively: compute capability 8.0 (Ampere) or newer.
+    """Whether GPU ``device`` (not the current one) computes bf16 natively: compute capability 8.0 (Ampere) or newer.
 
     ``torch.cuda.is_bf16_supported()`` is not the test: it asks the *current* device, and by default it also answers
     True on older GPUs where bf16 only runs emulated (Volta, Turing: slower than fp16 and than fp32 on tensor cores).
