@@ -55,7 +55,7 @@ from segbench.training import LoopState, TrainingDiverged, make_optimizer, train
 
 log = logging.getLogger(__name__)
 
-__all__ = ["JobSpec", "JobTimeout", "class_lookup", "job_seed", "out_channels_for", "run_job"]
+__all__ = ["JobSpec", "JobTimeout", "job_seed", "out_channels_for", "run_job"]
 
 
 @dataclass(frozen=True)
@@ -119,14 +119,6 @@ def job_seed(seed: int, fold: int, repeat: int = 0) -> int:
     (unlike ``hash``).
     """
     return zlib.crc32(f"{seed}/fold{fold}/repeat{repeat}".encode()) & 0x7FFFFFFF
-
-
-def class_lookup(foreground_labels: tuple[int, ...]) -> torch.Tensor:
-    """Map label values to class indices (0 background, 1.. foreground in order); unknown values → background."""
-    lut = torch.zeros(max(foreground_labels, default=0) + 1 if foreground_labels else 1, dtype=torch.long)
-    for index, value in enumerate(foreground_labels, start=1):
-        lut[value] = index
-    return lut
 
 
 def out_channels_for(foreground_labels: tuple[int, ...]) -> int:
@@ -382,7 +374,8 @@ def _resume(ctx: JobContext, state: LoopState, record: dict[str, Any]) -> tuple[
 
 
 def _batches(ctx: JobContext, prepared: dict[str, PreparedCase], *, start: int) -> Generator[dict, None, None]:
-    """Training batches from ``start`` on: patches of the fold's training cases, labels as class indices."""
+    """Training batches from ``start`` on: patches of the fold's training cases, labels as uint8 class indices (mapped
+    in the loader's workers, so a CUDA job gets them pinned)."""
     train_cfg = ctx.config.train
     patch_dataset = PatchDataset(
         [prepared[case_id] for case_id in ctx.split["train"]],
@@ -400,8 +393,7 @@ def _batches(ctx: JobContext, prepared: dict[str, PreparedCase], *, start: int) 
         num_workers=train_cfg.num_workers,
         pin_memory=ctx.device.type == "cuda",
     )
-    lut = class_lookup(ctx.foreground)
-    return ({**batch, "label": lut[batch["label"].long()]} for batch in loader)
+    return (batch for batch in loader)
 
 
 def _train(
