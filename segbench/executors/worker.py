@@ -74,8 +74,9 @@ class Child:
         gpu_id: ``CUDA_VISIBLE_DEVICES`` of the child, ``None`` for a CPU job.
         slots: how many children run at the same time (CPU thread share).
         echo: forward the child's output (progress bars, warnings) to this process's stderr besides ``worker.log``.
-        zygote: fork the child from this pre-imported process (:mod:`~segbench.executors.zygote`; CPU jobs) instead
-            of starting a new interpreter; a zygote that no longer runs falls back to the latter.
+        zygote: fork the child from this pre-imported process (:mod:`~segbench.executors.zygote`) instead of starting
+            a new interpreter; CPU jobs only (a CUDA job always starts afresh), and a zygote that no longer runs or
+            refuses to fork falls back to the latter.
     """
 
     def __init__(
@@ -88,7 +89,8 @@ class Child:
         self.started = time.time()
         self.oom_kills_at_start = oom_kill_count()
         forked = None
-        if zygote is not None:
+        # Never a CUDA job: a child forked from the zygote inherits its process state, and CUDA does not survive a fork.
+        if zygote is not None and not spec.device.startswith("cuda"):
             forked = zygote.spawn(worker_args(spec), output_fd=None if echo else self._log.fileno())
         self.process = forked or subprocess.Popen(
             worker_command(spec),
