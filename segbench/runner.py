@@ -33,7 +33,7 @@ from segbench.data.dataset import DatasetSpec, dataset_fingerprint, load_dataset
 from segbench.data.preprocess import PreprocessConfig, prepare_dataset
 from segbench.data.validate import validate_dataset
 from segbench.errors import ConfigError, DatasetError, RunDirectoryError
-from segbench.executors.base import Executor, as_executor
+from segbench.executors.base import Executor, as_executor, parse_device
 from segbench.executors.inprocess import InProcessExecutor
 from segbench.job import JobSpec, out_channels_for
 from segbench.locking import RunLock
@@ -72,12 +72,7 @@ def resolve_device(requested: str) -> str:
     """``auto`` → ``cuda`` when available else ``cpu``; an unavailable or malformed device is a :class:`ConfigError`."""
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(requested)
-    except RuntimeError:
-        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N (got {requested!r})") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N (got {requested!r})")
+    device = parse_device(requested)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"--device {requested} requested but no CUDA GPU is available; use --device cpu")
@@ -414,8 +409,9 @@ def _run_locked(config: RunConfig, run_dir: Path, *, resume: bool, progress: boo
                 on_resume: Callable[[ResumePlan], None] | None) -> RunOutcome:  # fmt: skip
     """:func:`run_comparison` once the run directory is locked."""
     dataset_path, dataset, summary = _checked_dataset(config, cache_dir=cache_dir, progress=progress)
-    # A remote executor (Slurm) resolves the device where the job runs, not on this (login) node.
-    device = config.device if executor.resolves_device else resolve_device(config.device)
+    # A remote executor (Slurm) resolves the device where the job runs, not on this (login) node; it checks it here.
+    resolve = getattr(executor, "check_device", str) if executor.resolves_device else resolve_device
+    device = resolve(config.device)
     models, matching, divisor = _selected_models(config, dataset, device)
     # Jobs in other processes import what registered their models: refuse what they cannot import, up front.
     job_modules = job_imports(models, imports, strict=not getattr(executor, "runs_in_process", False))

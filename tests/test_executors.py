@@ -328,3 +328,41 @@ def test_slurm_jobs_resolve_the_device_where_they_run_not_on_the_login_node(tmp_
     assert with_gpu._job_device(spec) == "cuda"
     assert cpu_only._job_device(spec) == "cpu"
     assert with_gpu._job_device(JobSpec(run_dir=str(tmp_path), model="fcn", fold=0, device="cpu")) == "cpu"
+
+
+def _fake_srun(tmp_path: Path) -> Path:
+    folder = tmp_path / "bin"  # a login node has the Slurm client, not necessarily a GPU
+    folder.mkdir(exist_ok=True)
+    (folder / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (folder / "srun").chmod(0o755)
+    return folder
+
+
+def test_slurm_device_is_checked_against_the_gpus_each_job_allocates(tmp_path, monkeypatch, caplog):
+    from segbench.executors import SlurmOptions, SubmititExecutor
+
+    monkeypatch.setenv("PATH", f"{_fake_srun(tmp_path)}:{os.environ['PATH']}")
+    cpu_jobs = SubmititExecutor("slurm", SlurmOptions(gpus_per_job=0))
+    two_gpus = SubmititExecutor("slurm", SlurmOptions(gpus_per_job=2))
+    with pytest.raises(ConfigError, match="--device cuda needs a GPU in every Slurm job.*--slurm-gpus 1"):
+        cpu_jobs.check_device("cuda")
+    with pytest.raises(ConfigError, match=r"--device cuda:2: each Slurm job sees only its own 2 GPU\(s\)"):
+        two_gpus.check_device("cuda:2")
+    with pytest.raises(ConfigError, match="--device must be auto, cpu, cuda or cuda:N"):
+        two_gpus.check_device("mps")
+    assert [two_gpus.check_device(d) for d in ("auto", "cuda", "cuda:1")] == ["auto", "cuda", "cuda:1"]
+    assert cpu_jobs.check_device("cpu") == "cpu" and cpu_jobs.check_device("auto") == "auto"
+    with caplog.at_level("WARNING"):
+        assert two_gpus.check_device("cpu") == "cpu"
+    assert "holds GPUs it never uses" in caplog.text
+
+
+def test_cli_slurm_cuda_without_gpus_is_refused_before_any_job(tiny_task: Path, tmp_path: Path):
+    pytest.importorskip("submitit")
+    env = {**os.environ, "PATH": f"{_fake_srun(tmp_path)}:{os.environ['PATH']}"}
+    command = [sys.executable, "-m", "segbench", "run", "--data", str(tiny_task), "--executor", "slurm",
+               "--slurm-gpus", "0", "--device", "cuda", "--folds", "2", "--out", str(tmp_path / "run")]  # fmt: skip
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 1, proc.stderr
+    assert "error: --device cuda needs a GPU in every Slurm job" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()  # refused before the run folder was made

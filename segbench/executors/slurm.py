@@ -31,7 +31,7 @@ from typing import Any, Literal
 from segbench import rundir, stop
 from segbench.data.sampling import preempt_signal
 from segbench.errors import ConfigError
-from segbench.executors.base import job_progress_bar, log_job_start
+from segbench.executors.base import job_progress_bar, log_job_start, parse_device
 from segbench.executors.slurm_queue import SlurmQueue
 from segbench.executors.state import (
     has_fresh_result,
@@ -205,6 +205,36 @@ def slurm_parameters(options: SlurmOptions, *, run_name: str = "") -> dict[str, 
     return params
 
 
+def check_slurm_device(device: str, options: SlurmOptions) -> str:
+    """Check ``--device`` against what each Slurm job allocates, on the login node, before any work; returns it.
+
+    The login node has no GPU to ask, but the request itself can be checked: a job sees exactly its
+    ``--slurm-gpus G`` GPUs as ``cuda:0 … cuda:G-1``. ``auto`` becomes ``cuda`` with GPUs and ``cpu`` without, where
+    the job runs. A CPU device with GPUs allocated is allowed (a warning: each job holds GPUs it never uses).
+
+    Raises:
+        ConfigError: a malformed device, a CUDA device with ``--slurm-gpus 0``, or ``cuda:N`` with ``N >= G``.
+    """
+    if device == "auto":
+        return device
+    parsed = parse_device(device)
+    gpus = int(options.gpus_per_job)
+    if parsed.type == "cuda" and gpus == 0:
+        raise ConfigError(
+            f"--device {device} needs a GPU in every Slurm job, but --slurm-gpus is 0; add --slurm-gpus 1 (or more), "
+            "or use --device cpu"
+        )
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= gpus:
+        raise ConfigError(
+            f"--device {device}: each Slurm job sees only its own {gpus} GPU(s), as cuda:0 … cuda:{gpus - 1}; use "
+            f"--device cuda (or raise --slurm-gpus)"
+        )
+    if parsed.type == "cpu" and gpus:
+        log.warning("--device cpu with --slurm-gpus %d: every Slurm job holds GPUs it never uses; add --slurm-gpus 0",
+                    gpus)  # fmt: skip
+    return device
+
+
 @dataclass(frozen=True, eq=False)
 class Tracked:
     """A job a driver waits for: ``is_active()`` asks the scheduler; ``job`` is set when this driver submitted it."""
@@ -251,6 +281,14 @@ class SubmititExecutor:
     def resolves_device(self) -> bool:
         """True for Slurm: the driver's machine (a login node) says nothing about the GPUs jobs will get."""
         return self.backend == "slurm"
+
+    def check_device(self, device: str) -> str:
+        """``--device`` checked against the GPUs each job allocates (:func:`check_slurm_device`); returned unchanged.
+
+        Raises:
+            ConfigError: a device no job of this executor can have.
+        """
+        return check_slurm_device(device, self.options) if self.backend == "slurm" else device
 
     def __call__(self, specs: list[JobSpec]) -> None:
         """Submit the lost jobs of ``specs``, re-attach to the running ones, and wait for all of them."""
