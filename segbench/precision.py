@@ -125,12 +125,32 @@ def resolve_memory_format(requested: str, device: torch.device | str) -> str:  #
     return "channels_last" if requested == "auto" else requested
 
 
-def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
-    """The autocast context of a resolved precision (a no-op for fp32)."""
+def autocast(
+    precision: str, device: torch.device | str, *, rules: str | None = None
+) -> contextlib.AbstractContextManager:
+    """The autocast context of a resolved precision (a no-op for fp32).
+
+    Args:
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+        device: where the tensors are.
+        rules: whose autocast op lists apply, ``"cpu"`` or ``"cuda"``; ``None``: the device's own. ``"cuda"`` on a CPU
+            device emulates CUDA autocast (:func:`segbench.cuda_autocast.cuda_autocast`): what a GPU step computes in
+            which dtype, on a machine without one.
+
+    Raises:
+        ValueError: ``rules`` other than the device's own, except ``"cuda"`` on the CPU.
+    """
     device = torch.device(device)
+    rules = rules or device.type
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=_DTYPES[precision])
+    if rules == device.type:
+        return torch.autocast(device.type, dtype=_DTYPES[precision])
+    if rules == "cuda" and device.type == "cpu":
+        from segbench.cuda_autocast import cuda_autocast
+
+        return cuda_autocast(_DTYPES[precision])
+    raise ValueError(f"cannot apply {rules} autocast rules on a {device.type} device")
 
 
 def prepare_model(

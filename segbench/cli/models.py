@@ -132,7 +132,8 @@ def _memory_table(names: list[str], *, patch, batch_size, precision, memory_form
     device = "cuda" if torch.cuda.is_available() else "cpu"
     precision, memory_format = resolve_precision(precision, device), resolve_memory_format(memory_format, device)
     table = estimate_memory(names, patch_size=patch, batch_size=batch_size, precision=precision,
-                            memory_format=memory_format, optimizer=optimizer, progress=True, **channels)  # fmt: skip
+                            memory_format=memory_format, optimizer=optimizer, device=device, progress=True,
+                            **channels)  # fmt: skip
     rows = []
     for row in table.itertuples(index=False):
         values = [getattr(row, f"tensor_{part}_mb") for part in _PARTS]
