@@ -37,6 +37,13 @@ def test_cuda_auto_asks_the_jobs_gpu_for_native_bf16(monkeypatch, device, expect
     assert precision.uses_grad_scaler(precision.resolve_precision("auto", device), device) == (expected == "fp16")
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_auto_on_this_gpu():
+    native = torch.cuda.get_device_capability()[0] >= 8
+    assert precision.cuda_has_native_bf16("cuda") == native == torch.cuda.is_bf16_supported(including_emulation=False)
+    assert precision.resolve_precision("auto", "cuda") == ("bf16" if native else "fp16")
+
+
 @pytest.mark.parametrize("choice", ["fp32", "bf16", "fp16"])
 def test_explicit_precision_passes_through(choice):
     assert precision.resolve_precision(choice, "cpu") == choice

@@ -123,3 +123,17 @@ def test_the_zygote_refuses_to_fork_once_cuda_is_initialised(monkeypatch):
     serving.join(timeout=30)
     assert not serving.is_alive()
     theirs.close()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_jobs_start_afresh_and_finish(tiny_task: Path, tmp_path: Path, monkeypatch, probe_model, tiny_job_train):
+    probe = tmp_path / "parents.jsonl"
+    monkeypatch.setenv("SEGBENCH_TEST_PROBE", str(probe))
+    config = RunConfig(data=str(tiny_task), models=(probe_model, "fcn"), folds=2, device="cuda", train=tiny_job_train)
+    run_comparison(config, run_dir=tmp_path / "run", progress=False, report=False,
+                   executor=LocalExecutor(LocalOptions(poll_s=0.1)))  # fmt: skip
+    jobs = results.load_jobs(tmp_path / "run")
+    assert list(jobs["status"]) == ["done"] * 4 and set(jobs["device"]) == {"cuda:0"}
+    job_builds = [json.loads(line) for line in probe.read_text().splitlines()]
+    job_builds = [entry for entry in job_builds if entry["pid"] != os.getpid()]
+    assert job_builds and not any("--zygote" in entry["parent"] for entry in job_builds), job_builds
