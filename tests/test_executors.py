@@ -316,11 +316,7 @@ def test_slurm_jobs_resolve_the_device_where_they_run_not_on_the_login_node(tmp_
     from segbench.executors import SlurmOptions, SubmititExecutor
     from segbench.job import JobSpec
 
-    fake_srun = tmp_path / "bin" / "srun"  # a login node has the Slurm client, not necessarily a GPU
-    fake_srun.parent.mkdir()
-    fake_srun.write_text("#!/bin/sh\nexit 0\n")
-    fake_srun.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fake_srun.parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("PATH", f"{_fake_srun(tmp_path)}:{os.environ['PATH']}")
     with_gpu = SubmititExecutor("slurm", SlurmOptions(gpus_per_job=1))
     cpu_only = SubmititExecutor("slurm", SlurmOptions(gpus_per_job=0))
     assert with_gpu.resolves_device and cpu_only.resolves_device
