@@ -117,57 +117,87 @@ def sliding_window_predict(
         float32 logits ``(K, D, H, W)`` on the CPU, same spatial shape as ``image``.
 
     Raises:
-        ValueError: ``image`` is not 4-D.
+        ValueError: ``image`` is not 4-D, or ``precision`` is not one of fp32, bf16, fp16.
         ConfigError: bad ``patch_size``, ``overlap`` or ``batch_size``.
-        ValueError: ``precision`` is not one of fp32, bf16, fp16.
         ModelError: the model's output is not ``(B, K, *patch_size)``.
     """
+    image, patch_size = _check_inputs(image, patch_size, batch_size, precision)
+    device = torch.device(device)
+    padded, crop = _pad_to_patch(image.to(torch.float32), patch_size)
+    corners = window_corners(padded.shape[1:], patch_size, overlap)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            padded = padded.to(device)
+            weight = gaussian_importance_map(patch_size, sigma_scale=sigma_scale) if gaussian else None
+            logits = _blend_windows(model, padded, _batches(corners, batch_size, progress), patch_size, weight=weight,
+                                    mirror=mirror, precision=precision, memory_format=memory_format)  # fmt: skip
+            return logits[(slice(None), *crop)].to("cpu", torch.float32).contiguous()
+    finally:
+        model.train(was_training)
+
+
+def window_corners(shape: Sequence[int], patch_size: Sequence[int], overlap: float) -> list[tuple[int, ...]]:
+    """Start corners of every window over a (padded) image of spatial ``shape``: the product of
+    :func:`window_starts` per axis."""
+    starts = [window_starts(s, p, overlap) for s, p in zip(shape, patch_size, strict=True)]
+    return list(itertools.product(*starts))
+
+
+def _check_inputs(image, patch_size, batch_size, precision: str) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """The image as a tensor and the patch as 3 ints, or the error :func:`sliding_window_predict` documents."""
     image = torch.as_tensor(image)
     if image.ndim != 4:
         raise ValueError(f"image must be (C, D, H, W), got shape {tuple(image.shape)}")
     patch_size = _check_patch_size(patch_size)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"--batch-size must be a positive integer, got {batch_size!r}")
-    device = torch.device(device)
     if precision not in ("fp32", "bf16", "fp16"):
         raise ValueError(f"precision must be a resolved one (fp32, bf16 or fp16), got {precision!r}")
+    return image, patch_size
 
-    padded, crop = _pad_to_patch(image.to(torch.float32), patch_size)
-    starts = [window_starts(s, p, overlap) for s, p in zip(padded.shape[1:], patch_size, strict=True)]
-    corners = list(itertools.product(*starts))
-    if gaussian:
-        weight = gaussian_importance_map(patch_size, sigma_scale=sigma_scale).to(device)
-    else:
-        weight = torch.ones(patch_size, device=device)
 
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            padded = padded.to(device)
-            weight_sum = torch.zeros(padded.shape[1:], device=device)
-            logits = None
-            for batch in _batches(corners, batch_size, progress):
-                windows = [_window(c, patch_size) for c in batch]
-                x = numerics.to_memory_format(torch.stack([padded[(slice(None), *w)] for w in windows]), memory_format)
-                with numerics.autocast(precision, device):
-                    pred = _forward(model, x, mirror)
-                if pred.ndim != 5 or pred.shape[0] != len(batch) or tuple(pred.shape[2:]) != patch_size:
-                    raise ModelError(
-                        f"{type(model).__name__} returned shape {tuple(pred.shape)} for input {tuple(x.shape)}; "
-                        "models must return logits (B, K) + the input's spatial size"
-                    )
-                if logits is None:
-                    logits = torch.zeros((pred.shape[1], *padded.shape[1:]), device=device)
-                for w, p in zip(windows, pred, strict=True):
-                    # addcmul_ fuses weighting and accumulation: no temporary, the model's output untouched.
-                    logits[(slice(None), *w)].addcmul_(p, weight)
-                    weight_sum[w] += weight
-            assert logits is not None  # at least one window always exists
-            logits /= weight_sum
-            return logits[(slice(None), *crop)].to("cpu", torch.float32).contiguous()
-    finally:
-        model.train(was_training)
+def _blend_windows(
+    model: nn.Module,
+    padded: torch.Tensor,
+    batches: Iterator[list[tuple[int, ...]]],
+    patch_size: tuple[int, int, int],
+    *,
+    weight: torch.Tensor | None,
+    mirror: bool,
+    precision: str,
+    memory_format: str,
+) -> torch.Tensor:
+    """Run the windows at ``batches``' corners over ``padded`` ``(C, D, H, W)`` (on the device) and return the
+    ``weight``-weighted (``None``: plain) average of their logits, ``(K, D, H, W)`` float32 on the same device.
+
+    Raises:
+        ModelError: the model's output is not ``(B, K, *patch_size)``.
+    """
+    device = padded.device
+    weight = (torch.ones(patch_size) if weight is None else weight).to(device)
+    weight_sum = torch.zeros(padded.shape[1:], device=device)
+    logits = None
+    for batch in batches:
+        windows = [_window(c, patch_size) for c in batch]
+        x = numerics.to_memory_format(torch.stack([padded[(slice(None), *w)] for w in windows]), memory_format)
+        with numerics.autocast(precision, device):
+            pred = _forward(model, x, mirror)
+        if pred.ndim != 5 or pred.shape[0] != len(batch) or tuple(pred.shape[2:]) != patch_size:
+            raise ModelError(
+                f"{type(model).__name__} returned shape {tuple(pred.shape)} for input {tuple(x.shape)}; "
+                "models must return logits (B, K) + the input's spatial size"
+            )
+        if logits is None:
+            logits = torch.zeros((pred.shape[1], *padded.shape[1:]), device=device)
+        for w, p in zip(windows, pred, strict=True):
+            # addcmul_ fuses weighting and accumulation: no temporary, the model's output untouched.
+            logits[(slice(None), *w)].addcmul_(p, weight)
+            weight_sum[w] += weight
+    assert logits is not None  # at least one window always exists
+    logits /= weight_sum
+    return logits
 
 
 def logits_to_labels(logits: torch.Tensor) -> np.ndarray:

@@ -32,7 +32,17 @@ import torch
 from segbench import precision as numerics
 from segbench import results, rundir, stop
 from segbench.atomic import atomic_write_text
-from segbench.callbacks import Checkpointer, CurveLogger, Deadline, JobTimeout, PeakRss, ProgressBar, StopAtBoundary
+from segbench.callbacks import (
+    CaseProgress,
+    Checkpointer,
+    CurveLogger,
+    Deadline,
+    JobTimeout,
+    PeakRss,
+    ProgressBar,
+    StopAtBoundary,
+)
+from segbench.case_predictions import PredictionLedger, weights_digest
 from segbench.checkpoints import load_latest_checkpoint, restore, save_checkpoint, snapshot
 from segbench.config import RunConfig, TrainConfig, config_from_dict
 from segbench.data.dataset import DatasetSpec, load_dataset
@@ -244,9 +254,10 @@ def _train_and_evaluate(spec: JobSpec, record: dict[str, Any], started: float, p
     record.update(_training_figures(state, curve, throughput, info))
 
     record["phase"] = "prediction"
-    rows, seconds = _evaluate(ctx, model, prepared, resolved=(state.precision, state.memory_format))
+    rows, seconds, kept = _evaluate(ctx, model, prepared, resolved=(state.precision, state.memory_format))
     allocated, reserved = cuda_peak_mb(ctx.device)
     record.update(
+        predictions_kept=kept,  # cases an interrupted attempt had predicted with these weights
         peak_gpu_mem_allocated_mb=allocated,
         peak_gpu_mem_reserved_mb=reserved,
         num_val_cases=len(ctx.split["val"]),
@@ -454,33 +465,40 @@ def _sample_count(train_cfg) -> int:
 
 def _evaluate(
     ctx: JobContext, model: torch.nn.Module, prepared: dict[str, PreparedCase], *, resolved: tuple[str, str]
-) -> tuple[list, list]:
-    """Predict and score the fold's validation cases: (metrics.csv rows, prediction seconds per case).
+) -> tuple[list, list, int]:
+    """Predict and score the fold's validation cases: (metrics.csv rows, prediction seconds per predicted case, cases
+    kept from an interrupted attempt).
 
-    ``resolved`` is the (precision, memory format) training resolved: prediction runs in the same.
+    ``resolved`` is the (precision, memory format) training resolved: prediction runs in the same. Each prediction is
+    written as soon as it is made; a resumed job keeps those its weights made and predicts only the others
+    (:mod:`segbench.case_predictions`). Off a terminal each case gets a plain line with its time.
     """
-    rundir.predictions_dir(ctx.spec.run_dir, ctx.spec).mkdir(exist_ok=True)
+    ledger = PredictionLedger(ctx.spec.run_dir, ctx.spec, weights_digest(model))
     labels_by_id = {case.case_id: case for case in ctx.dataset.training}
     rows: list[dict] = []
     seconds: list[float] = []
-    iterator = ctx.split["val"]
-    if ctx.spec.progress:
-        from tqdm.auto import tqdm
-
-        desc = f"{rundir.job_label(ctx.spec)} predict"
-        iterator = tqdm(iterator, desc=desc, unit="case", leave=False, disable=None)  # no bar off a TTY
-    for case_id in iterator:
-        case = prepared[case_id]
-        image, _ = load_prepared(case, mmap=False)
-        tic = time.perf_counter()
-        prediction = _predict_case(ctx, model, image, case, resolved=resolved)
-        seconds.append(time.perf_counter() - tic)
-        affine = np.asarray(case.affine, dtype=float).reshape(4, 4)
-        path = rundir.prediction_path(ctx.spec.run_dir, ctx.spec, case_id)
-        write_nifti(path, prediction, affine=affine, spacing=case.original_spacing)
+    cases = ctx.split["val"]
+    bar = _case_bar(ctx, len(cases))
+    for index, case_id in enumerate(cases, start=1):
+        case, tic = prepared[case_id], time.perf_counter()
+        kept = ledger.kept(case_id)
+        if kept:
+            prediction = read_label(ledger.path(case_id)).array
+        else:
+            image, _ = load_prepared(case, mmap=False)
+            prediction = _predict_case(ctx, model, image, case, resolved=resolved)
+            seconds.append(time.perf_counter() - tic)
+            affine = np.asarray(case.affine, dtype=float).reshape(4, 4)
+            write_nifti(ledger.path(case_id), prediction, affine=affine, spacing=case.original_spacing)
         rows += _score_case(ctx, case_id, prediction, labels_by_id[case_id].label)
+        bar.update(case_id, index=index, seconds=time.perf_counter() - tic, kept=kept)
         ctx.deadline.check(f"while predicting {case_id}")
-    return rows, seconds
+    bar.close()
+    return rows, seconds, len(cases) - len(seconds)
+
+
+def _case_bar(ctx: JobContext, total: int) -> CaseProgress:
+    return CaseProgress(enabled=ctx.spec.progress, total=total, desc=rundir.job_label(ctx.spec))
 
 
 def _predict_case(

@@ -710,17 +710,7 @@ def compute_case_metrics(
     spacing_mm = _check_spacing(spacing, pred.shape)
     tolerance = _check_tolerance(tolerance_mm)
     pred_index, ref_index, both_bool = _label_indices(pred, ref)
-    if labels is None:
-        wanted = [1] if both_bool else sorted(pred_index.labels() | ref_index.labels())
-    else:
-        wanted = sorted({int(label) for label in labels})
-        if 0 in wanted:
-            # Label 0 is what every other label map value is measured against; scoring it through the label index
-            # (which only holds nonzero voxels) would report a false "both empty" row.
-            raise ValueError(
-                "labels=[0] asks to score the background, which a label map cannot express; pass boolean masks "
-                "instead, e.g. compute_case_metrics(pred == 0, ref == 0, spacing)"
-            )
+    wanted = _wanted_labels(labels, pred_index, ref_index, both_bool)
     voxel_ml = float(np.prod(spacing_mm)) / 1000.0
     diagonal = image_diagonal_mm(pred.shape, spacing_mm)
 
@@ -741,3 +731,22 @@ def compute_case_metrics(
         case = CaseData(pred_voxels.size, ref_voxels.size, overlap, voxel_ml, *distances, tolerance, diagonal)
         rows.append(_row(label, case))
     return rows
+
+
+def _wanted_labels(labels: Sequence[int] | None, pred_index, ref_index, both_bool: bool) -> list[int]:
+    """The sorted label values :func:`compute_case_metrics` scores (see its ``labels``).
+
+    Raises:
+        ValueError: label 0 is asked for.
+    """
+    if labels is None:
+        return [1] if both_bool else sorted(pred_index.labels() | ref_index.labels())
+    wanted = sorted({int(label) for label in labels})
+    if 0 in wanted:
+        # Label 0 is what every other label map value is measured against; scoring it through the label index
+        # (which only holds nonzero voxels) would report a false "both empty" row.
+        raise ValueError(
+            "labels=[0] asks to score the background, which a label map cannot express; pass boolean masks "
+            "instead, e.g. compute_case_metrics(pred == 0, ref == 0, spacing)"
+        )
+    return wanted

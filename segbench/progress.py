@@ -46,6 +46,12 @@ def iteration_line(desc: str, *, iteration: int, total: int | None, loss: float,
     return f"{desc}: iteration {iteration}{of}, loss {loss:.3f}{speed}"
 
 
+def case_line(desc: str, case_id: str, *, index: int, total: int, seconds: float, kept: bool = False) -> str:
+    """``unet fold 3: case la_007 (2/4) predicted in 12.3 s`` (``kept from the interrupted attempt`` when resumed)."""
+    done = "kept from the interrupted attempt, scored" if kept else "predicted"
+    return f"{desc}: case {case_id} ({index}/{total}) {done} in {seconds:.1f} s"
+
+
 def job_line(label: str, status: str, reason: str, record: dict[str, Any], metrics: list[dict]) -> str:
     """The line printed when a job ends: ``unet fold 3: done in 61 s, 2.0 it/s, val Dice 0.93`` (or why it failed).
 

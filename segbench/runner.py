@@ -29,16 +29,20 @@ import torch
 from segbench import __version__, results, rundir, stop
 from segbench.atomic import atomic_write_json
 from segbench.config import RunConfig, TrainConfig, config_differences, config_to_dict
+from segbench.data.cache import cache_state, record_use
 from segbench.data.dataset import DatasetSpec, dataset_fingerprint, load_dataset
 from segbench.data.preprocess import PreprocessConfig, prepare_dataset
 from segbench.data.validate import validate_dataset
 from segbench.errors import ConfigError, DatasetError, RunDirectoryError
+from segbench.estimate import CostEstimate, estimate_for_run
 from segbench.executors.base import Executor, as_executor, parse_device
 from segbench.executors.inprocess import InProcessExecutor
+from segbench.geometry import read_geometry
 from segbench.job import JobSpec, out_channels_for
 from segbench.locking import RunLock
 from segbench.matching import Matching, match_run
 from segbench.metrics import nsd_tolerance_warning
+from segbench.patch_advice import patch_warnings
 from segbench.paths import preprocessed_cache
 from segbench.profiling import environment_info
 from segbench.registry import builder_module, model_info, module_source, resolve_models
@@ -164,6 +168,24 @@ def warn_small_patch(config: RunConfig, median_shape: Sequence[int] | None, divi
     )
 
 
+def check_models_early(config: RunConfig) -> None:
+    """Unknown model names, and a patch a model cannot take, fail here: before any image is read (or the default
+    dataset generated). Channels come from ``--data``'s dataset.json when it parses (preflight reports it otherwise).
+
+    Raises:
+        ModelError: an unknown model name or pattern. ConfigError: a patch a model's divisor does not divide.
+    """
+    models = resolve_models(",".join(config.models))
+    in_channels, out_channels = 1, 1
+    if config.data is not None:
+        try:
+            spec = load_dataset(config.data)
+            in_channels, out_channels = len(spec.channels), out_channels_for(tuple(spec.foreground_labels))
+        except DatasetError:
+            pass  # preflight names the dataset's problem next
+    check_patch(models, tuple(config.train.patch_size), in_channels, out_channels)
+
+
 def check_patch(models: list[str], patch_size: tuple[int, ...], in_channels: int, out_channels: int) -> int:
     """Every model must accept the common patch: each side divisible by the model's divisor; returns their lcm."""
     common = 1
@@ -276,7 +298,12 @@ def _prepare_run_dir(run_dir: Path, manifest: dict, splits: list, *, resume: boo
         updated = {**old, "config": manifest["config"], "device_type": old.get("device_type")}
         updated["resumes"] = [
             *old.get("resumes", []),
-            {"at": manifest["created_at"], "command": manifest["command"], "environment": manifest["environment"]},
+            {
+                "at": manifest["created_at"],
+                "command": manifest["command"],
+                "environment": manifest["environment"],
+                **{key: manifest[key] for key in ("estimate", "cache") if key in manifest},
+            },
         ]
         atomic_write_json(manifest_path, updated)
         return
@@ -337,6 +364,7 @@ def run_comparison(
     imports: Sequence[str] = (),
     command: str | None = None,
     on_resume: Callable[[ResumePlan], None] | None = None,
+    on_estimate: Callable[[CostEstimate], None] | None = None,
 ) -> RunOutcome:
     """Train and evaluate every (model, fold, repeat) job of ``config`` in ``run_dir``.
 
@@ -354,6 +382,9 @@ def run_comparison(
             by every job process before it runs (plus those of :func:`job_imports`).
         command: the command line, recorded in the manifest (and shown in the report's provenance).
         on_resume: called with the :class:`ResumePlan` before a resumed run starts its jobs.
+        on_estimate: when given, the cost of the jobs still to run is measured (:mod:`segbench.estimate`, seconds
+            on a small run), recorded in ``manifest.json`` (a resume's in its ``resumes`` entry) and passed to it
+            before the first job. Not for Slurm runs (their device is only known on the nodes).
 
     Raises:
         SegbenchError subclasses for any preflight problem, before anything is trained; a run directory this call
@@ -373,7 +404,7 @@ def run_comparison(
         with RunLock(run_dir):
             return _run_locked(config, run_dir, resume=resume, progress=progress, executor=executor,
                                cache_dir=cache_dir, report=report, imports=tuple(imports), command=command,
-                               on_resume=on_resume)  # fmt: skip
+                               on_resume=on_resume, on_estimate=on_estimate)  # fmt: skip
     except BaseException:
         if created is not None and not rundir.manifest_path(run_dir).exists():
             _remove_unused(run_dir, created)
@@ -406,33 +437,44 @@ def _remove_unused(run_dir: Path, created: Path) -> None:
 
 def _run_locked(config: RunConfig, run_dir: Path, *, resume: bool, progress: bool, executor: Executor,
                 cache_dir: Path | None, report: bool, imports: tuple[str, ...], command: str | None,
-                on_resume: Callable[[ResumePlan], None] | None) -> RunOutcome:  # fmt: skip
+                on_resume: Callable[[ResumePlan], None] | None,
+                on_estimate: Callable[[CostEstimate], None] | None) -> RunOutcome:  # fmt: skip
     """:func:`run_comparison` once the run directory is locked."""
-    dataset_path, dataset, summary = _checked_dataset(config, cache_dir=cache_dir, progress=progress)
+    check_models_early(config)  # before any image is read (or the default dataset generated)
+    dataset_path, dataset, _ = _checked_dataset(config, cache_dir=cache_dir, progress=progress)
     # A remote executor (Slurm) resolves the device where the job runs, not on this (login) node; it checks it here.
     resolve = getattr(executor, "check_device", str) if executor.resolves_device else resolve_device
     device = resolve(config.device)
     models, matching, divisor = _selected_models(config, dataset, device)
     # Jobs in other processes import what registered their models: refuse what they cannot import, up front.
     job_modules = job_imports(models, imports, strict=not getattr(executor, "runs_in_process", False))
-    if not resume and (warning := warn_small_patch(config, summary.get("shape_median"), divisor)):
+    geometry = read_geometry(dataset.training, target_spacing=config.target_spacing)
+    for warning in patch_warnings(config, geometry=geometry, models=models, divisor=divisor, device=device,
+                                  channels=(len(dataset.channels), out_channels_for(tuple(dataset.foreground_labels))),
+                                  planned=not resume):  # fmt: skip
         log.warning(warning)
     case_ids = [case.case_id for case in dataset.training]
     splits = resolve_splits(config.splits, case_ids, folds=config.folds, seed=config.seed)
     manifest = build_manifest(config, dataset, models, dataset_path, command=command, imports=imports,
                               matching=matching)  # fmt: skip
     manifest["device_type"] = device_type(device)
+    preprocess_dir = preprocessed_cache(cache_dir)
+    preprocess_config = PreprocessConfig(target_spacing=config.target_spacing)
+    manifest["cache"] = cache_state(dataset, preprocess_config, preprocess_dir, geometry)
+    if on_estimate is not None and not executor.resolves_device:
+        todo, _ = plan_jobs(run_dir, models, len(splits), config.repeats)
+        estimate = estimate_for_run(config, todo=todo, splits=splits, dataset=dataset, geometry=geometry,
+                                    device=device, cache=manifest["cache"])  # fmt: skip
+        if estimate is not None:
+            manifest["estimate"] = estimate.as_dict()
+            on_estimate(estimate)
     _prepare_run_dir(run_dir, manifest, splits, resume=resume)
     if resume and on_resume is not None:
         on_resume(plan_resume(run_dir, models, len(splits), config.repeats))
 
-    preprocess_dir = preprocessed_cache(cache_dir)
-    prepare_dataset(
-        dataset,
-        config=PreprocessConfig(target_spacing=config.target_spacing),
-        cache_dir=preprocess_dir,
-        progress=progress,
-    )
+    prepared = prepare_dataset(dataset, config=preprocess_config, cache_dir=preprocess_dir, progress=progress)
+    record_use(preprocess_dir, name=dataset.name, dataset_path=dataset_path,
+               folders=[case.image_path.parent for case in prepared.values()])  # fmt: skip
     common = {"device": device, "cache_dir": str(preprocess_dir), "progress": progress, "imports": job_modules}
     specs = [JobSpec(run_dir=str(run_dir), model=k.model, fold=k.fold, repeat=k.repeat, repeats=k.repeats, **common)
              for k in _jobs_to_run(run_dir, models, splits, config.repeats)]  # fmt: skip

@@ -110,7 +110,7 @@ def test_cli_models_memory_prints_the_estimate_table():
     from segbench.memory import estimate_memory
 
     result = CliRunner().invoke(main, ["models", "fcn,unet", "--memory", "--patch", "16", "16", "32",
-                                       "--batch-size", "2"])  # fmt: skip
+                                       "--batch-size", "2", "--precision", "fp32"])  # fmt: skip
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert "patch 16x16x32, batch 2, fp32" in lines[0]

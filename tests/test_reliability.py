@@ -426,11 +426,14 @@ def test_sigterm_mid_training_checkpoints_that_step_and_resume_gives_the_uninter
 
 
 HOLDER_SCRIPT = """
-import os, signal, sys, time
+import ctypes, os, signal, sys, time
 from segbench.locking import RunLock
 
 lock = RunLock(sys.argv[1], name="job.lock", what="job").acquire()  # held until the process dies
-if os.fork() == 0:  # what a data-loader worker is: a fork of the job process, outliving it for a while
+# What a data-loader worker is: a fork of the job process, outliving it for a while. libc's fork() runs none of
+# Python's at-fork handlers: the child that was SIGKILLed-around before it was ever scheduled, made deterministic.
+fork = os.fork if sys.argv[2] == "os.fork" else ctypes.CDLL(None).fork
+if fork() == 0:
     time.sleep(30)
     os._exit(0)
 print("locked", flush=True)
@@ -438,12 +441,16 @@ os.kill(os.getpid(), signal.SIGKILL)  # the OOM killer
 """
 
 
-def test_a_killed_lock_holder_frees_its_lock_at_once_although_its_forked_child_lives_on(tmp_path: Path):
-    """The driver records a SIGKILLed job's status only if the job lock is free; a loader worker used to keep it."""
+@pytest.mark.parametrize("fork", ["os.fork", "libc fork (no at-fork handlers)"])
+def test_a_killed_lock_holder_frees_its_lock_at_once_although_its_forked_child_lives_on(tmp_path: Path, fork: str):
+    """The driver records a SIGKILLed job's status only if the job lock is free; a loader worker used to keep it.
+
+    A record lock belongs to the process, so the child never holds it, whether or not it has run anything yet.
+    """
     from segbench.executors import job_lock_held
 
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER_SCRIPT, str(tmp_path)], stdout=subprocess.PIPE, text=True,
-                              start_new_session=True)  # fmt: skip
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER_SCRIPT, str(tmp_path), fork], stdout=subprocess.PIPE,
+                              text=True, start_new_session=True)  # fmt: skip
     try:
         assert holder.stdout.readline().strip() == "locked"
         assert holder.wait(timeout=30) == -signal.SIGKILL
@@ -452,3 +459,25 @@ def test_a_killed_lock_holder_frees_its_lock_at_once_although_its_forked_child_l
             pass
     finally:
         os.killpg(holder.pid, signal.SIGKILL)
+
+
+def test_a_lock_is_refused_twice_in_one_process_and_a_probe_keeps_it(tmp_path: Path):
+    """Record locks never conflict within a process: the second acquire is refused by RunLock itself, and probing
+    a lock this process holds must not close a descriptor of it (which would silently drop the lock)."""
+    from segbench.locking import lock_held
+
+    with RunLock(tmp_path, name="job.lock", what="job"):
+        with pytest.raises(RunDirectoryError, match="in use by this process"):
+            RunLock(tmp_path, name="job.lock", what="again").acquire()
+        assert lock_held(tmp_path / "job.lock")
+        probe = subprocess.run([sys.executable, "-c", PROBE_SCRIPT, str(tmp_path / "job.lock")], capture_output=True,
+                               text=True, timeout=60)  # fmt: skip
+        assert probe.stdout.strip() == "held", probe.stderr  # another process still sees it after our own probe
+    assert not lock_held(tmp_path / "job.lock")
+
+
+PROBE_SCRIPT = """
+import sys
+from segbench.locking import lock_held
+print("held" if lock_held(sys.argv[1]) else "free")
+"""

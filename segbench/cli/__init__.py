@@ -1,6 +1,6 @@
 """The ``segbench`` console script.
 
-Each sub-command lives in its own module (``data``, ``models``, ``evaluate``, ``run``, ``report``) and
+Each sub-command lives in its own module (``cache``, ``data``, ``models``, ``evaluate``, ``run``, ``report``) and
 imports heavy libraries inside the command body, so ``segbench --help`` stays fast. Library code raises
 :class:`segbench.errors.SegbenchError` with a one-sentence message; :class:`SegbenchGroup` prints it
 without a traceback and exits with status 1. The group itself is in :mod:`segbench.cli.group`, which the
@@ -9,7 +9,7 @@ sub-command modules import (so this package and its modules do not import each o
 
 from __future__ import annotations
 
-from segbench.cli import data, evaluate, models, report, run  # noqa: F401 - importing registers the sub-commands
+from segbench.cli import cache, data, evaluate, models, report, run  # noqa: F401 - importing registers the sub-commands
 from segbench.cli.group import SegbenchGroup, main
 
 __all__ = ["SegbenchGroup", "main"]

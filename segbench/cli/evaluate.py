@@ -11,6 +11,8 @@ from segbench.cli.group import main
 from segbench.errors import ConfigError
 from segbench.rundir import EVALUATION_FILE, MANIFEST_FILE, METRICS_FILE, OOF_PREDICTIONS_DIR
 
+DEFAULT_TOLERANCE_MM = 2.0  # a folder of predictions: nnU-Net-style default; a run uses its own --tolerance-mm
+
 
 def _parse_labels(text: str | None) -> tuple[int, ...] | None:
     if text is None:
@@ -34,8 +36,18 @@ def _parse_labels(text: str | None) -> tuple[int, ...] | None:
     help=f"Per-case CSV to write (one row per case and label). Default: PRED_DIR/{METRICS_FILE}, or for a run "
     f"RUN_DIR/{OOF_PREDICTIONS_DIR}/{EVALUATION_FILE} (with a model column).",
 )
-@click.option("--tolerance-mm", type=float, default=2.0, show_default=True, help="NSD (surface Dice) tolerance in mm.")
-@click.option("--labels", "labels_text", default=None, help="Labels to score, e.g. 1,2. Default: every label found.")
+@click.option(
+    "--tolerance-mm",
+    type=float,
+    default=None,
+    help=f"NSD (surface Dice) tolerance in mm. Default: {DEFAULT_TOLERANCE_MM:g}, or for a RUN_DIR the run's own.",
+)
+@click.option(
+    "--labels",
+    "labels_text",
+    default=None,
+    help="Labels to score, e.g. 1,2. Default: every label found, or for a RUN_DIR the run's dataset labels.",
+)
 @click.option(
     "--pred-suffix",
     default="",
@@ -51,7 +63,7 @@ def evaluate(
     pred_dir: Path,
     gt_dir: Path | None,
     out: Path | None,
-    tolerance_mm: float,
+    tolerance_mm: float | None,
     labels_text: str | None,
     pred_suffix: str,
     subset: bool,
@@ -68,12 +80,16 @@ def evaluate(
 
     from segbench.atomic import atomic_write_text
 
-    if not tolerance_mm >= 0:
+    if tolerance_mm is not None and not tolerance_mm >= 0:
         raise ConfigError(f"--tolerance-mm {tolerance_mm} must be a non-negative number of millimetres")
     labels = _parse_labels(labels_text)
     if not pred_dir.is_dir():
         raise ConfigError(f"PRED_DIR {pred_dir} does not exist or is not a folder; pass the folder of predictions")
     run_mode = (pred_dir / MANIFEST_FILE).is_file()
+    if run_mode:
+        tolerance_mm, labels = _run_settings(pred_dir, tolerance_mm, labels)
+    elif tolerance_mm is None:
+        tolerance_mm = DEFAULT_TOLERANCE_MM
     if gt_dir is None and not run_mode:
         raise ConfigError(f"{pred_dir} holds no {MANIFEST_FILE}: give GT_DIR (the reference label folder) too")
     if out is not None and not out.parent.is_dir():
@@ -116,8 +132,6 @@ def _evaluate_run(run_dir: Path, gt_dir: Path | None, *, labels, tolerance_mm: f
 
     manifest = results.load_manifest(run_dir)
     gt_dir = gt_dir or Path((manifest.get("dataset") or {}).get("path", "")) / "labelsTr"
-    if labels is None:
-        labels = tuple(int(value) for value in (manifest.get("dataset") or {}).get("labels", {})) or None
     results.link_oof_predictions(run_dir, results.scan_results(run_dir).results)  # up to date with the job folders
     models = [m for m in manifest.get("models", []) if rundir.oof_predictions_dir(run_dir, m).is_dir()]
     if not models:
@@ -129,6 +143,30 @@ def _evaluate_run(run_dir: Path, gt_dir: Path | None, *, labels, tolerance_mm: f
         frame.insert(0, "model", model)
         frames[model] = frame
     return frames
+
+
+def _run_settings(run_dir: Path, tolerance_mm: float | None, labels: tuple[int, ...] | None):
+    """A run's NSD tolerance and labels unless given, printed with where they come from: with both from the run the
+    numbers are the report's."""
+    from segbench import results
+
+    manifest = results.load_manifest(run_dir)
+    stored = (manifest.get("config") or {}).get("tolerance_mm")
+    names = {int(value): name for value, name in ((manifest.get("dataset") or {}).get("labels") or {}).items()}
+    if tolerance_mm is None:
+        tolerance_mm = float(stored) if stored is not None else DEFAULT_TOLERANCE_MM
+        origin = "the run's --tolerance-mm" if stored is not None else "default: the run recorded none"
+    else:
+        origin = "--tolerance-mm" + (f"; the run used {float(stored):g} mm, so NSD differs from its report"
+                                     if stored is not None and float(stored) != tolerance_mm else "")  # fmt: skip
+    if labels is None:
+        labels = tuple(sorted(names)) or None
+        label_origin = "the run's dataset"
+    else:
+        label_origin = "--labels"
+    shown = ", ".join(f"{v} ({names[v]})" if v in names else str(v) for v in labels or ()) or "every label found"
+    click.echo(f"NSD tolerance {tolerance_mm:g} mm ({origin}); labels {shown} ({label_origin})")
+    return tolerance_mm, labels
 
 
 def _print_summary(frame, *, model: str | None, labels: tuple[int, ...] | None) -> None:

@@ -40,9 +40,9 @@ COLUMNS = ("name", "family", "source", "params", "MFLOP/vox fwd", "MFLOP/vox tra
 @click.option(
     "--precision",
     type=click.Choice(["fp32", "bf16", "fp16", "auto"]),
-    default="fp32",
+    default="auto",
     show_default=True,
-    help="--memory: autocast precision (auto: what a run on this machine's default device would use).",
+    help="--memory: autocast precision (auto: what a run on this machine's default device uses; the table says which).",
 )
 @click.option(
     "--memory-format",
@@ -130,7 +130,10 @@ def _memory_table(names: list[str], *, patch, batch_size, precision, memory_form
     patch = tuple(patch) if patch else tuple(defaults.patch_size)
     batch_size = batch_size or defaults.batch_size
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    requested = precision
     precision, memory_format = resolve_precision(precision, device), resolve_memory_format(memory_format, device)
+    if requested == "auto":
+        click.echo(_auto_precision_line(precision, device))
     table = estimate_memory(names, patch_size=patch, batch_size=batch_size, precision=precision,
                             memory_format=memory_format, optimizer=optimizer, device=device, progress=True,
                             **channels)  # fmt: skip
@@ -148,6 +151,18 @@ def _memory_table(names: list[str], *, patch, batch_size, precision, memory_form
     for row in table.itertuples(index=False):
         if row.error:
             click.echo(f"warning: {row.model}: {row.error}", err=True)
+
+
+def _auto_precision_line(precision: str, device: str) -> str:
+    """``precision auto resolves to fp32 here: cpu, AMD EPYC (AVX2), no native bf16``: which and why."""
+    from segbench.precision import cpu_has_native_bf16, hardware_name
+
+    if device == "cuda":
+        why = "the GPU supports bf16" if precision == "bf16" else "the GPU has no bf16: fp16 with loss scaling"
+    else:
+        why = "native bf16 (AVX-512 BF16 / AMX)" if cpu_has_native_bf16() else "no native bf16 on this CPU"
+    return (f"precision auto resolves to {precision} here ({device}: {hardware_name(device)}, {why}); "
+            "--precision fp32|bf16|fp16 chooses another")  # fmt: skip
 
 
 def _mib(value: float) -> str:

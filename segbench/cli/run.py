@@ -270,7 +270,7 @@ def run(**options) -> None:  # fmt: skip
         outcome = run_comparison(
             config, run_dir=run_dir, resume=options["resume"], progress=not options["quiet"],
             report=not options["no_report"], executor=executor, imports=imports, command=_command_line(),
-            on_resume=_print_resume_plan,
+            on_resume=_print_resume_plan, on_estimate=_print_estimate,
         )  # fmt: skip
     except KeyboardInterrupt:
         click.echo("interrupted: finished jobs are kept and the interrupted one continues from its latest checkpoint; "
@@ -297,6 +297,12 @@ def _stored_imports(options: dict) -> tuple[str, ...]:
     if not options["resume"] or options["out"] is None or not rundir.manifest_path(options["out"]).is_file():
         return ()
     return tuple(results.load_manifest(options["out"]).get("imports") or ())
+
+
+def _print_estimate(estimate) -> None:
+    """The cost estimate (:meth:`segbench.estimate.CostEstimate.lines`), before the first job."""
+    for line in estimate.lines():
+        click.echo(line, err=True)
 
 
 def _print_resume_plan(plan) -> None:

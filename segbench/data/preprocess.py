@@ -132,6 +132,15 @@ def cache_key(case: Any, config: PreprocessConfig) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def case_folder(case: Any, config: PreprocessConfig, cache_dir: Path) -> Path:
+    """The cache folder of ``case`` under ``config`` (it may not exist yet).
+
+    Raises:
+        DatasetError: a source file is missing.
+    """
+    return Path(cache_dir) / f"{case.case_id}-{cache_key(case, config)}"
+
+
 def zscore(image: np.ndarray) -> np.ndarray:
     """Z-score each channel of ``image`` (C, D, H, W) over all its voxels; a constant channel becomes 0.
 
@@ -179,7 +188,7 @@ def prepare_case(case: Any, *, config: PreprocessConfig, cache_dir: Path) -> Pre
         OSError: the cache folder is not writable.
     """
     cache_dir = Path(cache_dir)
-    folder = cache_dir / f"{case.case_id}-{cache_key(case, config)}"
+    folder = case_folder(case, config, cache_dir)
     meta_path = folder / "case.json"
     if meta_path.is_file():  # a cache hit: not logged per case (every job reads every case)
         return PreparedCase.from_json(json.loads(meta_path.read_text()), folder)

@@ -29,6 +29,7 @@ from segbench.atomic import atomic_write_bytes, atomic_write_text
 from segbench.errors import ConfigError, RunDirectoryError
 from segbench.metrics import PRIMARY_METRIC, Metric, metric_catalogue
 from segbench.report import figures, stats, tables
+from segbench.report.estimate import estimate_section
 from segbench.report.matching import matching_record, matching_section, qualify_sentence
 from segbench.report.render import (
     Bullets,
@@ -630,7 +631,9 @@ def write_report(
         figure_blocks += matched[1]
     if speed is not None:
         sections.append(_speed_section(speed, Path(benchmark_json)))
-    sections += [_jobs_section(ctx, [*inputs.notes, *figure_notes]), Section("Provenance", tuple(_provenance(inputs)))]
+    estimated = estimate_section(inputs.manifest, inputs.jobs)  # what the run said it would cost, and what it did
+    sections += [*([estimated] if estimated is not None else []), _jobs_section(ctx, [*inputs.notes, *figure_notes]),
+                 Section("Provenance", tuple(_provenance(inputs)))]  # fmt: skip
     dataset_name = (inputs.manifest.get("dataset") or {}).get("name") or run_dir.name
     html_path = _write_files(
         out, Report(f"segbench report — {dataset_name}", tuple(sections)), figure_blocks, ctx.board
