@@ -259,9 +259,10 @@ def test_a_job_whose_lock_is_held_counts_as_running_and_is_waited_for(tiny_task:
 
 
 def test_slurm_parameters_are_explicit_and_validated():
-    params = slurm_parameters(SlurmOptions(partition="gpu,gpu-long", time_min=90, gpus_per_job=2, mem_gb=1.5))
-    assert params["time"] == 90 and params["gpus_per_node"] == 2 and params["partition"] == "gpu,gpu-long"
+    params = slurm_parameters(SlurmOptions(partition="gpu,gpu-long", time_min=90, gpus_per_job=1, mem_gb=1.5))
+    assert params["time"] == 90 and params["gpus_per_node"] == 1 and params["partition"] == "gpu,gpu-long"
     assert params["mem"] == "1536MB" and params["cpus_per_task"] == 8 and params["ntasks_per_node"] == 1
+    assert params["setup"] == ["export SRUN_CPUS_PER_TASK=8"]  # else Slurm 22.05-23.02 binds the step to one CPU
     assert "gpus_per_node" not in slurm_parameters(SlurmOptions(gpus_per_job=0))
     assert slurm_parameters(SlurmOptions(mem_gb=16))["mem"] == "16GB"
     assert params["job_name"] == "segbench"
@@ -275,6 +276,28 @@ def test_slurm_parameters_are_explicit_and_validated():
             slurm_parameters(SlurmOptions(time_min=too_short))
     with pytest.raises(ConfigError, match="--slurm-poll"):
         slurm_parameters(SlurmOptions(poll_s=0))
+
+
+def test_slurm_batch_script_exports_srun_cpus_per_task_before_its_srun_step():
+    slurm = pytest.importorskip("submitit.slurm.slurm")
+    params = slurm_parameters(SlurmOptions(cpus_per_job=6))
+    params.pop("array_parallelism")  # an executor option, not a batch-script line
+    script = slurm._make_sbatch_string(command="python -m job", folder="/tmp/f", **params).splitlines()
+    srun = next(i for i, line in enumerate(script) if line.startswith("srun "))
+    assert "export SRUN_CPUS_PER_TASK=6" in script[:srun] and "#SBATCH --cpus-per-task=6" in script
+
+
+def test_more_than_one_gpu_per_slurm_job_is_refused_in_one_sentence(tmp_path, monkeypatch):
+    from segbench.executors import SubmititExecutor
+
+    # A job trains on one GPU: a second GPU per array task would sit idle for the whole run.
+    for gpus in (2, 8):
+        with pytest.raises(ConfigError, match=f"--slurm-gpus {gpus}: a segbench job trains on one GPU") as error:
+            slurm_parameters(SlurmOptions(gpus_per_job=gpus))
+        assert "\n" not in str(error.value) and "--slurm-gpus 1" in str(error.value)
+    monkeypatch.setenv("PATH", f"{_fake_srun(tmp_path)}:{os.environ['PATH']}")
+    with pytest.raises(ConfigError, match="--slurm-gpus 2: a segbench job trains on one GPU"):
+        SubmititExecutor("slurm", SlurmOptions(gpus_per_job=2))  # refused when the executor is made: before any work
 
 
 def test_slurm_job_id_fields_expand_to_array_tasks():
@@ -339,17 +362,17 @@ def test_slurm_device_is_checked_against_the_gpus_each_job_allocates(tmp_path, m
 
     monkeypatch.setenv("PATH", f"{_fake_srun(tmp_path)}:{os.environ['PATH']}")
     cpu_jobs = SubmititExecutor("slurm", SlurmOptions(gpus_per_job=0))
-    two_gpus = SubmititExecutor("slurm", SlurmOptions(gpus_per_job=2))
+    one_gpu = SubmititExecutor("slurm", SlurmOptions(gpus_per_job=1))
     with pytest.raises(ConfigError, match="--device cuda needs a GPU in every Slurm job.*--slurm-gpus 1"):
         cpu_jobs.check_device("cuda")
-    with pytest.raises(ConfigError, match=r"--device cuda:2: each Slurm job sees only its own 2 GPU\(s\)"):
-        two_gpus.check_device("cuda:2")
+    with pytest.raises(ConfigError, match=r"--device cuda:1: each Slurm job sees only its own 1 GPU\(s\)"):
+        one_gpu.check_device("cuda:1")
     with pytest.raises(ConfigError, match="--device must be auto, cpu, cuda or cuda:N"):
-        two_gpus.check_device("mps")
-    assert [two_gpus.check_device(d) for d in ("auto", "cuda", "cuda:1")] == ["auto", "cuda", "cuda:1"]
+        one_gpu.check_device("mps")
+    assert [one_gpu.check_device(d) for d in ("auto", "cuda", "cuda:0")] == ["auto", "cuda", "cuda:0"]
     assert cpu_jobs.check_device("cpu") == "cpu" and cpu_jobs.check_device("auto") == "auto"
     with caplog.at_level("WARNING"):
-        assert two_gpus.check_device("cpu") == "cpu"
+        assert one_gpu.check_device("cpu") == "cpu"
     assert "holds GPUs it never uses" in caplog.text
 
 

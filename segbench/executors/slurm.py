@@ -74,7 +74,7 @@ class SlurmOptions:
 
     partition: str | None = None  # None = the cluster's default partition
     time_min: int = 120  # wall-clock limit per job allocation; a job that reaches it is requeued and resumes
-    gpus_per_job: int = 1  # 0 = CPU jobs
+    gpus_per_job: int = 1  # 0 = CPU jobs; a job trains on one GPU, so more than 1 is refused
     cpus_per_job: int = 8  # data loading + the main process
     mem_gb: float | None = None  # None = the partition's default memory
     array_parallelism: int = 16  # jobs of the array running at the same time
@@ -176,7 +176,13 @@ def slurm_parameters(options: SlurmOptions, *, run_name: str = "") -> dict[str, 
             "minute early, before the job can checkpoint and requeue",
         ),
         (options.poll_s > 0, "--slurm-poll must be positive (seconds)"),
-        (options.gpus_per_job >= 0, "--slurm-gpus must be 0 or more"),
+        (options.gpus_per_job >= 0, "--slurm-gpus must be 0 or 1"),
+        (
+            options.gpus_per_job <= 1,
+            f"--slurm-gpus {options.gpus_per_job}: a segbench job trains on one GPU, so every further GPU of each job "
+            "would sit idle; use --slurm-gpus 1 (Slurm runs one array task per GPU, --slurm-array-parallelism caps "
+            "how many at once)",
+        ),
         (options.cpus_per_job >= 1, "--slurm-cpus must be at least 1"),
         (options.mem_gb is None or options.mem_gb > 0, "--slurm-mem must be positive (GB)"),
         (options.array_parallelism >= 1, "--slurm-array-parallelism must be at least 1"),
@@ -193,6 +199,9 @@ def slurm_parameters(options: SlurmOptions, *, run_name: str = "") -> dict[str, 
         "array_parallelism": int(options.array_parallelism),
         "signal_delay_s": min(_SIGNAL_DELAY_S, max(30, options.time_min * 60 // 10)),
         "stderr_to_stdout": False,
+        # Slurm 22.05-23.02 no longer passes the job's --cpus-per-task to srun steps: without this the srun step
+        # that runs the job is bound to one CPU, and its loader workers and threads share it.
+        "setup": [f"export SRUN_CPUS_PER_TASK={int(options.cpus_per_job)}"],
     }
     if options.gpus_per_job:
         params["gpus_per_node"] = int(options.gpus_per_job)
