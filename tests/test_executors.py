@@ -107,7 +107,11 @@ def test_worker_sees_exactly_its_gpu_and_a_share_of_the_cpu(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS")
     env = worker_env("7", slots=2)
     assert env["CUDA_VISIBLE_DEVICES"] == "7"
-    assert int(env["OMP_NUM_THREADS"]) == max(1, (os.cpu_count() or 1) // 2)
+    assert int(env["OMP_NUM_THREADS"]) == max(1, len(os.sched_getaffinity(0)) // 2)
+    # The CPUs allotted to the driver (a Slurm job's 16 on a 128-core node), not the machine's count.
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.setattr(os, "cpu_count", lambda: 128)
+    assert worker_env("0", slots=4)["OMP_NUM_THREADS"] == "4"
     command = worker_command(JobSpec(run_dir="/r; rm -rf /", model="fcn", fold=1, device="cuda:0"))
     assert command[:3] == [sys.executable, "-m", "segbench.executors"]  # an argument list: no shell ever parses it
     assert json.loads(command[3])["run_dir"] == "/r; rm -rf /"

@@ -33,6 +33,7 @@ from segbench.executors.base import log_job_start
 from segbench.executors.state import write_missing_result
 from segbench.executors.zygote import Zygote
 from segbench.job import JobSpec, run_job
+from segbench.profiling import allocated_cpus
 from segbench.stop import install_interrupt_handlers
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,8 @@ def worker_env(gpu_id: str | None, *, slots: int) -> dict[str, str]:
     if gpu_id is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu_id
     if slots > 1:  # N children each defaulting to every core would oversubscribe the CPU (and starve the GPUs)
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // slots)))
+        # The CPUs allotted to this process (Slurm, taskset), not the machine's: a 16-CPU job on a 128-core node.
+        env.setdefault("OMP_NUM_THREADS", str(max(1, allocated_cpus() // slots)))
     package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))])
     return env
