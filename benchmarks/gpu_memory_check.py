@@ -28,6 +28,17 @@ PATCHES = ((64, 64, 48), (128, 128, 64))
 BATCH = 2
 
 
+def free_cuda_cache() -> None:
+    """Free what earlier measurements left: collect unreachable tensors first (a model or autograd graph kept alive by a
+    reference cycle holds its memory until a collection), then return the cached blocks to the driver."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
 def real_step_mb(name: str, patch: tuple[int, int, int], precision: str) -> tuple[float, float]:
     """(max allocated, max reserved) in MiB over one steady-state CUDA training step of ``name``."""
     import torch
@@ -37,7 +48,7 @@ def real_step_mb(name: str, patch: tuple[int, int, int], precision: str) -> tupl
     from segbench.training import segmentation_loss
 
     device = torch.device("cuda")
-    torch.cuda.empty_cache()
+    free_cuda_cache()
     model = to_memory_format(build_model(name, in_channels=1, out_channels=1).to(device), "channels_last")
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     image = to_memory_format(torch.randn((BATCH, 1, *patch), device=device), "channels_last")
@@ -83,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             estimate = training_step_memory(name, **common, fake=True, device="cuda").peak_mb
             tracked = training_step_memory(name, **common, device="cuda").peak_mb
             allocated, reserved = real_step_mb(name, patch, args.precision)
-            torch.cuda.empty_cache()  # the step's cached blocks must not count for the next model
+            free_cuda_cache()  # the step's tensors and cached blocks must not count for the next model
             ratio = estimate / allocated
             rows.append({"model": name, "patch": "x".join(map(str, patch)), "precision": args.precision,
                          "estimate_mb": estimate, "tracked_mb": tracked, "allocated_mb": allocated,
