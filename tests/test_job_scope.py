@@ -116,3 +116,53 @@ def test_cuda_in_process_job_on_cuda_1_leaves_gpu_0_alone(tiny_task, tmp_path):
     assert run_comparison(config, run_dir=tmp_path / "run", progress=False, report=False).all_done
     assert torch.cuda.max_memory_allocated(1) > 0 and torch.cuda.max_memory_allocated(0) == 0
     assert torch.cuda.current_device() == 0
+
+
+# --- the cost estimate's CUDA timing never holds a context in the driver ----------------------------------------------
+
+
+class _Executor:
+    def __init__(self, in_process: bool, gpus: tuple[str, ...] | None) -> None:
+        self.runs_in_process, self.gpus = in_process, gpus
+
+    def gpu_ids_for(self, device: str) -> tuple[str, ...] | None:
+        return self.gpus
+
+
+@pytest.mark.parametrize(("device", "in_process", "expected"), [
+    ("cuda", False, ("child", "3")), ("cuda:1", False, ("child", "3")), ("cuda", True, ("driver", None)),
+    ("cpu", False, ("driver", None)),
+])  # fmt: skip
+def test_cuda_estimates_for_job_processes_are_measured_in_a_child_on_their_first_gpu(
+    monkeypatch, device, in_process, expected
+):
+    from segbench import runner
+
+    where: list[tuple[str, str | None]] = []
+    monkeypatch.setattr(runner, "estimate_in_child", lambda gpu, config, **kw: where.append(("child", gpu)))
+    monkeypatch.setattr(runner, "estimate_for_run", lambda config, **kw: where.append(("driver", None)))
+    runner.measure_estimate(_Executor(in_process, ("3", "5")), RunConfig(), device=device, todo=[])
+    assert where == [expected]
+
+
+def test_an_estimate_measured_in_a_spawned_child_matches_the_drivers_in_form(tiny_task, tmp_path, monkeypatch):
+    from segbench import estimate, runner
+
+    captured: list[dict] = []
+    real = runner.estimate_for_run
+
+    def spy(config, **arguments):
+        captured.append({"config": config, **arguments})
+        return real(config, **arguments)
+
+    monkeypatch.setattr(runner, "estimate_for_run", spy)
+    train = TrainConfig(iterations=1, patch_size=(16, 16, 16), num_workers=0, log_every=1, checkpoint_every=1)
+    config = RunConfig(data=str(tiny_task), models=("fcn",), folds=2, device="cpu", train=train)
+    seen: list = []
+    run_comparison(config, run_dir=tmp_path / "run", progress=False, report=False, on_estimate=seen.append)
+    assert len(captured) == 1 and len(seen) == 1
+    arguments = dict(captured[0])
+    in_child = estimate.estimate_in_child(None, arguments.pop("config"), **arguments)  # real spawn and pickling
+    assert in_child is not None
+    assert [m.model for m in in_child.models] == [m.model for m in seen[0].models]
+    assert in_child.as_dict().keys() == seen[0].as_dict().keys()
