@@ -154,6 +154,7 @@ def test_a_worker_that_dies_without_a_result_is_recorded_and_the_others_finish(t
     killer.join()
     dead = results.read_job_result(rundir.job_dir(run_dir, JobKey("fcn", 0)) / rundir.RESULT_FILE)
     assert dead.status == "killed" and "SIGKILL" in dead.reason and "--resume" in dead.reason
+    assert re.search(r"process tree \d+ MiB", dead.reason)  # MiB (2**20 bytes), named as such
     alive = results.read_job_result(rundir.job_dir(run_dir, JobKey("fcn", 1)) / rundir.RESULT_FILE)
     assert alive.status == "done"
 

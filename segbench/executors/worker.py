@@ -170,7 +170,7 @@ def settle(child: Child, returncode: int) -> None:
     any other signal (SIGSEGV, SIGABRT, …) or a non-zero exit: ``failed``. The reason names the signal, the peak RSS of
     the job's process tree as the driver saw it, the last line of ``worker.log`` and how to continue.
     """
-    peak = f"peak memory of its process tree {child.peak_rss_bytes / 2**20:.0f} MB"
+    peak = f"peak memory of its process tree {child.peak_rss_bytes / 2**20:.0f} MiB"
     if returncode < 0:
         status, what = _signal_status(signal.Signals(-returncode), child.oom_kills_at_start, peak)
     else:
