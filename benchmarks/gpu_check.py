@@ -390,10 +390,17 @@ def driver_context_check(root: Path, data: Path) -> bool:
     env = {**os.environ, "SEGBENCH_CACHE": str(root / "cache")}
     driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seen: dict[int, float] = {}
+    family = {driver.pid}  # the driver and every process it started (jobs, the estimate's child)
     stop = threading.Event()
 
     def poll() -> None:
+        import psutil
+
         while not stop.wait(0.5):
+            try:
+                family.update(child.pid for child in psutil.Process(driver.pid).children(recursive=True))
+            except psutil.Error:
+                pass
             for pid, mib in _gpu_processes().items():
                 seen[pid] = max(seen.get(pid, 0.0), mib)
 
@@ -405,11 +412,12 @@ def driver_context_check(root: Path, data: Path) -> bool:
     if driver.returncode != 0:
         print(f"driver contexts: the local run failed (exit {driver.returncode}): {stderr[-1500:]}")
         return False
-    if not seen:
-        print("driver contexts: nvidia-smi listed no GPU process during the run (another PID namespace?): undetermined")
+    if not family & set(seen):
+        print(f"driver contexts: nvidia-smi listed {len(seen)} GPU process(es), none of them the run's (another PID "
+              "namespace?): undetermined")  # fmt: skip
         return True
     held = seen.get(driver.pid)
-    others = {pid: mib for pid, mib in seen.items() if pid != driver.pid}
+    others = {pid: mib for pid, mib in seen.items() if pid in family and pid != driver.pid}
     holding = "no GPU memory" if held is None else f"{held:.0f} MiB"
     print(f"driver contexts: the driver (pid {driver.pid}) held {holding}"
           f" during a local run on GPU(s) {gpus}; job processes seen: {len(others)} (max "
