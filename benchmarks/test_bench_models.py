@@ -16,7 +16,9 @@ Each test records in ``extra_info``: parameters, input shape, device, threads, p
 one call (``torch.utils.flop_counter`` on the ``meta`` device for the exact shape), achieved FLOP/s (FLOPs / median
 time) and its share of the best of five square matrix products measured once per session on the same device *in the
 same precision* (a bf16 step is compared with a bf16 matmul) — the reference that makes figures from different
-machines comparable.
+machines comparable. Both run with TF32 off (:func:`segbench.job_scope.ieee_fp32`, as every job does), so an fp32
+step's share compares IEEE-fp32 convolutions with an IEEE-fp32 matmul (with cuDNN's default TF32 the share of an fp32
+step could exceed 1); ``extra_info`` records both switches.
 
 Run (the CPU table, a few minutes)::
 
@@ -35,6 +37,7 @@ import torch
 from conftest import smoke_mode
 
 from segbench import precision as numerics
+from segbench.job_scope import ieee_fp32, tf32_flags
 from segbench.profiling import count_flops, matmul_peak_flops
 from segbench.registry import build_model, list_models, model_info
 from segbench.training import segmentation_loss
@@ -66,8 +69,15 @@ class _MatmulPeaks(dict):
         return self[precision]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _ieee_fp32():
+    """TF32 off for the whole session, as in a job: the peaks and the timed steps compute alike."""
+    with ieee_fp32():
+        yield
+
+
 @pytest.fixture(scope="session")
-def matmul_peaks() -> dict[str, float]:
+def matmul_peaks(_ieee_fp32) -> dict[str, float]:
     return _MatmulPeaks()
 
 
@@ -104,6 +114,7 @@ def _record(benchmark, case: tuple[str, str, str], model: torch.nn.Module, shape
             "achieved_flop_per_s": achieved,
             "matmul_peak_flop_per_s": peak,
             "share_of_matmul_peak": achieved / peak,
+            **tf32_flags(),  # both False: fp32 steps and the fp32 peak are IEEE fp32
         }
     )
 

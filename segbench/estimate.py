@@ -355,6 +355,36 @@ def estimate_for_run(
             torch.cuda.empty_cache()
 
 
+def estimate_in_child(gpu_id: str | None, config: RunConfig, **arguments: Any) -> CostEstimate | None:
+    """:func:`estimate_for_run` (same arguments) in a spawned child process, seeing only GPU ``gpu_id`` when given.
+
+    For CUDA runs whose jobs run in processes of their own: timing a step in the driver would leave a CUDA context
+    (hundreds of MiB) in the driver, on GPU 0, for the whole run. The child's ends with it. ``None`` when the child
+    fails (logged): an estimate never stops a run.
+    """
+    import multiprocessing
+    import os
+
+    if gpu_id is not None:
+        arguments["device"] = "cuda"  # the child sees only that GPU, as cuda:0
+    saved = os.environ.get("CUDA_VISIBLE_DEVICES")
+    try:
+        if gpu_id is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpu_id
+        pool = multiprocessing.get_context("spawn").Pool(1)  # the child starts now, with this environment
+    finally:
+        if saved is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = saved
+    try:
+        with pool:
+            return pool.apply(estimate_for_run, (config,), arguments)
+    except Exception as exc:  # noqa: BLE001 - an estimate must never stop a run
+        log.warning("no cost estimate (the measuring process failed: %s: %s)", type(exc).__name__, exc)
+        return None
+
+
 def _window_seconds(name: str, config: RunConfig, in_channels: int, out_channels: int, device: torch.device,
                     numerics: tuple[str, str]) -> float:  # fmt: skip
     from segbench.registry import build_model

@@ -56,6 +56,7 @@ from segbench.data.preprocess import (
 )
 from segbench.data.sampling import PatchDataset, make_loader
 from segbench.inference import sliding_window_predict
+from segbench.job_scope import job_scope, tf32_flags
 from segbench.locking import RunLock
 from segbench.memory import training_step_memory
 from segbench.metrics import compute_case_metrics
@@ -71,7 +72,7 @@ from segbench.training import LoopState, TrainingDiverged, make_optimizer, train
 
 log = logging.getLogger(__name__)
 
-__all__ = ["JobSpec", "JobTimeout", "class_lookup", "job_seed", "out_channels_for", "run_job", "training_batches"]
+__all__ = ["JobSpec", "JobTimeout", "job_seed", "out_channels_for", "run_job", "training_batches"]
 
 
 @dataclass(frozen=True)
@@ -137,14 +138,6 @@ def job_seed(seed: int, fold: int, repeat: int = 0) -> int:
     return zlib.crc32(f"{seed}/fold{fold}/repeat{repeat}".encode()) & 0x7FFFFFFF
 
 
-def class_lookup(foreground_labels: tuple[int, ...]) -> torch.Tensor:
-    """Map label values to class indices (0 background, 1.. foreground in order); unknown values → background."""
-    lut = torch.zeros(max(foreground_labels, default=0) + 1 if foreground_labels else 1, dtype=torch.long)
-    for index, value in enumerate(foreground_labels, start=1):
-        lut[value] = index
-    return lut
-
-
 def out_channels_for(foreground_labels: tuple[int, ...]) -> int:
     """One logit channel for a single foreground label (sigmoid), else background + one per label (softmax)."""
     return 1 if len(foreground_labels) == 1 else len(foreground_labels) + 1
@@ -159,7 +152,10 @@ def run_job(spec: JobSpec) -> results.JobResult:
     folder = rundir.job_dir(spec.run_dir, spec)
     folder.mkdir(parents=True, exist_ok=True)
     # One writer per job folder, even across executors and a resubmitting driver: a second process refuses here.
-    with RunLock(folder, name=rundir.JOB_LOCK_FILE, what=f"job {rundir.job_label(spec)} (pid/host)"):
+    with (
+        RunLock(folder, name=rundir.JOB_LOCK_FILE, what=f"job {rundir.job_label(spec)} (pid/host)"),
+        job_scope(spec.device),  # cuda:N current (pin-memory thread, context), IEEE fp32: restored after the job
+    ):
         return _run_locked(spec, folder)
 
 
@@ -210,13 +206,16 @@ def _run_locked(spec: JobSpec, folder: Path) -> results.JobResult:
 
 
 def _out_of_memory(exc: BaseException, device: torch.device, record: dict[str, Any]) -> str:
-    """The ``oom`` reason (phase, batch, patch, peaks); records the CUDA peaks in ``record``."""
+    """The ``oom`` reason (phase, batch, patch, and on CUDA the peaks in MiB); records the CUDA peaks in ``record``
+    (as the prediction's when prediction ran out, else as the training's)."""
     allocated, reserved = cuda_peak_mb(device)
-    record.update(peak_gpu_mem_allocated_mb=allocated, peak_gpu_mem_reserved_mb=reserved)
+    prefix = "predict" if record.get("phase") == "prediction" else "peak"
+    record.update({f"{prefix}_gpu_mem_allocated_mb": allocated, f"{prefix}_gpu_mem_reserved_mb": reserved})
     memory = "GPU" if isinstance(exc, torch.OutOfMemoryError) else "host"
+    peaks = "" if allocated is None else f" (peak allocated {allocated:.0f} MiB, reserved {reserved:.0f} MiB)"
     return (
         f"out of {memory} memory during {record.get('phase', 'setup')} at batch size {record.get('batch_size')} "
-        f"and patch {record.get('patch_size')} (peak allocated {allocated} MB, reserved {reserved} MB)"
+        f"and patch {record.get('patch_size')}{peaks}"
     )
 
 
@@ -268,12 +267,13 @@ def _train_and_evaluate(spec: JobSpec, record: dict[str, Any], started: float, p
     record.update(_training_figures(state, curve, throughput, info))
 
     record["phase"] = "prediction"
+    reset_cuda_peak(ctx.device)  # the prediction's peak is its own column: the training's is recorded already
     rows, seconds, kept = _evaluate(ctx, model, prepared, resolved=(state.precision, state.memory_format))
     allocated, reserved = cuda_peak_mb(ctx.device)
     record.update(
         predictions_kept=kept,  # cases an interrupted attempt had predicted with these weights
-        peak_gpu_mem_allocated_mb=allocated,
-        peak_gpu_mem_reserved_mb=reserved,
+        predict_gpu_mem_allocated_mb=allocated,
+        predict_gpu_mem_reserved_mb=reserved,
         num_val_cases=len(ctx.split["val"]),
         inference_seconds_per_case=round(float(np.mean(seconds)), 3) if seconds else None,
     )
@@ -348,6 +348,7 @@ def _setup_figures(ctx: JobContext, info: ModelInfo) -> dict[str, Any]:
     figures["hardware"] = numerics.hardware_name(ctx.device)
     figures["precision"] = numerics.resolve_precision(train_cfg.precision, ctx.device)
     figures["memory_format"] = numerics.resolve_memory_format(train_cfg.memory_format, ctx.device)
+    figures.update(tf32_flags())  # as job_scope set them: False, so fp32 is IEEE fp32 on CUDA too
     return figures
 
 
@@ -389,7 +390,8 @@ def _run_plan(ctx: JobContext) -> Any:
 def _resume(ctx: JobContext, state: LoopState, record: dict[str, Any]) -> tuple[list[dict], dict[str, Any]]:
     """Restore ``state`` from the job's latest checkpoint, if any: (learning curve so far, the checkpoint's extras).
 
-    The extras are the saved throughput figures and the learning-curve window (losses since the last curve row).
+    The extras are the saved throughput figures, the learning-curve window (losses since the last curve row) and
+    the CUDA training peak so far (:func:`_training_peak`).
     """
     checkpoint = load_latest_checkpoint(ctx.folder, map_location="cpu")  # load_state_dict moves to the device
     if checkpoint is None:
@@ -403,6 +405,7 @@ def _resume(ctx: JobContext, state: LoopState, record: dict[str, Any]) -> tuple[
     extras = {
         "throughput": dict(checkpoint.get("throughput") or {}),
         "window": list(checkpoint.get("curve_window", [])),
+        "gpu_peak_mb": checkpoint.get("training_gpu_peak_mb"),
     }
     return curve, extras
 
@@ -426,7 +429,8 @@ def training_batches(
     """The batches a job trains on, from iteration ``start``: what ``benchmarks/`` measures a job's loop with.
 
     Patches of ``cases`` (:class:`PatchDataset`, seeded by ``seed``) through the job's loader (``train_cfg.num_workers``
-    workers, pinned memory on CUDA); ``image`` ``(B, C, *patch)`` float32, ``label`` ``(B, *patch)`` class indices.
+    workers, pinned memory on CUDA); ``image`` ``(B, C, *patch)`` float32, ``label`` ``(B, *patch)`` uint8 class indices
+    (mapped in the workers).
     Close the generator to shut the loader's workers down.
     """
     patch_dataset = PatchDataset(
@@ -445,8 +449,7 @@ def training_batches(
         num_workers=train_cfg.num_workers,
         pin_memory=device.type == "cuda",
     )
-    lut = class_lookup(foreground)
-    return ({**batch, "label": lut[batch["label"].long()]} for batch in loader)
+    return (batch for batch in loader)
 
 
 def _train(
@@ -467,7 +470,8 @@ def _train(
 
     def snapshot_with_window(loop: LoopState) -> dict[str, Any]:
         # A stop between two curve rows checkpoints mid-window: keep the window's losses for the resumed attempt.
-        return {**snapshot(loop), "curve_window": list(logger.window)}
+        peak = _training_peak(ctx.device, extras.get("gpu_peak_mb"))
+        return {**snapshot(loop), "curve_window": list(logger.window), "training_gpu_peak_mb": peak}
 
     checkpointer = Checkpointer(
         ctx.folder, every=train_cfg.checkpoint_every, start=state.iteration, save=save_checkpoint,
@@ -492,11 +496,20 @@ def _train(
         # Shut the loader's workers down now, even when a stop or an error leaves this frame in a traceback: a
         # worker ignores SIGTERM, so interpreter exit (which terminates and joins children) would wait for it forever.
         batches.close()
+    peak = _training_peak(ctx.device, extras.get("gpu_peak_mb"))
+    record.update(peak_gpu_mem_allocated_mb=peak[0], peak_gpu_mem_reserved_mb=peak[1])
     throughput = state.meter.summary()
     if throughput.get("steady_iterations", 0) == 0 and extras.get("throughput"):
         # Resumed after training had finished (e.g. killed while predicting): keep the measured figures.
         throughput = extras["throughput"]
     return state, curve, throughput
+
+
+def _training_peak(device: torch.device, earlier: list | None) -> list[float | None]:
+    """CUDA ``[allocated, reserved]`` peak of training so far in MiB: this attempt's since training started, or an
+    earlier attempt's (saved in the checkpoint it resumed from) where larger. ``[None, None]`` on CPU."""
+    now = cuda_peak_mb(device)
+    return [None if a is None else max(a, b or 0.0) for a, b in zip(now, earlier or (None, None), strict=True)]
 
 
 def _sample_count(train_cfg) -> int:

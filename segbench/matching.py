@@ -81,6 +81,7 @@ class CostContext:
     precision: str = "fp32"  # resolved: fp32, bf16 or fp16
     memory_format: str = "contiguous"  # resolved: channels_last or contiguous
     optimizer: str = "adam"
+    device: str = "cpu"  # whose autocast op lists the memory estimate follows ("cuda:0" and "cuda" alike)
 
 
 def model_cost(name: str, measure: str, context: CostContext) -> float:
@@ -297,6 +298,11 @@ def _match_one(name: str, *, measure: str, reference: str, target: float, contex
     return MatchedModel(name, member.with_width(width), True, cost, deviation)
 
 
+def torch_device_type(device: str) -> str:
+    """``"cuda:1"`` → ``"cuda"``: the memory estimate depends on the device type only (one cache entry for all GPUs)."""
+    return device.partition(":")[0]
+
+
 def match_run(config: RunConfig, models: Sequence[str], *, in_channels: int, out_channels: int,
               device: str) -> Matching | None:  # fmt: skip
     """The matching a run asks for (``config.match`` / ``config.match_to``), or None without ``--match``.
@@ -319,5 +325,6 @@ def match_run(config: RunConfig, models: Sequence[str], *, in_channels: int, out
         precision=resolve_precision(getattr(train, "precision", "auto"), device),
         memory_format=resolve_memory_format(getattr(train, "memory_format", "auto"), device),
         optimizer=train.optimizer,
+        device=torch_device_type(device),
     )
     return match_models(models, measure=config.match, reference=str(config.match_to), context=context)

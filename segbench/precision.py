@@ -4,8 +4,8 @@
 where the job runs (a Slurm job resolves them on its compute node), and the resolved values are recorded in
 ``jobs.csv`` so that two jobs are only compared when they trained with the same numerics.
 
-* ``auto`` precision on CUDA: bf16 autocast where the GPU supports it (Ampere and newer; no GradScaler needed),
-  fp16 autocast with a GradScaler otherwise.
+* ``auto`` precision on CUDA: bf16 autocast where the job's GPU computes it natively (compute capability 8.0, Ampere,
+  and newer; no GradScaler needed), fp16 autocast with a GradScaler otherwise (Volta, Turing emulate bf16).
 * ``auto`` precision on CPU: bf16 autocast where the CPU has native bf16 instructions (AVX-512 BF16 or AMX, as
   reported by torch's own CPU feature probes), fp32 otherwise. Without native instructions bf16 is emulated and
   slower than fp32.
@@ -39,6 +39,7 @@ __all__ = [
     "autocast",
     "cpu_features",
     "cpu_model",
+    "cuda_has_native_bf16",
     "guard_small_convolutions",
     "hardware_name",
     "prepare_model",
@@ -96,8 +97,21 @@ def resolve_precision(requested: str, device: torch.device | str) -> str:
         return requested
     device = torch.device(device)
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cuda_has_native_bf16(device) else "fp16"
     return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def cuda_has_native_bf16(device: torch.device | str = "cuda") -> bool:
+    """Whether GPU ``device`` (not the current one) computes bf16 natively: compute capability 8.0 (Ampere) or newer.
+
+    ``torch.cuda.is_bf16_supported()`` is not the test: it asks the *current* device, and by default it also answers
+    True on older GPUs where bf16 only runs emulated (Volta, Turing: slower than fp16 and than fp32 on tensor cores).
+    ROCm GPUs that torch runs on all have bf16.
+    """
+    if torch.version.hip:
+        return True
+    major, _ = torch.cuda.get_device_capability(torch.device(device))
+    return major >= 8
 
 
 def resolve_memory_format(requested: str, device: torch.device | str) -> str:  # noqa: ARG001 - same on both today
@@ -111,12 +125,32 @@ def resolve_memory_format(requested: str, device: torch.device | str) -> str:  #
     return "channels_last" if requested == "auto" else requested
 
 
-def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
-    """The autocast context of a resolved precision (a no-op for fp32)."""
+def autocast(
+    precision: str, device: torch.device | str, *, rules: str | None = None
+) -> contextlib.AbstractContextManager:
+    """The autocast context of a resolved precision (a no-op for fp32).
+
+    Args:
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+        device: where the tensors are.
+        rules: whose autocast op lists apply, ``"cpu"`` or ``"cuda"``; ``None``: the device's own. ``"cuda"`` on a CPU
+            device emulates CUDA autocast (:func:`segbench.cuda_autocast.cuda_autocast`): what a GPU step computes in
+            which dtype, on a machine without one.
+
+    Raises:
+        ValueError: ``rules`` other than the device's own, except ``"cuda"`` on the CPU.
+    """
     device = torch.device(device)
+    rules = rules or device.type
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=_DTYPES[precision])
+    if rules == device.type:
+        return torch.autocast(device.type, dtype=_DTYPES[precision])
+    if rules == "cuda" and device.type == "cpu":
+        from segbench.cuda_autocast import cuda_autocast
+
+        return cuda_autocast(_DTYPES[precision])
+    raise ValueError(f"cannot apply {rules} autocast rules on a {device.type} device")
 
 
 def prepare_model(

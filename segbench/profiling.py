@@ -212,6 +212,15 @@ def flop_probe_side(divisor: int) -> int:
     return divisor * max(2, math.ceil(FLOP_COUNT_MIN_SIDE / divisor))
 
 
+def allocated_cpus() -> int:
+    """CPUs this process may run on (its affinity mask: what Slurm, taskset or a container allotted), not the
+    machine's count that ``os.cpu_count()`` gives; the latter where the platform has no affinity call."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def environment_info(*, cwd: str | Path | None = None) -> dict[str, Any]:
     """Software and hardware the results were produced with (goes into ``manifest.json``).
 
@@ -222,7 +231,8 @@ def environment_info(*, cwd: str | Path | None = None) -> dict[str, Any]:
         JSON-serialisable dict: ``python``, ``platform``, ``torch``, ``cuda`` (build version or None),
         ``cudnn`` (version or None), ``gpus`` (names, empty without CUDA), ``cpu`` (model name),
         ``cpu_features`` (torch's kernel capability and vector instruction sets, which decide the CPU kernels and
-        hence the results: :func:`segbench.precision.cpu_features`), ``cpu_count``, ``numpy``, ``segbench``,
+        hence the results: :func:`segbench.precision.cpu_features`), ``cpu_count``, ``cpus_allocated``
+        (:func:`allocated_cpus`), ``numpy``, ``segbench``,
         ``git_commit`` (None outside a git repository).
     """
     from segbench import __version__
@@ -238,6 +248,7 @@ def environment_info(*, cwd: str | Path | None = None) -> dict[str, Any]:
         "cpu": cpu_model(),
         "cpu_features": cpu_features(),
         "cpu_count": os.cpu_count(),
+        "cpus_allocated": allocated_cpus(),
         "numpy": np.__version__,
         "segbench": __version__,
         "git_commit": _git_commit(Path.cwd() if cwd is None else Path(cwd)),

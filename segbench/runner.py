@@ -34,8 +34,8 @@ from segbench.data.dataset import DatasetSpec, dataset_fingerprint, load_dataset
 from segbench.data.preprocess import PreprocessConfig, prepare_dataset
 from segbench.data.validate import validate_dataset
 from segbench.errors import ConfigError, DatasetError, RunDirectoryError
-from segbench.estimate import CostEstimate, estimate_for_run
-from segbench.executors.base import Executor, as_executor
+from segbench.estimate import CostEstimate, estimate_for_run, estimate_in_child
+from segbench.executors.base import Executor, as_executor, parse_device
 from segbench.executors.inprocess import InProcessExecutor
 from segbench.geometry import read_geometry
 from segbench.job import JobSpec, out_channels_for
@@ -82,12 +82,7 @@ def resolve_device(requested: str) -> str:
     """``auto`` → ``cuda`` when available else ``cpu``; an unavailable or malformed device is a :class:`ConfigError`."""
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(requested)
-    except RuntimeError:
-        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N (got {requested!r})") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N (got {requested!r})")
+    device = parse_device(requested)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"--device {requested} requested but no CUDA GPU is available; use --device cpu")
@@ -466,8 +461,9 @@ def _run_locked(config: RunConfig, run_dir: Path, *, resume: bool, progress: boo
     """:func:`run_comparison` once the run directory is locked."""
     check_models_early(config)  # before any image is read (or the default dataset generated)
     dataset_path, dataset, _ = _checked_dataset(config, cache_dir=cache_dir, progress=progress)
-    # A remote executor (Slurm) resolves the device where the job runs, not on this (login) node.
-    device = config.device if executor.resolves_device else resolve_device(config.device)
+    # A remote executor (Slurm) resolves the device where the job runs, not on this (login) node; it checks it here.
+    resolve = getattr(executor, "check_device", str) if executor.resolves_device else resolve_device
+    device = resolve(config.device)
     models, matching, divisor = _selected_models(config, dataset, device)
     # Jobs in other processes import what registered their models: refuse what they cannot import, up front.
     job_modules = job_imports(models, imports, strict=not getattr(executor, "runs_in_process", False))
@@ -492,7 +488,7 @@ def _run_locked(config: RunConfig, run_dir: Path, *, resume: bool, progress: boo
     manifest["cache"] = cache_state(dataset, preprocess_config, preprocess_dir, geometry)
     if on_estimate is not None and not executor.resolves_device:
         todo, _ = plan_jobs(run_dir, models, len(splits), config.repeats)
-        estimate = estimate_for_run(config, todo=todo, splits=splits, dataset=dataset, geometry=geometry,
+        estimate = measure_estimate(executor, config, todo=todo, splits=splits, dataset=dataset, geometry=geometry,
                                     device=device, cache=manifest["cache"])  # fmt: skip
         if estimate is not None:
             manifest["estimate"] = estimate.as_dict()
@@ -514,6 +510,19 @@ def _run_locked(config: RunConfig, run_dir: Path, *, resume: bool, progress: boo
     report_dir = _write_report(run_dir) if report else None
     expected = len(models) * len(splits) * config.repeats
     return RunOutcome(run_dir, expected, scan.results, scan.problems, report_dir)
+
+
+def measure_estimate(executor: Executor, config: RunConfig, *, device: str, **arguments: Any) -> CostEstimate | None:
+    """The cost estimate (:func:`segbench.estimate.estimate_for_run`), measured where it leaves no trace.
+
+    On CUDA, for jobs that run in processes of their own, it is measured in a child process on the first GPU the jobs
+    will use (:func:`segbench.estimate.estimate_in_child`): in the driver it would hold a CUDA context on GPU 0 for the
+    whole run. In-process jobs share the driver's context anyway, so there it is measured in the driver.
+    """
+    if device_type(device) == "cuda" and not getattr(executor, "runs_in_process", True):
+        gpus = executor.gpu_ids_for(device) if hasattr(executor, "gpu_ids_for") else None
+        return estimate_in_child(gpus[0] if gpus else None, config, device=device, **arguments)
+    return estimate_for_run(config, device=device, **arguments)
 
 
 def job_imports(models: Sequence[str], extra: Sequence[str] = (), *, strict: bool = False) -> tuple[str, ...]:

@@ -169,6 +169,8 @@ def _progress(config: TrainConfig, state: LoopState) -> float:
 def _step(state: LoopState, batches: Iterator[dict], *, config: TrainConfig, device: torch.device, kind: str) -> None:
     """Fetch one batch and take one optimiser step; advance ``state`` (iteration, elapsed time, loss, meter).
 
+    The loss is read after the backward pass and before the optimiser step (see the comment below).
+
     Raises:
         TrainingDiverged: the loss is NaN or infinite (the step is not applied).
     """
@@ -182,10 +184,14 @@ def _step(state: LoopState, batches: Iterator[dict], *, config: TrainConfig, dev
     with numerics.autocast(state.precision, device):
         logits = state.model(image)
     loss = segmentation_loss(logits, label, kind=kind)  # fp32: the logits are cast first
-    loss_value = float(loss.detach())  # synchronises; also what makes the divergence check exact
+    _backward(state, loss)
+    # Read only now: reading the loss synchronises, and before backward it would stall the CPU until the forward
+    # pass ran instead of letting it queue the backward pass meanwhile. Still before the optimiser step, so the
+    # divergence check stays exact: a NaN/inf loss is never applied.
+    loss_value = read_loss(loss)
     if not math.isfinite(loss_value):
         raise TrainingDiverged(state.iteration + 1, loss_value)
-    _backward_and_step(state, loss, config)
+    _clip_and_step(state, config)
     synchronize(device)
     finished = time.perf_counter()
 
@@ -195,16 +201,24 @@ def _step(state: LoopState, batches: Iterator[dict], *, config: TrainConfig, dev
     state.meter.record(data_wait_s=fetched - started, step_s=finished - fetched, voxels=image[:, :1].numel())
 
 
-def _backward_and_step(state: LoopState, loss: torch.Tensor, config: TrainConfig) -> None:
-    """Backward pass, gradient clipping and optimiser step (through the AMP scaler when there is one)."""
+def read_loss(loss: torch.Tensor) -> float:
+    """The loss as a Python float (on CUDA this waits for the GPU): the step's one read of a device value."""
+    return float(loss.detach())
+
+
+def _backward(state: LoopState, loss: torch.Tensor) -> None:
+    """Backward pass (of the scaled loss when there is an AMP scaler)."""
+    (state.scaler.scale(loss) if state.scaler is not None else loss).backward()
+
+
+def _clip_and_step(state: LoopState, config: TrainConfig) -> None:
+    """Gradient clipping and optimiser step (through the AMP scaler when there is one)."""
     if state.scaler is not None:
-        state.scaler.scale(loss).backward()
         state.scaler.unscale_(state.optimizer)
         _clip(state.model, config)
         state.scaler.step(state.optimizer)
         state.scaler.update()
     else:
-        loss.backward()
         _clip(state.model, config)
         state.optimizer.step()
 

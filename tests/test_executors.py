@@ -107,7 +107,11 @@ def test_worker_sees_exactly_its_gpu_and_a_share_of_the_cpu(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS")
     env = worker_env("7", slots=2)
     assert env["CUDA_VISIBLE_DEVICES"] == "7"
-    assert int(env["OMP_NUM_THREADS"]) == max(1, (os.cpu_count() or 1) // 2)
+    assert int(env["OMP_NUM_THREADS"]) == max(1, len(os.sched_getaffinity(0)) // 2)
+    # The CPUs allotted to the driver (a Slurm job's 16 on a 128-core node), not the machine's count.
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.setattr(os, "cpu_count", lambda: 128)
+    assert worker_env("0", slots=4)["OMP_NUM_THREADS"] == "4"
     command = worker_command(JobSpec(run_dir="/r; rm -rf /", model="fcn", fold=1, device="cuda:0"))
     assert command[:3] == [sys.executable, "-m", "segbench.executors"]  # an argument list: no shell ever parses it
     assert json.loads(command[3])["run_dir"] == "/r; rm -rf /"
@@ -150,6 +154,7 @@ def test_a_worker_that_dies_without_a_result_is_recorded_and_the_others_finish(t
     killer.join()
     dead = results.read_job_result(rundir.job_dir(run_dir, JobKey("fcn", 0)) / rundir.RESULT_FILE)
     assert dead.status == "killed" and "SIGKILL" in dead.reason and "--resume" in dead.reason
+    assert re.search(r"process tree \d+ MiB", dead.reason)  # MiB (2**20 bytes), named as such
     alive = results.read_job_result(rundir.job_dir(run_dir, JobKey("fcn", 1)) / rundir.RESULT_FILE)
     assert alive.status == "done"
 
@@ -259,9 +264,10 @@ def test_a_job_whose_lock_is_held_counts_as_running_and_is_waited_for(tiny_task:
 
 
 def test_slurm_parameters_are_explicit_and_validated():
-    params = slurm_parameters(SlurmOptions(partition="gpu,gpu-long", time_min=90, gpus_per_job=2, mem_gb=1.5))
-    assert params["time"] == 90 and params["gpus_per_node"] == 2 and params["partition"] == "gpu,gpu-long"
+    params = slurm_parameters(SlurmOptions(partition="gpu,gpu-long", time_min=90, gpus_per_job=1, mem_gb=1.5))
+    assert params["time"] == 90 and params["gpus_per_node"] == 1 and params["partition"] == "gpu,gpu-long"
     assert params["mem"] == "1536MB" and params["cpus_per_task"] == 8 and params["ntasks_per_node"] == 1
+    assert params["setup"] == ["export SRUN_CPUS_PER_TASK=8"]  # else Slurm 22.05-23.02 binds the step to one CPU
     assert "gpus_per_node" not in slurm_parameters(SlurmOptions(gpus_per_job=0))
     assert slurm_parameters(SlurmOptions(mem_gb=16))["mem"] == "16GB"
     assert params["job_name"] == "segbench"
@@ -275,6 +281,28 @@ def test_slurm_parameters_are_explicit_and_validated():
             slurm_parameters(SlurmOptions(time_min=too_short))
     with pytest.raises(ConfigError, match="--slurm-poll"):
         slurm_parameters(SlurmOptions(poll_s=0))
+
+
+def test_slurm_batch_script_exports_srun_cpus_per_task_before_its_srun_step():
+    slurm = pytest.importorskip("submitit.slurm.slurm")
+    params = slurm_parameters(SlurmOptions(cpus_per_job=6))
+    params.pop("array_parallelism")  # an executor option, not a batch-script line
+    script = slurm._make_sbatch_string(command="python -m job", folder="/tmp/f", **params).splitlines()
+    srun = next(i for i, line in enumerate(script) if line.startswith("srun "))
+    assert "export SRUN_CPUS_PER_TASK=6" in script[:srun] and "#SBATCH --cpus-per-task=6" in script
+
+
+def test_more_than_one_gpu_per_slurm_job_is_refused_in_one_sentence(tmp_path, monkeypatch):
+    from segbench.executors import SubmititExecutor
+
+    # A job trains on one GPU: a second GPU per array task would sit idle for the whole run.
+    for gpus in (2, 8):
+        with pytest.raises(ConfigError, match=f"--slurm-gpus {gpus}: a segbench job trains on one GPU") as error:
+            slurm_parameters(SlurmOptions(gpus_per_job=gpus))
+        assert "\n" not in str(error.value) and "--slurm-gpus 1" in str(error.value)
+    monkeypatch.setenv("PATH", f"{_fake_srun(tmp_path)}:{os.environ['PATH']}")
+    with pytest.raises(ConfigError, match="--slurm-gpus 2: a segbench job trains on one GPU"):
+        SubmititExecutor("slurm", SlurmOptions(gpus_per_job=2))  # refused when the executor is made: before any work
 
 
 def test_slurm_job_id_fields_expand_to_array_tasks():
@@ -316,11 +344,7 @@ def test_slurm_jobs_resolve_the_device_where_they_run_not_on_the_login_node(tmp_
     from segbench.executors import SlurmOptions, SubmititExecutor
     from segbench.job import JobSpec
 
-    fake_srun = tmp_path / "bin" / "srun"  # a login node has the Slurm client, not necessarily a GPU
-    fake_srun.parent.mkdir()
-    fake_srun.write_text("#!/bin/sh\nexit 0\n")
-    fake_srun.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fake_srun.parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("PATH", f"{_fake_srun(tmp_path)}:{os.environ['PATH']}")
     with_gpu = SubmititExecutor("slurm", SlurmOptions(gpus_per_job=1))
     cpu_only = SubmititExecutor("slurm", SlurmOptions(gpus_per_job=0))
     assert with_gpu.resolves_device and cpu_only.resolves_device
@@ -328,3 +352,41 @@ def test_slurm_jobs_resolve_the_device_where_they_run_not_on_the_login_node(tmp_
     assert with_gpu._job_device(spec) == "cuda"
     assert cpu_only._job_device(spec) == "cpu"
     assert with_gpu._job_device(JobSpec(run_dir=str(tmp_path), model="fcn", fold=0, device="cpu")) == "cpu"
+
+
+def _fake_srun(tmp_path: Path) -> Path:
+    folder = tmp_path / "bin"  # a login node has the Slurm client, not necessarily a GPU
+    folder.mkdir(exist_ok=True)
+    (folder / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (folder / "srun").chmod(0o755)
+    return folder
+
+
+def test_slurm_device_is_checked_against_the_gpus_each_job_allocates(tmp_path, monkeypatch, caplog):
+    from segbench.executors import SlurmOptions, SubmititExecutor
+
+    monkeypatch.setenv("PATH", f"{_fake_srun(tmp_path)}:{os.environ['PATH']}")
+    cpu_jobs = SubmititExecutor("slurm", SlurmOptions(gpus_per_job=0))
+    one_gpu = SubmititExecutor("slurm", SlurmOptions(gpus_per_job=1))
+    with pytest.raises(ConfigError, match="--device cuda needs a GPU in every Slurm job.*--slurm-gpus 1"):
+        cpu_jobs.check_device("cuda")
+    with pytest.raises(ConfigError, match=r"--device cuda:1: each Slurm job sees only its own 1 GPU\(s\)"):
+        one_gpu.check_device("cuda:1")
+    with pytest.raises(ConfigError, match="--device must be auto, cpu, cuda or cuda:N"):
+        one_gpu.check_device("mps")
+    assert [one_gpu.check_device(d) for d in ("auto", "cuda", "cuda:0")] == ["auto", "cuda", "cuda:0"]
+    assert cpu_jobs.check_device("cpu") == "cpu" and cpu_jobs.check_device("auto") == "auto"
+    with caplog.at_level("WARNING"):
+        assert one_gpu.check_device("cpu") == "cpu"
+    assert "holds GPUs it never uses" in caplog.text
+
+
+def test_cli_slurm_cuda_without_gpus_is_refused_before_any_job(tiny_task: Path, tmp_path: Path):
+    pytest.importorskip("submitit")
+    env = {**os.environ, "PATH": f"{_fake_srun(tmp_path)}:{os.environ['PATH']}"}
+    command = [sys.executable, "-m", "segbench", "run", "--data", str(tiny_task), "--executor", "slurm",
+               "--slurm-gpus", "0", "--device", "cuda", "--folds", "2", "--out", str(tmp_path / "run")]  # fmt: skip
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 1, proc.stderr
+    assert "error: --device cuda needs a GPU in every Slurm job" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()  # refused before the run folder was made

@@ -11,7 +11,7 @@ import torch
 
 from segbench.data.dataset import Case
 from segbench.data.preprocess import PreprocessConfig, prepare_case
-from segbench.data.sampling import PatchDataset, crop_with_padding, make_loader
+from segbench.data.sampling import PatchDataset, class_table, crop_with_padding, make_loader
 from segbench.errors import ConfigError
 
 
@@ -64,7 +64,7 @@ def test_shapes_and_dtypes(cases):
     dataset = PatchDataset(cases, patch_size=(16, 16, 8), length=10, seed=0)
     sample = dataset[0]
     assert sample["image"].shape == (1, 16, 16, 8) and sample["image"].dtype == torch.float32
-    assert sample["label"].shape == (16, 16, 8) and sample["label"].dtype == torch.int64
+    assert sample["label"].shape == (16, 16, 8) and sample["label"].dtype == torch.uint8  # class indices
     assert sample["case_id"] in {"c0", "c1", "c2"}
     assert len(dataset) == 10
     with pytest.raises(IndexError):
@@ -214,3 +214,37 @@ def test_a_live_loader_does_not_hang_interpreter_exit_yet_its_worker_ignores_oth
     proc = subprocess.run([sys.executable, "-c", EXIT_SCRIPT], capture_output=True, text=True, timeout=60,
                           start_new_session=True)  # fmt: skip
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+@pytest.fixture
+def two_label_case(tmp_path):
+    # Label values 2 and 5 (and a stray 7 that is not a declared foreground label).
+    label = np.zeros((16, 16, 16), np.uint8)
+    label[2:6, 2:6, 2:6] = 2
+    label[9:13, 9:13, 9:13] = 5
+    label[0, 0, 0] = 7
+    image = np.random.default_rng(2).standard_normal(label.shape).astype(np.float32)
+    return _prepared(tmp_path, image, label, "two")
+
+
+def test_loader_ships_uint8_class_indices_mapped_in_the_worker(two_label_case):
+    # The label -> class mapping happens where batches are built (a loader worker), so the training process gets the
+    # loader's (pinned, on CUDA) uint8 tensor as it is: no int64 copy in the main process.
+    dataset = PatchDataset([two_label_case], patch_size=(16, 16, 16), length=4, seed=0, foreground_labels=(5, 2),
+                           augment=False)  # fmt: skip
+    batch = next(iter(make_loader(dataset, batch_size=2, num_workers=1)))
+    label = batch["label"]
+    assert label.dtype == torch.uint8 and label.shape == (2, 16, 16, 16)
+    assert (label[:, 9:13, 9:13, 9:13] == 1).all() and (label[:, 2:6, 2:6, 2:6] == 2).all()  # 5 -> 1, 2 -> 2
+    assert set(label.unique().tolist()) == {0, 1, 2}  # the undeclared value 7 is background
+    table = class_table((5, 2))
+    assert table.dtype == np.uint8 and table.shape == (256,) and table[5] == 1 and table[2] == 2 and table.sum() == 3
+    with pytest.raises(ConfigError, match="1..255"):
+        class_table((0,))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (pinned memory)")
+def test_cuda_loader_pins_uint8_labels(cases):
+    dataset = PatchDataset(cases, patch_size=(16, 16, 8), length=4, seed=0)
+    batch = next(iter(make_loader(dataset, batch_size=2, num_workers=1, pin_memory=True)))
+    assert batch["label"].dtype == torch.uint8 and batch["label"].is_pinned() and batch["image"].is_pinned()

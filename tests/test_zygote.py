@@ -6,16 +6,19 @@ import importlib
 import json
 import os
 import signal
+import socket
+import threading
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from segbench import registry, results, rundir
 from segbench.config import RunConfig
 from segbench.executors import LocalExecutor, LocalOptions
 from segbench.executors.worker import Child, worker_args, worker_env
-from segbench.executors.zygote import Zygote
+from segbench.executors.zygote import Zygote, _serve, fork_hazard
 from segbench.job import JobSpec
 from segbench.runner import run_comparison
 
@@ -90,3 +93,47 @@ def test_the_zygote_ends_when_its_driver_goes_away(tmp_path: Path):
     while zygote.process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
     assert zygote.process.returncode == 0
+
+
+def test_a_cuda_job_never_forks_from_the_zygote(tmp_path: Path):
+    zygote = Zygote(worker_env(None, slots=1))
+    try:
+        spec = JobSpec(run_dir=str(tmp_path), model="fcn", fold=0, device="cuda:0")
+        child = Child(spec, None, slots=1, echo=False, zygote=zygote)  # fails fast (no manifest), never forked
+        assert hasattr(child.process, "communicate"), "a CUDA job was forked from the zygote"
+        child.process.wait(timeout=120)
+        child.finish()
+    finally:
+        zygote.close()
+
+
+def test_the_zygote_refuses_to_fork_once_cuda_is_initialised(monkeypatch):
+    assert fork_hazard() == ""  # the test process has not touched CUDA
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    assert "CUDA" in fork_hazard()
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    serving = threading.Thread(target=_serve, args=(theirs, lambda argv: 0), daemon=True)  # fork would copy pytest
+    serving.start()
+    with open(os.devnull, "wb") as output:
+        socket.send_fds(ours, [json.dumps({"argv": ["unused"]}).encode()], [output.fileno()])
+        ours.settimeout(30)
+        answer = json.loads(ours.recv(1 << 16))
+    assert "pid" not in answer and "CUDA" in answer["error"]
+    ours.close()  # EOF ends the serving loop
+    serving.join(timeout=30)
+    assert not serving.is_alive()
+    theirs.close()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_jobs_start_afresh_and_finish(tiny_task: Path, tmp_path: Path, monkeypatch, probe_model, tiny_job_train):
+    probe = tmp_path / "parents.jsonl"
+    monkeypatch.setenv("SEGBENCH_TEST_PROBE", str(probe))
+    config = RunConfig(data=str(tiny_task), models=(probe_model, "fcn"), folds=2, device="cuda", train=tiny_job_train)
+    run_comparison(config, run_dir=tmp_path / "run", progress=False, report=False,
+                   executor=LocalExecutor(LocalOptions(poll_s=0.1)))  # fmt: skip
+    jobs = results.load_jobs(tmp_path / "run")
+    assert list(jobs["status"]) == ["done"] * 4 and set(jobs["device"]) == {"cuda:0"}
+    job_builds = [json.loads(line) for line in probe.read_text().splitlines()]
+    job_builds = [entry for entry in job_builds if entry["pid"] != os.getpid()]
+    assert job_builds and not any("--zygote" in entry["parent"] for entry in job_builds), job_builds

@@ -135,7 +135,8 @@ def _memory_table(names: list[str], *, patch, batch_size, precision, memory_form
     if requested == "auto":
         click.echo(_auto_precision_line(precision, device))
     table = estimate_memory(names, patch_size=patch, batch_size=batch_size, precision=precision,
-                            memory_format=memory_format, optimizer=optimizer, progress=True, **channels)  # fmt: skip
+                            memory_format=memory_format, optimizer=optimizer, device=device, progress=True,
+                            **channels)  # fmt: skip
     rows = []
     for row in table.itertuples(index=False):
         values = [getattr(row, f"tensor_{part}_mb") for part in _PARTS]

@@ -238,7 +238,7 @@ def _interrupt_on_sigterm() -> None:
     help="slurm: time limit per job in minutes (at least 2); a job reaching it saves a checkpoint, is requeued and "
     "resumes. Default: 120.",
 )
-@click.option("--slurm-gpus", type=int, default=None, help="slurm: GPUs per job (0 = CPU jobs). Default: 1.")
+@click.option("--slurm-gpus", type=int, default=None, help="slurm: GPUs per job, 0 (CPU jobs) or 1. Default: 1.")
 @click.option("--slurm-cpus", type=int, default=None, help="slurm: CPUs per job. Default: 8.")
 @click.option("--slurm-mem", type=float, default=None, help="slurm: memory per job in GB. Default: the partition's.")
 @click.option(

@@ -8,6 +8,10 @@ index ``k * batch_size`` (:func:`make_loader`), whatever the number of workers.
 Per sample, in this order of random draws: the case, whether foreground is forced (probability
 ``fg_fraction``), the patch location (centred on a random foreground voxel with jitter, else uniform),
 then the augmentation (a flip per axis, per-channel intensity scale and shift, gamma).
+
+Labels leave the loader workers as uint8 *class indices* (0 background, ``i`` for the ``i``-th foreground label): the
+mapping from label values is done here, in the worker, so the training process gets a tensor that the DataLoader has
+already pinned (with ``pin_memory``) and copies an eighth of the bytes of int64 to the GPU, asynchronously.
 """
 
 from __future__ import annotations
@@ -28,6 +32,23 @@ from segbench.errors import ConfigError
 # Cap on stored foreground coordinates per case: a Task02 atrium has ~10⁵ voxels; a random subset keeps
 # the lookup small per worker and is still a uniform choice over the foreground.
 _MAX_FOREGROUND_VOXELS = 20_000
+
+
+def class_table(foreground_labels: Sequence[int]) -> np.ndarray:
+    """Lookup table from uint8 label values to class indices: 0 background, ``i`` for ``foreground_labels[i - 1]``.
+
+    Returns:
+        ``(256,)`` uint8; values not in ``foreground_labels`` map to 0 (background).
+
+    Raises:
+        ConfigError: a foreground label outside 1..255 (prepared labels are uint8, 0 is background).
+    """
+    table = np.zeros(256, dtype=np.uint8)
+    for index, value in enumerate(foreground_labels, start=1):
+        if not 1 <= int(value) <= 255:
+            raise ConfigError(f"foreground label values must be in 1..255 (got {value}); 0 is the background")
+        table[int(value)] = index
+    return table
 
 
 def crop_with_padding(array: np.ndarray, start: Sequence[int], size: Sequence[int], *, fill: float = 0) -> np.ndarray:
@@ -58,13 +79,14 @@ class PatchDataset(Dataset):
         fg_fraction: probability that a sample is forced to contain foreground.
         augment: apply random flips and intensity augmentation.
 
-    Items are dicts: ``image`` float32 tensor ``(C, *patch_size)``, ``label`` int64 tensor
-    ``(*patch_size)``, ``case_id`` str. Volumes smaller than the patch are padded with 0 (the z-scored
-    mean) in the image and background in the label.
+    Items are dicts: ``image`` float32 tensor ``(C, *patch_size)``, ``label`` uint8 tensor ``(*patch_size)`` of
+    class indices (:func:`class_table`: 0 background, ``i`` for ``foreground_labels[i - 1]``, other values
+    background), ``case_id`` str. Volumes smaller than the patch are padded with 0 (the z-scored mean) in the image
+    and background in the label.
 
     Raises:
-        ConfigError: no cases, an unlabelled case, a non-positive patch size or length, or
-            ``fg_fraction`` outside [0, 1].
+        ConfigError: no cases, an unlabelled case, a non-positive patch size or length, ``fg_fraction`` outside
+            [0, 1], or a foreground label outside 1..255.
     """
 
     def __init__(
@@ -94,6 +116,7 @@ class PatchDataset(Dataset):
         self.length = int(length)
         self.seed = int(seed)
         self.foreground_labels = tuple(int(v) for v in foreground_labels)
+        self._classes = class_table(self.foreground_labels)
         self.fg_fraction = float(fg_fraction)
         self.augment = augment
         # Opened lazily in each worker process (memory maps are not shared through pickling).
@@ -156,7 +179,7 @@ class PatchDataset(Dataset):
             image_patch, label_patch = _augment(rng, image_patch, label_patch)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image_patch, dtype=np.float32)),
-            "label": torch.from_numpy(np.ascontiguousarray(label_patch).astype(np.int64)),
+            "label": torch.from_numpy(self._classes[label_patch]),  # a new contiguous uint8 array of class indices
             "case_id": self.cases[k].case_id,
         }
 

@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from segbench.errors import ConfigError
 from segbench.job import JobSpec
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,23 @@ class CallableExecutor:
 def as_executor(executor: Executor | Callable[[list[JobSpec]], Any]) -> Executor:
     """``executor`` itself when it is an :class:`Executor`, else a plain callable wrapped as one."""
     return executor if isinstance(executor, Executor) else CallableExecutor(executor)
+
+
+def parse_device(requested: str) -> Any:
+    """``"cpu"``, ``"cuda"`` or ``"cuda:N"`` as a ``torch.device`` (nothing is asked of the hardware).
+
+    Raises:
+        ConfigError: anything else (the message names ``--device`` and its choices).
+    """
+    import torch
+
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N (got {requested!r})")
+    return device
 
 
 def job_progress_bar(specs: Sequence[JobSpec], desc: str) -> Any:

@@ -112,9 +112,12 @@ class LocalExecutor:
 
     def _slots(self, specs: Sequence[JobSpec]) -> tuple[str, ...] | None:
         """GPU ids to run on, one job each at a time; ``None``: CPU jobs, one at a time."""
+        return self.gpu_ids_for(specs[0].device if specs else "cpu")
+
+    def gpu_ids_for(self, device: str) -> tuple[str, ...] | None:
+        """The GPU ids (``CUDA_VISIBLE_DEVICES`` values) jobs on ``device`` run on; ``None`` for CPU jobs."""
         if self.options.gpus is not None:
             return self.options.gpus
-        device = specs[0].device if specs else "cpu"
         if not device.startswith("cuda"):
             return None
         visible = visible_gpu_ids()

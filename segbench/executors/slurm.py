@@ -31,7 +31,7 @@ from typing import Any, Literal
 from segbench import rundir, stop
 from segbench.data.sampling import preempt_signal
 from segbench.errors import ConfigError
-from segbench.executors.base import job_progress_bar, log_job_start
+from segbench.executors.base import job_progress_bar, log_job_start, parse_device
 from segbench.executors.slurm_queue import SlurmQueue
 from segbench.executors.state import (
     has_fresh_result,
@@ -74,7 +74,7 @@ class SlurmOptions:
 
     partition: str | None = None  # None = the cluster's default partition
     time_min: int = 120  # wall-clock limit per job allocation; a job that reaches it is requeued and resumes
-    gpus_per_job: int = 1  # 0 = CPU jobs
+    gpus_per_job: int = 1  # 0 = CPU jobs; a job trains on one GPU, so more than 1 is refused
     cpus_per_job: int = 8  # data loading + the main process
     mem_gb: float | None = None  # None = the partition's default memory
     array_parallelism: int = 16  # jobs of the array running at the same time
@@ -176,7 +176,13 @@ def slurm_parameters(options: SlurmOptions, *, run_name: str = "") -> dict[str, 
             "minute early, before the job can checkpoint and requeue",
         ),
         (options.poll_s > 0, "--slurm-poll must be positive (seconds)"),
-        (options.gpus_per_job >= 0, "--slurm-gpus must be 0 or more"),
+        (options.gpus_per_job >= 0, "--slurm-gpus must be 0 or 1"),
+        (
+            options.gpus_per_job <= 1,
+            f"--slurm-gpus {options.gpus_per_job}: a segbench job trains on one GPU, so every further GPU of each job "
+            "would sit idle; use --slurm-gpus 1 (Slurm runs one array task per GPU, --slurm-array-parallelism caps "
+            "how many at once)",
+        ),
         (options.cpus_per_job >= 1, "--slurm-cpus must be at least 1"),
         (options.mem_gb is None or options.mem_gb > 0, "--slurm-mem must be positive (GB)"),
         (options.array_parallelism >= 1, "--slurm-array-parallelism must be at least 1"),
@@ -193,6 +199,9 @@ def slurm_parameters(options: SlurmOptions, *, run_name: str = "") -> dict[str, 
         "array_parallelism": int(options.array_parallelism),
         "signal_delay_s": min(_SIGNAL_DELAY_S, max(30, options.time_min * 60 // 10)),
         "stderr_to_stdout": False,
+        # Slurm 22.05-23.02 no longer passes the job's --cpus-per-task to srun steps: without this the srun step
+        # that runs the job is bound to one CPU, and its loader workers and threads share it.
+        "setup": [f"export SRUN_CPUS_PER_TASK={int(options.cpus_per_job)}"],
     }
     if options.gpus_per_job:
         params["gpus_per_node"] = int(options.gpus_per_job)
@@ -203,6 +212,36 @@ def slurm_parameters(options: SlurmOptions, *, run_name: str = "") -> dict[str, 
         mem_mb = round(options.mem_gb * 1024)
         params["mem"] = f"{mem_mb // 1024}GB" if mem_mb % 1024 == 0 else f"{mem_mb}MB"
     return params
+
+
+def check_slurm_device(device: str, options: SlurmOptions) -> str:
+    """Check ``--device`` against what each Slurm job allocates, on the login node, before any work; returns it.
+
+    The login node has no GPU to ask, but the request itself can be checked: a job sees exactly its
+    ``--slurm-gpus G`` GPUs as ``cuda:0 … cuda:G-1``. ``auto`` becomes ``cuda`` with GPUs and ``cpu`` without, where
+    the job runs. A CPU device with GPUs allocated is allowed (a warning: each job holds GPUs it never uses).
+
+    Raises:
+        ConfigError: a malformed device, a CUDA device with ``--slurm-gpus 0``, or ``cuda:N`` with ``N >= G``.
+    """
+    if device == "auto":
+        return device
+    parsed = parse_device(device)
+    gpus = int(options.gpus_per_job)
+    if parsed.type == "cuda" and gpus == 0:
+        raise ConfigError(
+            f"--device {device} needs a GPU in every Slurm job, but --slurm-gpus is 0; add --slurm-gpus 1 (or more), "
+            "or use --device cpu"
+        )
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= gpus:
+        raise ConfigError(
+            f"--device {device}: each Slurm job sees only its own {gpus} GPU(s), as cuda:0 … cuda:{gpus - 1}; use "
+            f"--device cuda (or raise --slurm-gpus)"
+        )
+    if parsed.type == "cpu" and gpus:
+        log.warning("--device cpu with --slurm-gpus %d: every Slurm job holds GPUs it never uses; add --slurm-gpus 0",
+                    gpus)  # fmt: skip
+    return device
 
 
 @dataclass(frozen=True, eq=False)
@@ -251,6 +290,14 @@ class SubmititExecutor:
     def resolves_device(self) -> bool:
         """True for Slurm: the driver's machine (a login node) says nothing about the GPUs jobs will get."""
         return self.backend == "slurm"
+
+    def check_device(self, device: str) -> str:
+        """``--device`` checked against the GPUs each job allocates (:func:`check_slurm_device`); returned unchanged.
+
+        Raises:
+            ConfigError: a device no job of this executor can have.
+        """
+        return check_slurm_device(device, self.options) if self.backend == "slurm" else device
 
     def __call__(self, specs: list[JobSpec]) -> None:
         """Submit the lost jobs of ``specs``, re-attach to the running ones, and wait for all of them."""

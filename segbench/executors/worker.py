@@ -33,6 +33,7 @@ from segbench.executors.base import log_job_start
 from segbench.executors.state import write_missing_result
 from segbench.executors.zygote import Zygote
 from segbench.job import JobSpec, run_job
+from segbench.profiling import allocated_cpus
 from segbench.stop import install_interrupt_handlers
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,8 @@ def worker_env(gpu_id: str | None, *, slots: int) -> dict[str, str]:
     if gpu_id is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu_id
     if slots > 1:  # N children each defaulting to every core would oversubscribe the CPU (and starve the GPUs)
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // slots)))
+        # The CPUs allotted to this process (Slurm, taskset), not the machine's: a 16-CPU job on a 128-core node.
+        env.setdefault("OMP_NUM_THREADS", str(max(1, allocated_cpus() // slots)))
     package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))])
     return env
@@ -74,8 +76,9 @@ class Child:
         gpu_id: ``CUDA_VISIBLE_DEVICES`` of the child, ``None`` for a CPU job.
         slots: how many children run at the same time (CPU thread share).
         echo: forward the child's output (progress bars, warnings) to this process's stderr besides ``worker.log``.
-        zygote: fork the child from this pre-imported process (:mod:`~segbench.executors.zygote`; CPU jobs) instead
-            of starting a new interpreter; a zygote that no longer runs falls back to the latter.
+        zygote: fork the child from this pre-imported process (:mod:`~segbench.executors.zygote`) instead of starting
+            a new interpreter; CPU jobs only (a CUDA job always starts afresh), and a zygote that no longer runs or
+            refuses to fork falls back to the latter.
     """
 
     def __init__(
@@ -88,7 +91,8 @@ class Child:
         self.started = time.time()
         self.oom_kills_at_start = oom_kill_count()
         forked = None
-        if zygote is not None:
+        # Never a CUDA job: a child forked from the zygote inherits its process state, and CUDA does not survive a fork.
+        if zygote is not None and not spec.device.startswith("cuda"):
             forked = zygote.spawn(worker_args(spec), output_fd=None if echo else self._log.fileno())
         self.process = forked or subprocess.Popen(
             worker_command(spec),
@@ -166,7 +170,7 @@ def settle(child: Child, returncode: int) -> None:
     any other signal (SIGSEGV, SIGABRT, …) or a non-zero exit: ``failed``. The reason names the signal, the peak RSS of
     the job's process tree as the driver saw it, the last line of ``worker.log`` and how to continue.
     """
-    peak = f"peak memory of its process tree {child.peak_rss_bytes / 2**20:.0f} MB"
+    peak = f"peak memory of its process tree {child.peak_rss_bytes / 2**20:.0f} MiB"
     if returncode < 0:
         status, what = _signal_status(signal.Signals(-returncode), child.oom_kills_at_start, peak)
     else:

@@ -13,8 +13,10 @@ to. The zygote answers ``{"pid": N}``, and later ``{"exit": N, "returncode": R}`
 signal, as with :attr:`subprocess.Popen.returncode`.
 When the driver closes the socket or dies, the zygote exits; running children go on and finish their jobs.
 
-CUDA jobs do not use the zygote: forking after CUDA has been initialised breaks the child, and this path has not been
-checked on a GPU machine.
+CUDA jobs do not use the zygote (:class:`~segbench.executors.worker.Child` starts them from scratch): a child forked
+from a process that has initialised CUDA cannot use CUDA. The zygote also checks this itself before every fork: once
+CUDA is initialised in it (an imported plugin that touches the GPU at import time), it answers ``{"error": ...}``
+instead of forking, and the driver starts that job and the following ones the slow way.
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ class Zygote:
         self._socket = ours
         self._exits: dict[int, int] = {}
         self._ready = False
+        self._refused = False  # it refused to fork once (CUDA initialised in it): every later job starts from scratch
         with theirs:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "segbench.executors", "--zygote", str(theirs.fileno())],
@@ -105,7 +108,7 @@ class Zygote:
         ``output_fd`` ``None``: a new pipe, readable as the child's ``stdout``. Returns ``None`` when the zygote is not
         running (it failed to import, or was killed); the caller then starts the job the slow way.
         """
-        if not self._wait_until_ready():
+        if self._refused or not self._wait_until_ready():
             return None
         read_end = None
         if output_fd is None:
@@ -131,15 +134,20 @@ class Zygote:
         return self._ready and self.process.poll() is None
 
     def _receive_pid(self) -> int | None:
-        """The pid of the child just requested (a fork is quick), or ``None`` if the zygote died first."""
-        message = self._receive_until("pid")
+        """The pid of the child just requested (a fork is quick), or ``None`` if the zygote died or refused to fork."""
+        message = self._receive_until("pid", "error")
+        if message is not None and "error" in message:
+            log.warning("the job launcher refused to fork (%s); starting jobs from scratch", message["error"])
+            self._refused = True  # it stays up to report the exits of the children it has forked
+            return None
         return None if message is None else int(message["pid"])
 
-    def _receive_until(self, key: str) -> dict | None:
-        """The next message holding ``key`` (others are recorded on the way), or ``None`` once the zygote has died."""
+    def _receive_until(self, *keys: str) -> dict | None:
+        """The next message holding one of ``keys`` (others are recorded on the way), or ``None`` once the zygote has
+        died."""
         while True:
             message = self._receive(timeout=1.0)
-            if message is not None and key in message:
+            if message is not None and any(key in message for key in keys):
                 return message
             if message is None and self.process.poll() is not None:
                 return None
@@ -201,6 +209,10 @@ def _serve(sock: socket.socket, run: Callable[[list[str]], int]) -> None:
             data, fds, _, _ = socket.recv_fds(sock, _MAX_MESSAGE, 1)
             if not data:
                 return
+            if unsafe := fork_hazard():
+                os.close(fds[0])
+                sock.send(json.dumps({"error": unsafe}).encode())
+                continue
             pid = os.fork()
             if pid == 0:
                 selector.close()
@@ -214,6 +226,18 @@ def _serve(sock: socket.socket, run: Callable[[list[str]], int]) -> None:
             if done:
                 children.discard(pid)
                 sock.send(json.dumps({"exit": pid, "returncode": os.waitstatus_to_exitcode(status)}).encode())
+
+
+def fork_hazard() -> str:
+    """Why forking this process now would give a broken child, or ``""`` when it is safe.
+
+    A child forked after CUDA was initialised cannot use CUDA (the driver's context does not survive a fork); torch
+    raises "Cannot re-initialize CUDA in forked subprocess" at its first CUDA call, or worse, the child hangs.
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        return "CUDA is initialised in the job launcher, and a forked job could not use it"
+    return ""
 
 
 def _run_child(run: Callable[[list[str]], int], argv: list[str], output_fd: int) -> None:

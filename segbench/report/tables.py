@@ -399,8 +399,8 @@ MEMORY_MEASURES = (
      "the same on CPU and GPU)"),
     ("peak_rss_mb", "RSS peak (MiB)",
      "resident memory of the job's process tree on the host (job process + data-loader workers, runtime included)"),
-    ("peak_gpu_mem_allocated_mb", "CUDA allocated peak (MiB)", "torch.cuda.max_memory_allocated of the job"),
-    ("peak_gpu_mem_reserved_mb", "CUDA reserved peak (MiB)", "torch.cuda.max_memory_reserved of the job"),
+    ("peak_gpu_mem_allocated_mb", "CUDA allocated peak (MiB)", "torch.cuda.max_memory_allocated of training"),
+    ("peak_gpu_mem_reserved_mb", "CUDA reserved peak (MiB)", "torch.cuda.max_memory_reserved of training"),
 )  # fmt: skip
 RANGE_TOLERANCE = 0.05  # a model's jobs differing by more than this share show as a range "min–max"
 
