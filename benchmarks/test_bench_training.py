@@ -33,7 +33,7 @@ import torch
 from segbench import precision as numerics
 from segbench.callbacks import PeakRss
 from segbench.config import TrainConfig
-from segbench.data.sampling import PatchDataset, make_loader
+from segbench.data.sampling import PatchDataset, make_loader, resolve_num_workers
 from segbench.job import training_batches
 from segbench.registry import build_model
 from segbench.training import make_optimizer, segmentation_loss, train
@@ -76,8 +76,8 @@ def fresh_model(device: torch.device, memory_format: str, precision: str, name: 
 def pipeline(cases, config: TrainConfig, *, samples: int, device: torch.device):
     """The job's batch iterator: patch dataset → loader with the configured workers (pinned memory on CUDA)."""
     dataset = PatchDataset(cases, patch_size=config.patch_size, length=samples, seed=0)
-    loader = make_loader(dataset, batch_size=config.batch_size, num_workers=config.num_workers,
-                         pin_memory=device.type == "cuda")  # fmt: skip
+    workers = resolve_num_workers(config.num_workers, device)
+    loader = make_loader(dataset, batch_size=config.batch_size, num_workers=workers, pin_memory=device.type == "cuda")
     return iter(loader)
 
 
@@ -147,7 +147,7 @@ def test_trainer_vs_bare_loop(benchmark, prepared_cases, device, smoke, name):
     benchmark.extra_info.update(
         model=name,
         device=numerics.hardware_name(device),
-        num_workers=base.num_workers,
+        num_workers=resolve_num_workers(base.num_workers, device),
         precision=precision,
         memory_format=memory_format,
         threads=torch.get_num_threads(),

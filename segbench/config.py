@@ -45,7 +45,9 @@ class TrainConfig:
     # or "fp32" / "bf16" / "fp16" (segbench.precision). Each job records the resolved value in jobs.csv.
     precision: str = "auto"
     memory_format: str = "auto"  # "auto" (= channels_last: faster on every device measured) or "contiguous"
-    num_workers: int = 1  # DataLoader worker processes
+    num_workers: int | None = (
+        None  # DataLoader worker processes; None = auto (CPU 0, CUDA 1: sampling.resolve_num_workers)
+    )
     log_every: int = 10  # learning-curve row every N iterations
     checkpoint_every: int = 50  # rotating checkpoint every N iterations (and at the end)
     grad_clip: float = 12.0  # max gradient norm (nnU-Net's value); 0 disables
@@ -118,7 +120,10 @@ def validate_config(config: RunConfig) -> None:
         (0 <= train.fg_fraction <= 1, "fg_fraction must lie in [0, 1]"),
         (0 <= config.inference.overlap < 1, "inference overlap must lie in [0, 1)"),
         (config.inference.batch_size > 0, "inference batch_size must be positive"),
-        (train.num_workers >= 0, f"--num-workers must not be negative (got {train.num_workers})"),
+        (
+            train.num_workers is None or train.num_workers >= 0,
+            f"--num-workers must not be negative (got {train.num_workers})",
+        ),
         (train.log_every > 0, "log_every must be positive"),
         # A checkpoint mid-window would lose the partial loss window on resume: the curve would differ.
         (

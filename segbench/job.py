@@ -54,7 +54,7 @@ from segbench.data.preprocess import (
     load_prepared,
     prepare_dataset,
 )
-from segbench.data.sampling import PatchDataset, make_loader
+from segbench.data.sampling import PatchDataset, make_loader, resolve_num_workers
 from segbench.inference import sliding_window_predict
 from segbench.job_scope import job_scope, tf32_flags
 from segbench.locking import RunLock
@@ -446,7 +446,7 @@ def training_batches(
         patch_dataset,
         batch_size=train_cfg.batch_size,
         start_iteration=start,
-        num_workers=train_cfg.num_workers,
+        num_workers=resolve_num_workers(train_cfg.num_workers, device),
         pin_memory=device.type == "cuda",
     )
     return (batch for batch in loader)

@@ -28,6 +28,7 @@ def full_listing() -> str:
     return result.stdout
 
 
+@pytest.mark.slow
 def test_lists_tutorial_nets_and_grid(full_listing):
     header = full_listing.splitlines()[0]
     assert [h.strip() for h in header.split("  ") if h.strip()] == HEADER

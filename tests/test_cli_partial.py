@@ -50,6 +50,7 @@ def finished_run(tiny_task: Path, tmp_path_factory) -> tuple[Path, subprocess.Co
 # --- 1 / 6: provenance and the merged predictions of a finished run --------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_run_records_its_command_and_merges_out_of_fold_predictions(finished_run, tiny_task):
     run_dir, _ = finished_run
     manifest = results.load_manifest(run_dir)
@@ -66,6 +67,7 @@ def test_the_run_records_its_command_and_merges_out_of_fold_predictions(finished
 # --- 3: progress in a log ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_progress_off_a_terminal_is_plain_lines(finished_run):
     _, proc = finished_run
     assert not any(code in proc.stderr for code in ESCAPES), proc.stderr[:2000]
@@ -75,6 +77,7 @@ def test_progress_off_a_terminal_is_plain_lines(finished_run):
     assert "fcn fold 0: iteration 3/3, loss " in proc.stderr  # and one every tenth of a longer budget
 
 
+@pytest.mark.slow
 def test_quiet_keeps_one_line_per_job_and_verbose_adds_no_third_party_noise(tiny_task, tmp_path):
     quiet = segbench("run", "--data", str(tiny_task), "--models", "fcn", *TINY, "--out", str(tmp_path / "q"), "-q",
                      "--no-report")  # fmt: skip
@@ -99,6 +102,7 @@ def test_resume_of_a_mistyped_folder_refuses_and_creates_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("problem", ["unknown model", "bad patch", "missing dataset", "cuda without GPU"])
+@pytest.mark.slow
 def test_a_refused_run_leaves_no_folder_behind(problem, tiny_task, tmp_path):
     if problem == "cuda without GPU" and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -151,7 +155,7 @@ def test_run_help_shows_every_default():
         "--patch": " ".join(map(str, train.patch_size)),
         "--overlap": inference.overlap,
         "--checkpoint-every": train.checkpoint_every,
-        "--num-workers": train.num_workers,
+        "--num-workers": "auto",
     }
     for flag, default in defaults.items():
         after = text.split(f" {flag} ", 1)[1]
@@ -166,6 +170,7 @@ def test_a_default_patch_far_smaller_than_the_images_is_planned_and_explained():
     assert warn_small_patch(__import__("segbench.config").config.RunConfig(), (48, 48, 32), 16) is None
 
 
+@pytest.mark.slow
 def test_an_optional_model_without_its_package_says_what_to_install(tiny_task, tmp_path):
     no_monai = "sys.modules['monai'] = None"
     proc = segbench("run", "--data", str(tiny_task), "--models", "monai_unet", "--out", str(tmp_path / "r"),
@@ -184,6 +189,7 @@ def test_checkpoint_every_is_an_option_and_is_checked(tiny_task, tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.slow
 def test_interrupted_run_prints_the_command_and_resume_lists_kept_continued_restarted(tiny_task, tmp_path):
     run_dir = tmp_path / "run"
     args = ["run", "--data", str(tiny_task), "--models", "fcn,unet", *TINY[2:], "--iterations", "400",
@@ -210,6 +216,7 @@ def test_interrupted_run_prints_the_command_and_resume_lists_kept_continued_rest
     assert "1 continued, 3 restarted" in resumed.stderr
 
 
+@pytest.mark.slow
 def test_resume_keeps_finished_jobs(finished_run, tmp_path):
     run_dir, _ = finished_run
     proc = segbench("run", "--resume", "--out", str(run_dir), "--no-report")
@@ -220,6 +227,7 @@ def test_resume_keeps_finished_jobs(finished_run, tmp_path):
 # --- 5: evaluate a run -----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_evaluate_a_run_directory_scores_every_models_out_of_fold_predictions(finished_run):
     run_dir, _ = finished_run
     proc = segbench("evaluate", str(run_dir))
@@ -236,6 +244,7 @@ def test_evaluate_a_run_directory_scores_every_models_out_of_fold_predictions(fi
         assert float(line.split("median")[1].split()[0]) == pytest.approx(summary.loc[model, "hd95_median"], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_evaluate_errors_blame_the_right_argument(finished_run, tiny_task, tmp_path):
     run_dir, _ = finished_run
     missing = segbench("evaluate", str(tmp_path / "nope"), str(tiny_task / "labelsTr"))
@@ -268,6 +277,7 @@ def mynet(*, in_channels, out_channels):
 """
 
 
+@pytest.mark.slow
 def test_models_registered_in_your_own_module_run_with_import(tiny_task, tmp_path):
     (tmp_path / "mymodels.py").write_text(textwrap.dedent(MY_MODELS))
     listed = segbench("models", "--import", "mymodels", "mynet", cwd=tmp_path)

@@ -124,6 +124,7 @@ def test_bad_gpu_lists_are_one_clear_error(text: str):
     assert parse_gpu_ids("0, 2,GPU-1a2b") == ("0", "2", "GPU-1a2b")
 
 
+@pytest.mark.slow
 def test_one_job_per_fake_gpu_in_real_worker_processes_gives_the_in_process_tables(
     tiny_task: Path, tmp_path: Path, reference: Path
 ):
@@ -188,6 +189,7 @@ def test_debug_executor_runs_the_grid_through_submitit_with_the_same_tables(
     assert list((run_dir / "slurm").glob("*_log.out"))  # job logs under RUN_DIR/slurm
 
 
+@pytest.mark.slow
 def test_preempted_job_checkpoints_requeues_and_continues_where_it_stopped(tiny_task: Path, tmp_path: Path):
     # A time budget makes the job long enough to interrupt however fast this machine is; no periodic checkpoint
     # falls inside it, so the only checkpoint is the one the signal asks for.
@@ -212,6 +214,7 @@ def test_preempted_job_checkpoints_requeues_and_continues_where_it_stopped(tiny_
     assert curve["iteration"].is_monotonic_increasing and curve["iteration"].is_unique
 
 
+@pytest.mark.slow
 def test_resumed_driver_waits_for_running_jobs_and_resubmits_only_lost_ones(tiny_task: Path, tmp_path: Path):
     config = tiny_config(tiny_task)
     run_dir = prepared_run(tiny_task, tmp_path / "run")
@@ -328,6 +331,7 @@ def test_slurm_without_submitit_installed_says_how_to_install_it(monkeypatch):
 
 
 @pytest.mark.skipif(shutil.which("srun") is not None, reason="this machine has a Slurm client")
+@pytest.mark.slow
 def test_cli_slurm_misuse_is_one_clear_error_before_any_work(tmp_path: Path):
     command = [sys.executable, "-m", "segbench", "run", "--executor", "slurm", "--out", str(tmp_path / "run")]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=120)

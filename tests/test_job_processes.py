@@ -29,6 +29,7 @@ def fold_zero_in_processes(specs: list[JobSpec]) -> None:
     LocalExecutor(LocalOptions(poll_s=0.1))([spec for spec in specs if spec.fold == 0])
 
 
+@pytest.mark.slow
 def test_memory_figures_do_not_depend_on_the_order_of_the_jobs(tiny_task: Path, tmp_path: Path, tiny_job_train):
     figures = {}
     for order in (("fcn", "unet"), ("unet", "fcn")):
@@ -60,6 +61,7 @@ def crashing_models():
     importlib.sys.modules.pop("crashing_models", None)
 
 
+@pytest.mark.slow
 def test_jobs_that_kill_or_abort_their_process_get_statuses_and_the_run_completes(
     tiny_task: Path, tmp_path: Path, crashing_models, tiny_job_train
 ):

@@ -43,6 +43,7 @@ def _real_cost(name: str, measure: str, *, device: str = "meta") -> float:
 
 @pytest.mark.parametrize("measure", ["flops", "params", "memory"])
 @pytest.mark.parametrize("requested", ["unet_w20_d3", "fcn_w20_d2"])
+@pytest.mark.slow
 def test_resolved_width_is_the_closest_and_the_recorded_deviation_is_real(requested, measure):
     matching = match_models([requested], measure=measure, reference=REFERENCE, context=CONTEXT)
     [entry] = matching.models
@@ -178,6 +179,7 @@ def test_match_flags_are_validated():
         RunConfig(match="speed", match_to="unet")
 
 
+@pytest.mark.slow
 def test_matched_run_through_the_console_script(tiny_task: Path, tmp_path: Path):
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "segbench", "run", "--data", str(tiny_task), "--models", "fcn,fcn_w20_d2",

@@ -15,7 +15,10 @@ def _patches(divisor: int) -> list[tuple[int, int, int]]:
     return [(side, side, side), (side + divisor, side, side + divisor)]
 
 
-@pytest.mark.parametrize("name", list_models())
+# The tutorial's two networks in the quick tier; every other registered model in the slow one (seconds each).
+@pytest.mark.parametrize(
+    "name", [pytest.param(name, marks=() if name in ("fcn", "unet") else pytest.mark.slow) for name in list_models()]
+)
 def test_fake_estimate_within_10_percent_of_the_measured_peak(name):
     divisor = model_info(name, in_channels=1, out_channels=1).divisor
     for patch in _patches(divisor):

@@ -28,6 +28,7 @@ def _shape_for(divisor: int) -> tuple[int, int, int]:
 
 
 @pytest.mark.parametrize("name", list_models())
+@pytest.mark.slow
 def test_contract_forward_backward(name):
     torch.manual_seed(0)
     info = model_info(name)

@@ -98,6 +98,7 @@ def test_a_fitting_plan_passes_and_each_mismatch_is_named(tiny_raw: Path, tmp_pa
         check_plan_fits(read_plan(plans), plans, dataset)
 
 
+@pytest.mark.slow
 def test_run_refuses_a_plans_file_that_does_not_fit_in_one_sentence(tiny_raw: Path, tmp_path: Path):
     plans = hand_plans(dataset_name="Dataset905_Tiny", spacing=NNUNET_SPACING)
     plans["configurations"]["3d_fullres"]["normalization_schemes"] = ["CTNormalization", "CTNormalization"]

@@ -223,6 +223,7 @@ def _outside_healthy_range(ratios: list[dict[str, float]]) -> dict[str, float]:
     return {k: v for repeat in ratios for k, v in repeat.items() if not 0.02 < v < 50}
 
 
+@pytest.mark.slow
 def test_a_four_level_unet_gets_the_fp32_gradient_when_training_in_bf16_on_cpu():
     # Unguarded, the bottleneck's weight gradient is ~1e37 (clipping then scales the whole gradient to zero, and the
     # loss turns NaN a few steps later): the case that diverged in 12 of 15 jobs of the width/depth study.

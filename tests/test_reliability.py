@@ -77,6 +77,7 @@ run_comparison(config, run_dir={run_dir!r}, progress=False, report=False)
 """
 
 
+@pytest.mark.slow
 def test_sigkill_after_some_jobs_then_resume_keeps_finished_files_byte_identical(tiny_task, tmp_path):
     run_dir = tmp_path / "run"
     # Die on the first checkpoint of the third job: jobs 1 and 2 (fcn fold 0 and 1) are finished by then.
@@ -100,6 +101,7 @@ def test_sigkill_after_some_jobs_then_resume_keeps_finished_files_byte_identical
     assert len(pd.read_csv(run_dir / "jobs.csv")) == 4
 
 
+@pytest.mark.slow
 def test_sigkill_in_the_middle_of_a_checkpoint_write_falls_back_to_the_previous_one(tiny_task, tmp_path):
     run_dir = tmp_path / "run"
     # Second save of the first job: rotation done, new latest half-written (temp file), then SIGKILL.
@@ -125,6 +127,7 @@ def test_sigkill_in_the_middle_of_a_checkpoint_write_falls_back_to_the_previous_
     assert curve["iteration"].tolist() == [1, 2, 3, 4, 5, 6]  # continued from 2, no restart, no duplicates
 
 
+@pytest.mark.slow
 def test_sigkill_mid_training_resumes_to_the_same_result_as_an_uninterrupted_run(tiny_task, tmp_path):
     reference = run(tiny_config(tiny_task, models=("unet",), folds=2), tmp_path / "reference")
     assert reference.all_done
@@ -173,6 +176,7 @@ def test_truncated_latest_checkpoint_falls_back_with_a_warning(tmp_path, caplog)
         ({"models": ("fcn",)}, "models: fcn, unet -> fcn"),
     ],
 )
+@pytest.mark.slow
 def test_resume_with_a_changed_config_or_model_list_is_refused(tiny_task, tmp_path, change, expected):
     run_dir = tmp_path / "run"
     run(
@@ -250,6 +254,7 @@ def test_cuda_oom_raising_model_and_disk_full_get_their_statuses(tiny_task, tmp_
     assert "batch size 2" in jobs.loc[("unet", 0), "reason"]
 
 
+@pytest.mark.slow
 def test_sigterm_marks_the_running_job_killed_and_resume_finishes_it(tiny_task, tmp_path):
     run_dir = tmp_path / "run"
     body = KILL_AFTER_SAVES.format(
@@ -283,6 +288,7 @@ def test_two_concurrent_runs_on_one_directory_the_second_refuses(tiny_task, tmp_
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_truncated_result_json_is_reported_and_the_job_redone_on_resume(tiny_task, tmp_path, caplog):
     run_dir = tmp_path / "run"
     config = tiny_config(tiny_task, models=("fcn",))
@@ -304,6 +310,7 @@ def test_truncated_result_json_is_reported_and_the_job_redone_on_resume(tiny_tas
     assert len(pd.read_csv(run_dir / "metrics.csv")) == 6
 
 
+@pytest.mark.slow
 def test_unwritable_output_folder_is_one_sentence_before_any_work(tiny_task, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
@@ -313,6 +320,7 @@ def test_unwritable_output_folder_is_one_sentence_before_any_work(tiny_task, tmp
     assert "cannot write to the output folder" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_bad_dataset_is_refused_before_any_job(tmp_path):
     import shutil
 
@@ -331,6 +339,7 @@ def test_bad_dataset_is_refused_before_any_job(tmp_path):
     assert time.time() - start < 120
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_whole_process_group_records_killed_and_stops(tiny_task, tmp_path):
     """`kill`/Slurm signal every process of the group, DataLoader workers included."""
     run_dir = tmp_path / "run"
@@ -352,6 +361,7 @@ def test_sigterm_to_the_whole_process_group_records_killed_and_stops(tiny_task, 
     assert not rundir.job_dir(run_dir, JobKey("fcn", 1)).exists()  # no further job was started
 
 
+@pytest.mark.slow
 def test_resume_needs_only_the_run_directory_and_may_change_operational_flags(tiny_task, tmp_path):
     run_dir = tmp_path / "run"
     first = subprocess.run([sys.executable, "-m", "segbench", "run", "--data", str(tiny_task), "--models", "fcn",
@@ -402,6 +412,7 @@ run_comparison(config, run_dir={run_dir!r}, progress=False, report=False)
 """
 
 
+@pytest.mark.slow
 def test_sigterm_mid_training_checkpoints_that_step_and_resume_gives_the_uninterrupted_curve(tiny_task, tmp_path):
     """No finished step is lost: the stop waits for the step boundary, saves, then records `killed`."""
     train = TrainConfig(iterations=12, patch_size=(16, 16, 16), num_workers=1, checkpoint_every=4, log_every=2)

@@ -61,6 +61,7 @@ def _cells(page: str, table_after: str) -> list[list[str]]:
 @settings(max_examples=12, deadline=None, phases=(Phase.explicit, Phase.reuse, Phase.generate),
           suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
 @given(grid=grids)
+@pytest.mark.slow
 def test_report_renders_for_any_mix_of_statuses(grid):
     models, statuses, tables = grid
     root = Path(tempfile.mkdtemp(prefix="partial-"))

@@ -27,6 +27,7 @@ def segbench(*args: str, check: bool = False) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, check=check, timeout=300)
 
 
+@pytest.mark.slow
 def test_two_models_two_folds_through_the_console_script(tiny_task: Path, tmp_path: Path):
     run_dir = tmp_path / "run"
     proc = segbench("run", "--data", str(tiny_task), "--models", "fcn,unet", "--folds", "2", *TINY_TRAIN,
@@ -98,6 +99,7 @@ def nan_model():
 
 
 @pytest.mark.parametrize("numerics", ["bf16", "fp32"])
+@pytest.mark.slow
 def test_nan_loss_gives_a_diverged_row_and_the_other_jobs_finish(
     tiny_task: Path, tmp_path: Path, nan_model: str, numerics: str
 ):
@@ -139,6 +141,7 @@ registry.register_model("broken", family="test", divisor=1)(lambda *, in_channel
 """
 
 
+@pytest.mark.slow
 def test_exit_code_is_non_zero_when_a_job_fails(tiny_task: Path, tmp_path: Path):
     # A model whose forward raises, registered at run time by the user's own module (not a plugin); job processes
     # import that module themselves.
@@ -160,6 +163,7 @@ main()
     assert (tmp_path / "run" / "jobs" / "broken" / "fold_0" / "error.txt").read_text().count("broken on purpose")
 
 
+@pytest.mark.slow
 def test_a_model_registered_in_the_main_script_is_refused_before_any_job_unless_in_process(
     tiny_task: Path, tmp_path: Path
 ):

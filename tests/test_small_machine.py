@@ -80,6 +80,7 @@ def test_the_readme_starts_with_two_commands_that_work_from_an_empty_folder():
 # --- 2: the cost estimate, recorded and compared ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_run_states_its_cost_before_the_first_job_and_the_report_compares(small_run):
     run_dir, _, proc = small_run
     stderr = proc.stderr
@@ -144,6 +145,7 @@ def test_when_prediction_dominates_the_estimate_names_what_reduces_it():
 # --- 3: warnings that fit the device ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_patch_larger_than_an_image_names_the_smallest_image_and_the_padding(small_run):
     _, _, proc = small_run
     assert "--patch 16 16 24 is larger than case la_003 (24x24x16 voxels; W 16 < 24)" in proc.stderr
@@ -196,6 +198,7 @@ def test_the_gpu_suggestion_fits_the_memory_limit_by_the_exact_estimator():
     assert math.prod(fitted) > 16**3 and all(side % 16 == 0 for side in fitted)
 
 
+@pytest.mark.slow
 def test_models_and_patch_are_checked_before_any_image_is_read(tiny_task, tmp_path):
     broken = tmp_path / "Task"
     shutil.copytree(tiny_task, broken)
@@ -212,6 +215,7 @@ def test_models_and_patch_are_checked_before_any_image_is_read(tiny_task, tmp_pa
 # --- 4: prediction resumes per case ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_an_interrupted_prediction_keeps_its_finished_cases_and_the_resume_predicts_only_the_rest(
     tiny_task, tmp_path, monkeypatch
 ):
@@ -272,6 +276,7 @@ def test_predictions_of_other_weights_are_removed_not_scored(tmp_path):
 # --- 5: a plain progress line per case off a terminal ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_off_a_terminal_every_predicted_case_gets_a_plain_line_with_its_time(small_run):
     run_dir, _, proc = small_run
     for model in ("fcn", "unet"):
@@ -285,6 +290,7 @@ def test_off_a_terminal_every_predicted_case_gets_a_plain_line_with_its_time(sma
 # --- 6: evaluate RUN_DIR with the run's own tolerance and labels -----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_evaluate_run_dir_uses_and_prints_the_runs_tolerance_and_labels(small_run):
     run_dir, cache, _ = small_run
     proc = segbench("evaluate", str(run_dir), cache=cache)
@@ -329,6 +335,7 @@ def test_models_memory_defaults_to_the_precision_auto_resolves_to_and_says_which
 # --- 7: the cache, visible and removable (last: it empties the module run's cache) ------------------------------------
 
 
+@pytest.mark.slow
 def test_the_cache_is_printed_recorded_listed_and_removable_by_age_and_dataset(small_run, tiny_task):
     from segbench.data.cache import folder_bytes
 

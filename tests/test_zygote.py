@@ -33,6 +33,7 @@ def probe_model():
     importlib.sys.modules.pop(module.__name__, None)
 
 
+@pytest.mark.slow
 def test_cpu_jobs_are_forked_from_the_zygote_and_finish(
     tiny_task: Path, tmp_path: Path, monkeypatch, probe_model, tiny_job_train
 ):

@@ -198,8 +198,8 @@ def _interrupt_on_sigterm() -> None:
     type=int,
     default=None,
     cls=ConfigDefault,
-    show_default=str(_TRAIN.num_workers),
-    help="Data-loader worker processes per job.",
+    show_default="auto",
+    help="Data-loader worker processes per job (auto: 0 on the CPU, where the step uses every core; 1 on CUDA).",
 )
 @click.option(
     "--checkpoint-every",
