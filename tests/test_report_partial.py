@@ -38,7 +38,10 @@ def _build(root: Path, models: tuple[str, ...], statuses: list[str], tables: str
     run = make_run_dir(root, models=models, n_folds=N_FOLDS, cases=CASES[:6], failed=failed, missing=missing,
                        dataset=False)  # fmt: skip
     if tables == "listed":  # jobs.csv as rebuild_tables writes it: missing jobs have a row
-        frame = pd.read_csv(run / "jobs.csv")
+        try:
+            frame = pd.read_csv(run / "jobs.csv")
+        except pd.errors.EmptyDataError:  # every job missing: make_run_dir wrote a jobs.csv without columns
+            frame = pd.DataFrame()
         extra = pd.DataFrame([{"model": m, "fold": f, "status": "missing", "reason": REASON["missing"]}
                               for m, f in missing])  # fmt: skip
         pd.concat([frame, extra], ignore_index=True).to_csv(run / "jobs.csv", index=False)
