@@ -183,6 +183,7 @@ def test_an_optional_model_without_its_package_says_what_to_install(tiny_task, t
 # --- 4: interruption, checkpoints and resume -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_checkpoint_every_is_an_option_and_is_checked(tiny_task, tmp_path):
     bad = segbench("run", "--data", str(tiny_task), "--checkpoint-every", "15", "--out", str(tmp_path / "bad"))
     assert bad.returncode == 1 and "--checkpoint-every must be a positive multiple of" in bad.stderr

@@ -74,7 +74,7 @@ def test_cuda_emulation_follows_cuda_autocast_policies():
         op_dtypes(lambda: None, rules="cpu", device="cuda")
 
 
-@pytest.mark.parametrize("name", ["fcn", "unet"])
+@pytest.mark.parametrize("name", ["fcn", pytest.param("unet", marks=pytest.mark.slow)])
 def test_bf16_estimate_for_a_gpu_agrees_with_a_step_under_emulated_cuda_autocast(name):
     common = dict(in_channels=1, out_channels=1, patch_size=(16, 16, 16), batch_size=1, precision="bf16",
                   memory_format="channels_last")  # fmt: skip

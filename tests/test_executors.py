@@ -145,6 +145,7 @@ def test_one_job_per_fake_gpu_in_real_worker_processes_gives_the_in_process_tabl
     pd.testing.assert_frame_equal(jobs, ref_jobs[ref_jobs["model"] == "fcn"].reset_index(drop=True))
 
 
+@pytest.mark.slow
 def test_a_worker_that_dies_without_a_result_is_recorded_and_the_others_finish(tiny_task: Path, tmp_path: Path):
     run_dir = prepared_run(tiny_task, tmp_path / "run")
     doomed, healthy = spec(run_dir, "fcn", 0), spec(run_dir, "fcn", 1)
@@ -174,6 +175,7 @@ def _kill_worker_of(folder: Path) -> None:
 # --- submitit ----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_debug_executor_runs_the_grid_through_submitit_with_the_same_tables(
     tiny_task: Path, tmp_path: Path, reference: Path
 ):
@@ -385,6 +387,7 @@ def test_slurm_device_is_checked_against_the_gpus_each_job_allocates(tmp_path, m
     assert "holds GPUs it never uses" in caplog.text
 
 
+@pytest.mark.slow
 def test_cli_slurm_cuda_without_gpus_is_refused_before_any_job(tiny_task: Path, tmp_path: Path):
     pytest.importorskip("submitit")
     env = {**os.environ, "PATH": f"{_fake_srun(tmp_path)}:{os.environ['PATH']}"}

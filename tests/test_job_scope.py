@@ -145,6 +145,7 @@ def test_cuda_estimates_for_job_processes_are_measured_in_a_child_on_their_first
     assert where == [expected]
 
 
+@pytest.mark.slow
 def test_an_estimate_measured_in_a_spawned_child_matches_the_drivers_in_form(tiny_task, tmp_path, monkeypatch):
     from segbench import estimate, runner
 

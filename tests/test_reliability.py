@@ -275,6 +275,7 @@ def test_job_timeout_gives_a_timeout_status(tiny_task, tmp_path):
     assert "time limit" in outcome.results[0].reason
 
 
+@pytest.mark.slow
 def test_two_concurrent_runs_on_one_directory_the_second_refuses(tiny_task, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()

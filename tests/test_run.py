@@ -186,6 +186,7 @@ main()
     assert proc.returncode == 1 and "broken fold 0: failed" in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow
 def test_fewer_cases_than_folds_is_one_clear_error(tiny_task: Path, tmp_path: Path):
     proc = segbench("run", "--data", str(tiny_task), "--folds", "7", *TINY_TRAIN, "--out", str(tmp_path / "r"))
     assert proc.returncode == 1
@@ -193,6 +194,7 @@ def test_fewer_cases_than_folds_is_one_clear_error(tiny_task: Path, tmp_path: Pa
     assert not (tmp_path / "r" / "jobs").exists()
 
 
+@pytest.mark.slow
 def test_patch_not_divisible_by_a_model_divisor_is_refused(tiny_task: Path, tmp_path: Path):
     proc = segbench("run", "--data", str(tiny_task), "--models", "unet", "--folds", "2", "--patch", "18", "16", "16",
                     "--out", str(tmp_path / "r"))  # fmt: skip

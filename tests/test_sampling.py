@@ -174,6 +174,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow
 def test_loader_worker_ignores_the_preemption_signal_sent_to_the_whole_process_group():
     """Only the main process may act on Slurm's SIGUSR2: a worker running submitit's handler killed the job (D1)."""
     import subprocess

@@ -65,6 +65,7 @@ def test_a_dead_zygote_falls_back_to_a_fresh_interpreter(tmp_path: Path):
         zygote.close()
 
 
+@pytest.mark.slow
 def test_a_forked_child_reports_its_exit_code_and_its_signal(tmp_path: Path):
     zygote = Zygote(worker_env(None, slots=1))
     try:
@@ -86,6 +87,7 @@ def test_a_forked_child_reports_its_exit_code_and_its_signal(tmp_path: Path):
     assert zygote.process.returncode == 0  # closing the socket ends the zygote
 
 
+@pytest.mark.slow
 def test_the_zygote_ends_when_its_driver_goes_away(tmp_path: Path):
     zygote = Zygote(worker_env(None, slots=1))
     assert zygote.spawn(worker_args(JobSpec(run_dir=str(tmp_path), model="fcn", fold=0))) is not None
@@ -96,6 +98,7 @@ def test_the_zygote_ends_when_its_driver_goes_away(tmp_path: Path):
     assert zygote.process.returncode == 0
 
 
+@pytest.mark.slow
 def test_a_cuda_job_never_forks_from_the_zygote(tmp_path: Path):
     zygote = Zygote(worker_env(None, slots=1))
     try:
