@@ -19,7 +19,6 @@ Within each fold both lists are in sorted order, as scikit-learn returns its ind
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -29,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from segbench.atomic import atomic_write_json
-from segbench.errors import ConfigError
+from segbench.errors import ConfigError, load_json_or_refuse
 
 log = logging.getLogger(__name__)
 
@@ -116,14 +115,11 @@ def load_splits(path: str | Path, *, case_ids: Sequence[str] | None = None) -> S
         ConfigError: missing or unreadable file, or any rule above broken; the message names the file.
     """
     path = Path(path)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(
-            f"splits file {path} does not exist; pass --splits kfold, nnunet or an existing file"
-        ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"splits file {path} is not readable JSON ({exc}); fix or regenerate it") from None
+    raw = load_json_or_refuse(
+        path,
+        missing=f"splits file {path} does not exist; pass --splits kfold, nnunet or an existing file",
+        unreadable=lambda exc: f"splits file {path} is not readable JSON ({exc}); fix or regenerate it",
+    )
     return _validate(raw, source=f"splits file {path}", case_ids=case_ids)
 
 

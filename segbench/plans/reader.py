@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from segbench.data.plan_preprocess import Resampling
-from segbench.errors import ConfigError
+from segbench.errors import ConfigError, load_json_or_refuse
 
 DEFAULT_CONFIGURATION = "3d_fullres"
 #: nnU-Net's file names beside a plans file in ``nnUNet_preprocessed/DatasetXXX``.
@@ -101,14 +101,11 @@ def load_plans_json(path: str | Path) -> dict[str, Any]:
         ConfigError: missing, unreadable, not JSON, or not a plans file (no ``configurations``).
     """
     path = Path(path)
-    try:
-        plans = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(
-            f"--plans {path} does not exist; pass an nnU-Net plans file (e.g. nnUNetPlans.json)"
-        ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"--plans {path} is not a readable JSON file ({exc})") from None
+    plans = load_json_or_refuse(
+        path,
+        missing=f"--plans {path} does not exist; pass an nnU-Net plans file (e.g. nnUNetPlans.json)",
+        unreadable=lambda exc: f"--plans {path} is not a readable JSON file ({exc})",
+    )
     if not isinstance(plans, dict) or not isinstance(plans.get("configurations"), dict):
         raise ConfigError(f"--plans {path} is not an nnU-Net plans file: it has no 'configurations' mapping")
     return plans
