@@ -20,7 +20,7 @@ from nnunet_ref import run_nnunet_json
 pytestmark = pytest.mark.nnunet
 
 #: Executed in both interpreters: a JSON description of a batchgeneratorsv2 pipeline (classes, every public attribute).
-DESCRIBE = r'''
+DESCRIBE = r"""
 def describe(value):
     if value is None or isinstance(value, (bool, int, str)):
         return value
@@ -34,7 +34,7 @@ def describe(value):
         return {str(k): describe(v) for k, v in value.items()}
     public = {k: describe(v) for k, v in sorted(vars(value).items()) if not k.startswith("_")}
     return {"class": type(value).__name__, **public}
-'''
+"""
 
 #: Two plans' 3d_fullres settings: Task04-like isotropic, Task05-like anisotropic (dummy 2D), 1 and 2 channels.
 PLANS = {

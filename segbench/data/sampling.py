@@ -70,6 +70,21 @@ def crop_with_padding(
     return out
 
 
+def check_training_cases(cases: Sequence[PreparedCase], patch_size: Sequence[int]) -> None:
+    """Refuse what no patch sampler can train on.
+
+    Raises:
+        ConfigError: no cases, an unlabelled case, or a patch that is not three positive sizes.
+    """
+    if not cases:
+        raise ConfigError("no training cases to sample patches from; check the dataset and the fold's split")
+    unlabelled = [c.case_id for c in cases if c.label_path is None]
+    if unlabelled:
+        raise ConfigError(f"cases {unlabelled} have no label and cannot be used for training")
+    if len(patch_size) != 3 or min(patch_size) < 1:
+        raise ConfigError(f"--patch must be three positive sizes, got {tuple(patch_size)}")
+
+
 class PatchDataset(Dataset):
     """``length`` random patches from prepared cases; item ``i`` depends only on ``(seed, i)``.
 
@@ -103,13 +118,7 @@ class PatchDataset(Dataset):
         fg_fraction: float = 1 / 3,
         augment: bool = True,
     ) -> None:
-        if not cases:
-            raise ConfigError("no training cases to sample patches from; check the dataset and the fold's split")
-        unlabelled = [c.case_id for c in cases if c.label_path is None]
-        if unlabelled:
-            raise ConfigError(f"cases {unlabelled} have no label and cannot be used for training")
-        if len(patch_size) != 3 or min(patch_size) < 1:
-            raise ConfigError(f"--patch must be three positive sizes, got {tuple(patch_size)}")
+        check_training_cases(cases, patch_size)
         if length < 0:
             raise ConfigError(f"the number of samples must be non-negative, got {length}")
         if not 0.0 <= fg_fraction <= 1.0:

@@ -103,7 +103,8 @@ def deep_supervision_loss(
         raise ValueError(f"{len(outputs)} outputs, {len(targets)} targets and {len(weights)} weights: they must agree")
     if not any(weights):
         raise ValueError("at least one deep-supervision weight must be nonzero")
-    terms = [w * dice_ce_loss(o, t, batch_dice=batch_dice) for o, t, w in zip(outputs, targets, weights) if w != 0]
+    pairs = zip(outputs, targets, weights, strict=True)
+    terms = [w * dice_ce_loss(o, t, batch_dice=batch_dice) for o, t, w in pairs if w != 0]
     return torch.stack(terms).sum()
 
 

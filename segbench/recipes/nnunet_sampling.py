@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import Dataset
 
 from segbench.data.preprocess import PreparedCase, load_prepared
-from segbench.data.sampling import class_table, crop_with_padding, make_loader
+from segbench.data.sampling import check_training_cases, class_table, crop_with_padding, make_loader
 from segbench.errors import ConfigError
 from segbench.recipes import nnunet_augment
 
@@ -213,13 +213,7 @@ class NnunetPatchDataset(Dataset):
 
 
 def _check(cases: Sequence[PreparedCase], patch_size: Sequence[int], batch_size: int, oversample: float) -> None:
-    if not cases:
-        raise ConfigError("no training cases to sample patches from; check the dataset and the fold's split")
-    unlabelled = [c.case_id for c in cases if c.label_path is None]
-    if unlabelled:
-        raise ConfigError(f"cases {unlabelled} have no label and cannot be used for training")
-    if len(patch_size) != 3 or min(patch_size) < 1:
-        raise ConfigError(f"the patch must be three positive sizes, got {tuple(patch_size)}")
+    check_training_cases(cases, patch_size)
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     if not 0.0 <= oversample <= 1.0:
