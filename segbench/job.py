@@ -13,6 +13,7 @@ learning-curve files in :mod:`segbench.results`, their names in :mod:`segbench.r
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import importlib
 import logging
@@ -65,6 +66,7 @@ from segbench.precision import resolve_memory_format, resolve_precision
 from segbench.profiling import cuda_peak_mb, reset_cuda_peak
 from segbench.progress import JOB_SUMMARY, job_line, line_interval
 from segbench.progress import log as progress_log
+from segbench.recipes.catalog import epochs, model_train_config
 from segbench.registry import ModelInfo, build_model, model_info
 from segbench.splits import load_splits
 from segbench.stop import KILLED_REASON, STOP_REQUESTED
@@ -238,6 +240,8 @@ def _write_result(spec: JobSpec, status: str, reason: str, record: dict, metrics
 def _load_context(spec: JobSpec, started: float) -> JobContext:
     manifest = results.load_manifest(spec.run_dir)
     config = config_from_dict(manifest["config"])
+    # This model's optimiser override (--optimizer-for), if any: a deviation the manifest and the report list.
+    config = dataclasses.replace(config, train=model_train_config(config.train, spec.model))
     return JobContext(
         spec=spec,
         config=config,
@@ -339,6 +343,10 @@ def _setup_figures(ctx: JobContext, info: ModelInfo) -> dict[str, Any]:
         "mflop_per_voxel_forward": round(info.mflop_per_voxel_forward, 6),
         "mflop_per_voxel_train": round(info.mflop_per_voxel_train, 6),
         "device": str(ctx.device),
+        "recipe": ctx.config.recipe,
+        "epochs": epochs(train_cfg),
+        "optimizer": train_cfg.optimizer,
+        "lr": train_cfg.lr,
         "batch_size": train_cfg.batch_size,
         "patch_size": "x".join(str(s) for s in train_cfg.patch_size),
     }

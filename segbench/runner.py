@@ -51,6 +51,7 @@ from segbench.patch_advice import (  # noqa: F401 - plan_patch, warn_small_patch
 )
 from segbench.paths import preprocessed_cache
 from segbench.profiling import environment_info
+from segbench.recipes.catalog import recipe_record
 from segbench.registry import builder_module, model_info, module_source, resolve_models
 from segbench.splits import resolve_splits, save_splits
 
@@ -480,6 +481,7 @@ def _run_locked(config: RunConfig, run_dir: Path, *, resume: bool, progress: boo
     manifest["device_type"] = device_type(device)
     if plan is not None:
         manifest["plans"] = plan.record(config.plans)
+    manifest["recipe"] = recipe_record(config, plan=plan)
     _check_run_dir(run_dir, manifest, splits, resume=resume)  # before the estimate's seconds, and before any write
     if plan is not None and not rundir.manifest_path(run_dir).exists():  # a new run: the copy before the manifest
         atomic_write_bytes(rundir.plans_path(run_dir), plans_source.read_bytes())

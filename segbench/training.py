@@ -58,11 +58,13 @@ Callback = Callable[[LoopState], None]
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """Adam, or SGD with Nesterov momentum 0.99 (nnU-Net's choice), with the configured weight decay."""
+    """Adam, AdamW, or SGD with Nesterov momentum 0.99 (nnU-Net's choice), with the configured weight decay."""
     if config.optimizer == "sgd":
         return torch.optim.SGD(
             model.parameters(), lr=config.lr, momentum=0.99, nesterov=True, weight_decay=config.weight_decay
         )
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
