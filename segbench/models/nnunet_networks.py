@@ -27,13 +27,13 @@ Input sizes must be multiples of the per-axis product of the strides; the built 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import logging
 import math
 
 from torch import nn
 
 from segbench.errors import ModelError
+from segbench.models.monai_adapters import module_installed
 from segbench.registry import declare_unavailable, register_model
 
 logger = logging.getLogger(__name__)
@@ -48,10 +48,7 @@ _LAYER_PREFIX = "torch."
 
 def dna_available() -> bool:
     """True if ``dynamic_network_architectures`` can be imported, decided without importing it."""
-    try:
-        return importlib.util.find_spec("dynamic_network_architectures") is not None
-    except (ImportError, ValueError):  # a broken or half-removed install
-        return False
+    return module_installed("dynamic_network_architectures")
 
 
 def _locate(dotted: str, *, prefix: str, what: str, origin: str) -> type:
