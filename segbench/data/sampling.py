@@ -51,13 +51,16 @@ def class_table(foreground_labels: Sequence[int]) -> np.ndarray:
     return table
 
 
-def crop_with_padding(array: np.ndarray, start: Sequence[int], size: Sequence[int], *, fill: float = 0) -> np.ndarray:
+def crop_with_padding(
+    array: np.ndarray, start: Sequence[int], size: Sequence[int], *, fill: float = 0, dtype: Any = None
+) -> np.ndarray:
     """Copy the box ``[start, start + size)`` of the last three axes of ``array``, padding outside with ``fill``.
 
     ``start`` may be negative or the box may extend past the end (volumes smaller than the patch).
-    Returns a new contiguous array of shape ``array.shape[:-3] + size``.
+    Returns a new contiguous array of shape ``array.shape[:-3] + size``, of ``dtype`` (default: ``array``'s; a wider
+    one lets ``fill`` be a value ``array`` cannot hold, e.g. -1 around a uint8 label).
     """
-    out = np.full(array.shape[:-3] + tuple(size), fill, dtype=array.dtype)
+    out = np.full(array.shape[:-3] + tuple(size), fill, dtype=array.dtype if dtype is None else dtype)
     src, dst = [], []
     for s, n, dim in zip(start, size, array.shape[-3:], strict=True):
         lo, hi = max(s, 0), min(s + n, dim)
@@ -235,7 +238,7 @@ def resolve_num_workers(num_workers: int | None, device: torch.device | str) -> 
 
 
 def make_loader(
-    dataset: PatchDataset, *, batch_size: int, start_iteration: int = 0, num_workers: int = 1, pin_memory: bool = False
+    dataset: Dataset, *, batch_size: int, start_iteration: int = 0, num_workers: int = 1, pin_memory: bool = False
 ) -> DataLoader:
     """A DataLoader over ``dataset`` in index order, starting at batch ``start_iteration``.
 
@@ -243,7 +246,8 @@ def make_loader(
     resumed training run sees the same data as an uninterrupted one.
 
     Args:
-        dataset: the patch dataset (its length = total samples of the run).
+        dataset: the patch dataset, item ``i`` a function of ``(seed, i)`` (its length = total samples of the run):
+            a :class:`PatchDataset` or the nnunet recipe's (:mod:`segbench.recipes.nnunet_sampling`).
         batch_size: samples per batch.
         start_iteration: number of batches already consumed.
         num_workers: loader processes (0 = load in the main process); workers are persistent.
