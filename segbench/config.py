@@ -61,6 +61,7 @@ class TrainConfig:
     # augmentation, segbench.recipes.nnunet_sampling)
     pipeline: str = "tutorial"
     deep_supervision: bool = False  # train models that have deep-supervision outputs with nnU-Net's weighted loss
+    batch_dice: bool = False  # loss "nnunet": one Dice per class over the batch (the plan's batch_dice, --plans)
     # Per-model optimiser overrides (model, optimiser, lr), e.g. (("swinunetr", "adamw", 1e-4),): deviations
     model_optimizers: tuple[tuple[str, str, float], ...] = ()
 

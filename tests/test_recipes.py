@@ -57,7 +57,7 @@ def test_each_overridden_value_is_one_deviation():
     assert "train.patch_size: (40, 56, 40) -> (32, 32, 32)" in found
     assert "inference.mirror: True -> False" in found
     assert "train.iterations: 20 is not a whole number of epochs of 250" in found
-    assert "unet: optimizer adamw at lr 0.0001 (recipe: sgd at 0.01)" in found
+    assert "unet: optimizer adamw at lr 0.0001 (instead of sgd at 0.003)" in found
     assert len(found) == 5
 
 
