@@ -7,9 +7,11 @@ on the kernel. In a fresh job process this cost about 15 % of the default run's 
 figures are in the README, "Speed"). :func:`keep_freed_memory` raises the two thresholds so that blocks up to 32 MiB
 come from the heap and freed memory stays in the process; the peak resident memory of a default job rose by about 5 %.
 
-Only job processes call it (:func:`segbench.executors.worker.worker_main`, which zygote-forked jobs run too), and the
-step-time benchmarks, so that "the step alone" is measured with the allocator the jobs use. A run with
-``--in-process`` leaves the caller's process as it is: glibc cannot restore its adaptive defaults once they are set.
+Processes that segbench owns call it: job processes (:func:`segbench.executors.worker.worker_main`, which
+zygote-forked jobs run too), ``segbench run`` (where the cost estimate times its steps and ``--in-process`` jobs run),
+and the step-time benchmarks, so that "the step alone" is measured with the allocator the jobs use. The Python API
+(:func:`segbench.runner.run_comparison` in the caller's process) leaves the caller's allocator as it is: glibc cannot
+restore its adaptive defaults once they are set.
 """
 
 from __future__ import annotations

@@ -301,6 +301,9 @@ def run(**options) -> None:  # fmt: skip
 
     if options["resume"] and options["out"] is None:
         raise ConfigError("--resume needs --out RUN_DIR naming the run to continue")
+    from segbench.allocator import keep_freed_memory
+
+    keep_freed_memory()  # this process is segbench's: the cost estimate's steps and --in-process jobs run here
     imports = options["imports"] or _stored_imports(options)
     import_user_modules(imports)
     executor = _build_executor(options)
