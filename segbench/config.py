@@ -120,18 +120,7 @@ def validate_config(config: RunConfig) -> None:
         (train.time_budget_s is None or train.time_budget_s > 0, "--time-budget must be positive"),
         (train.batch_size > 0, f"--batch-size must be positive (got {train.batch_size})"),
         (len(train.patch_size) == 3 and all(int(s) > 0 for s in train.patch_size), "--patch needs 3 positive sizes"),
-        (train.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)} (got {train.optimizer!r})"),
-        (train.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)} (got {train.loss!r})"),
-        (config.recipe in RECIPES, f"--recipe must be one of {', '.join(RECIPES)} (got {config.recipe!r})"),
-        (train.pipeline in RECIPES, f"pipeline must be one of {', '.join(RECIPES)} (got {train.pipeline!r})"),
-        (
-            train.iterations_per_epoch is None or train.iterations_per_epoch > 0,
-            "iterations_per_epoch must be positive",
-        ),
-        (
-            all(opt in OPTIMIZERS and lr > 0 for _, opt, lr in train.model_optimizers),
-            f"--optimizer-for needs MODEL=OPTIMIZER:LR with an optimizer of {', '.join(OPTIMIZERS)} and a positive lr",
-        ),
+        *_recipe_checks(config),
         (
             train.precision in PRECISIONS,
             f"--precision must be one of {', '.join(PRECISIONS)} (got {train.precision!r})",
@@ -175,6 +164,25 @@ def validate_config(config: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def _recipe_checks(config: RunConfig) -> list[tuple[bool, str]]:
+    """The checks of the recipe's fields: names from the catalogues above, a positive epoch length and overrides."""
+    train = config.train
+    return [
+        (train.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)} (got {train.optimizer!r})"),
+        (train.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)} (got {train.loss!r})"),
+        (config.recipe in RECIPES, f"--recipe must be one of {', '.join(RECIPES)} (got {config.recipe!r})"),
+        (train.pipeline in RECIPES, f"pipeline must be one of {', '.join(RECIPES)} (got {train.pipeline!r})"),
+        (
+            train.iterations_per_epoch is None or train.iterations_per_epoch > 0,
+            "iterations_per_epoch must be positive",
+        ),
+        (
+            all(opt in OPTIMIZERS and lr > 0 for _, opt, lr in train.model_optimizers),
+            f"--optimizer-for needs MODEL=OPTIMIZER:LR with an optimizer of {', '.join(OPTIMIZERS)} and a positive lr",
+        ),
+    ]
 
 
 def config_to_dict(config: RunConfig) -> dict[str, Any]:
