@@ -475,7 +475,7 @@ def _batches(
         foreground_labels=ctx.foreground, oversample=train_cfg.fg_fraction,
         deep_supervision_scales=deep_supervision_scales(strides) if strides else None,
         use_mask_for_norm=plan.use_mask_for_norm if plan is not None else None, augment=train_cfg.augment,
-        num_workers=resolve_num_workers(train_cfg.num_workers, ctx.device), device=ctx.device,
+        num_workers=resolve_num_workers(train_cfg.num_workers, ctx.device, pipeline="nnunet"), device=ctx.device,
     )  # fmt: skip
 
 

@@ -227,7 +227,8 @@ def _interrupt_on_sigterm() -> None:
     default=None,
     cls=ConfigDefault,
     show_default="auto",
-    help="Data-loader worker processes per job (auto: 0 on the CPU, where the step uses every core; 1 on CUDA).",
+    help="Data-loader worker processes per job (auto: 0 on the CPU, where the step uses every core; 1 on CUDA, or "
+    "with --recipe nnunet one per core but one, at most 12).",
 )
 @click.option(
     "--checkpoint-every",
