@@ -39,7 +39,7 @@ from conftest import smoke_mode
 from segbench import precision as numerics
 from segbench.job_scope import ieee_fp32, tf32_flags
 from segbench.profiling import count_flops, matmul_peak_flops
-from segbench.registry import build_model, list_models, model_info
+from segbench.registry import build_model, list_models, model_info, needs_plan
 from segbench.training import segmentation_loss
 
 CUDA = torch.cuda.is_available()
@@ -49,7 +49,8 @@ BATCH, PATCH = (1, (16, 16, 16)) if SMOKE else (2, (128, 128, 64)) if CUDA else 
 PRECISIONS = ("fp32", "bf16", "fp16") if CUDA else ("fp32", "bf16")
 ROUNDS, WARMUP_ROUNDS = (10, 2) if CUDA else (5, 1)
 # (model, precision, memory format): every model in the resolved format, the tutorial's two also contiguous.
-CASES = [(name, p, "auto") for name in list_models() for p in PRECISIONS] + [
+# Plan-built networks (nnU-Net's) need a plan, which these benchmarks do not make.
+CASES = [(name, p, "auto") for name in list_models() if not needs_plan(name) for p in PRECISIONS] + [
     (name, p, "contiguous") for name in ("fcn", "unet") for p in PRECISIONS
 ]
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

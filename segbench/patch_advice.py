@@ -10,6 +10,9 @@ this run's device:
   or leaves at least :data:`MIN_ITERATIONS` steps within ``--time-budget``.
 * **CUDA**: the exact tensor-memory estimate (FakeTensor) of the heaviest model stays within :data:`GPU_MEMORY_SHARE`
   of the GPU's memory (allocator overhead and cuDNN workspaces take the rest).
+
+A plan fixes the patch for every model of a run: :func:`check_patch_fits` refuses a model whose input divisor does not
+divide it, naming the nearest patch that fits (:func:`nearest_fitting_patch`).
 """
 
 from __future__ import annotations
@@ -21,9 +24,18 @@ from collections.abc import Callable, Sequence
 import torch
 
 from segbench.config import RunConfig, TrainConfig
+from segbench.errors import ConfigError
 from segbench.geometry import CaseGeometry, oversized_patch_warning
 
-__all__ = ["fit_patch_to_memory", "fit_patch_to_time", "patch_warnings"]
+__all__ = [
+    "check_patch_fits",
+    "fit_patch_to_memory",
+    "fit_patch_to_time",
+    "model_divisors",
+    "nearest_fitting_patch",
+    "patch_misfits",
+    "patch_warnings",
+]
 
 #: Training seconds per job a CPU suggestion aims at, at the run's --iterations.
 CPU_JOB_TRAIN_S = 600.0
@@ -48,6 +60,82 @@ def plan_patch(median_shape: Sequence[int], *, divisor: int, max_voxels: int = P
         longest = max(range(len(patch)), key=lambda axis: patch[axis])
         patch[longest] -= divisor
     return tuple(patch)
+
+
+def nearest_fitting_patch(patch: Sequence[int], divisors: Sequence[int]) -> tuple[int, ...]:
+    """Each side of ``patch`` moved to the nearest multiple of its divisor, at least one divisor (a tie goes to the
+    smaller side: a plan's patch was sized to fit the GPU's memory).
+
+    Example: ``nearest_fitting_patch((40, 100, 100), (16, 16, 16))`` -> ``(32, 96, 96)``.
+    """
+    fitted = []
+    for side, divisor in zip(patch, divisors, strict=True):
+        lower = max(divisor, int(side) // divisor * divisor)
+        upper = max(divisor, -(-int(side) // divisor) * divisor)
+        fitted.append(lower if int(side) - lower <= upper - int(side) else upper)
+    return tuple(fitted)
+
+
+def model_divisors(
+    models: Sequence[str], *, plan=None, in_channels: int = 1, out_channels: int = 1, ndim: int = 3
+) -> dict[str, tuple[int, ...]]:
+    """Per model, what each input size must be a multiple of, per axis (:func:`segbench.registry.input_divisors`;
+    ``plan``, a :class:`~segbench.plans.network.NetworkPlan`, goes to plan-built models, whose divisors come from it).
+
+    Raises:
+        ModelError: as :func:`segbench.registry.model_info` (e.g. a plan-built model without ``plan``).
+    """
+    from segbench.registry import input_divisors
+
+    return {name: input_divisors(name, plan=plan, in_channels=in_channels, out_channels=out_channels, ndim=ndim)
+            for name in models}  # fmt: skip
+
+
+def patch_misfits(divisors: dict[str, tuple[int, ...]], patch_size: Sequence[int]) -> dict[str, tuple[int, ...]]:
+    """The entries of ``divisors`` (from :func:`model_divisors`) that do not divide ``patch_size`` on some axis."""
+    return {name: d for name, d in divisors.items()
+            if any(int(side) % div for side, div in zip(patch_size, d, strict=True))}  # fmt: skip
+
+
+def check_patch_fits(
+    models: Sequence[str],
+    patch_size: Sequence[int],
+    *,
+    plan=None,
+    in_channels: int = 1,
+    out_channels: int = 1,
+    source: str = "the plan's patch",
+) -> None:
+    """Refuse a patch that some model's input divisor does not divide, naming the nearest patch that fits them all.
+
+    Args:
+        models: registry names.
+        patch_size: the run's patch (array axis order; with a plan, the plan's order, which is the same).
+        plan: passed on to plan-built models (their divisors come from it).
+        source: what the patch is called in the message (``"the plan's patch"``, ``"--patch"``).
+
+    Raises:
+        ConfigError: one sentence: which models need which divisors, and ``--patch`` with the nearest patch whose
+            sides are multiples of every model's divisor on that axis.
+        ModelError: as :func:`segbench.registry.model_info` (e.g. a plan-built model without ``plan``).
+    """
+    divisors = model_divisors(models, plan=plan, in_channels=in_channels, out_channels=out_channels,
+                              ndim=len(patch_size))  # fmt: skip
+    misfits = patch_misfits(divisors, patch_size)
+    if not misfits:
+        return
+    common = [math.lcm(*axis) for axis in zip(*divisors.values(), strict=True)]
+    nearest = nearest_fitting_patch(patch_size, common)
+    needs = ", ".join(f"{name} needs multiples of {_divisors_text(d)}" for name, d in misfits.items())
+    raise ConfigError(
+        f"{source} {' x '.join(map(str, patch_size))} does not fit every model ({needs}); the nearest patch that fits "
+        f"them all is {' x '.join(map(str, nearest))}: pass --patch {' '.join(map(str, nearest))}, or leave "
+        f"{', '.join(misfits)} out"
+    )
+
+
+def _divisors_text(divisors: Sequence[int]) -> str:
+    return str(divisors[0]) if len(set(divisors)) == 1 else f"{' x '.join(map(str, divisors))} per axis"
 
 
 def warn_small_patch(config: RunConfig, median_shape: Sequence[int] | None, divisor: int) -> str | None:

@@ -29,12 +29,23 @@ Three sources of models:
   the builder's defaults. Optional ``segbench_grid`` (``(width, depth)`` pairs) names the members listed once the
   plugin is imported (``segbench models`` does).
 
+Plan-built models and deep supervision: a model registered with ``needs_plan=True`` (nnU-Net's networks) is built
+from a plan, ``builder(*, in_channels, out_channels, plan, deep_supervision, **options)`` with ``plan`` a
+:class:`~segbench.plans.network.NetworkPlan`; :func:`build_model` refuses it without one. A model registered with
+``deep_supervision=True`` can return deep-supervision outputs: built with ``deep_supervision=True``, its forward pass in
+training mode returns a list of logits, full resolution first, each (B, C_out, *spatial / per-axis downsampling), and
+in eval mode the full-resolution (B, C_out, D, H, W) logits alone (:func:`has_deep_supervision` says which models can).
+A built module may declare per-axis divisors as ``segbench_axis_divisors`` (a plan-built network's depend on the plan);
+:func:`model_info` reports them.
+
 Errors: a duplicate name, an unknown name (the message lists the choices), a pattern matching nothing, bad
-builder options and broken plugins all raise :class:`~segbench.errors.ModelError`.
+builder options, broken plugins and a plan-built model without a plan all raise :class:`~segbench.errors.ModelError`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
 import fnmatch
 import functools
@@ -46,14 +57,18 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from segbench.errors import ModelError
 from segbench.profiling import count_parameters, flop_probe_side, measure_flops
+
+if TYPE_CHECKING:
+    from segbench.plans.network import NetworkPlan
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -65,8 +80,13 @@ __all__ = [
     "builder_module",
     "families",
     "family_member",
+    "has_deep_supervision",
+    "input_divisors",
+    "needs_plan",
     "list_models",
+    "describe_model",
     "model_info",
+    "network_plan_scope",
     "plugins_disabled",
     "refresh_plugins",
     "register_family",
@@ -98,6 +118,10 @@ class ModelInfo:
         mflop_per_voxel_forward: MFLOP (10⁶ floating-point operations, a multiply-add counts 2) per input
             voxel for one forward pass (convolutions and matrix products, as ``torch.utils.flop_counter``).
         mflop_per_voxel_train: the same for a training step (forward + backward, optimizer excluded).
+        axis_divisors: per axis, what each input size must be a multiple of, when the axes differ (a plan-built
+            network's, from the plan's strides; ``divisor`` is then their least common multiple); None: ``divisor``.
+        patch: the plan's patch the FLOPs were counted at (described with a plan whose patch fits the model); None:
+            counted on the probe cube (see :func:`model_info`).
     """
 
     name: str
@@ -107,6 +131,8 @@ class ModelInfo:
     divisor: int
     mflop_per_voxel_forward: float
     mflop_per_voxel_train: float
+    axis_divisors: tuple[int, ...] | None = None
+    patch: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -201,6 +227,8 @@ class _Entry:
     divisor: int
     source: str
     spec: FamilySpec | None = None  # set for a plugin that declares a width/depth family
+    needs_plan: bool = False  # built from a NetworkPlan (builder keyword ``plan``)
+    deep_supervision: bool = False  # builder keyword ``deep_supervision``: a list of logits in training
 
 
 @dataclass(frozen=True)
@@ -234,7 +262,15 @@ _builtins_loaded = False
 # ---------------------------------------------------------------------------------------------------------
 
 
-def register_model(name: str, *, family: str, divisor: int, source: str | None = None) -> Callable[[Builder], Builder]:
+def register_model(
+    name: str,
+    *,
+    family: str,
+    divisor: int,
+    source: str | None = None,
+    needs_plan: bool = False,
+    deep_supervision: bool = False,
+) -> Callable[[Builder], Builder]:
     """Decorator registering ``builder(*, in_channels, out_channels, **options) -> nn.Module`` as ``name``.
 
     Args:
@@ -244,6 +280,10 @@ def register_model(name: str, *, family: str, divisor: int, source: str | None =
         source: who provides it (``"segbench"``, ``"monai"``, or a distribution name); default: ``"segbench"``, or
             for a model registered by a module :func:`import_user_modules` imports (``--import``), the distribution
             that installed it or else the module's name.
+        needs_plan: the builder takes ``plan`` (a :class:`~segbench.plans.network.NetworkPlan`) and is refused
+            without one; its divisor may come from the plan (``segbench_axis_divisors`` on the built module).
+        deep_supervision: the builder takes ``deep_supervision`` and then returns deep-supervision outputs (see the
+            module docstring).
 
     Returns:
         A decorator that registers the builder and returns it unchanged.
@@ -259,8 +299,9 @@ def register_model(name: str, *, family: str, divisor: int, source: str | None =
         if name in _MODELS:
             raise ModelError(f"model {name!r} is already registered (by {_MODELS[name].source}); choose another name")
         _MODELS[name] = _Entry(builder=builder, family=family, divisor=divisor,
-                               source=source or _importing or "segbench")  # fmt: skip
-        model_info.cache_clear()
+                               source=source or _importing or "segbench", needs_plan=needs_plan,
+                               deep_supervision=deep_supervision)  # fmt: skip
+        describe_model.cache_clear()
         return builder
 
     return decorator
@@ -315,7 +356,7 @@ def unregister_model(name: str) -> None:
     if name not in _MODELS:
         raise ModelError(f"cannot unregister {name!r}: it is not a registered model (plugins: uninstall them)")
     del _MODELS[name]
-    model_info.cache_clear()
+    describe_model.cache_clear()
 
 
 def module_source(module: str | None) -> str:
@@ -432,7 +473,7 @@ def refresh_plugins() -> None:
     """Forget discovered and loaded plugins (call after installing or removing a plugin in a running process)."""
     _discover_plugins.cache_clear()
     _load_plugin.cache_clear()
-    model_info.cache_clear()
+    describe_model.cache_clear()
 
 
 @functools.cache
@@ -654,6 +695,71 @@ def resolve_models(spec: str) -> list[str]:
     return resolved
 
 
+def needs_plan(name: str) -> bool:
+    """True if model ``name`` is built from a plan (nnU-Net's networks): :func:`build_model` then needs ``plan``.
+
+    Raises:
+        ModelError: as :func:`build_model`.
+    """
+    return _lookup(name).needs_plan
+
+
+def has_deep_supervision(name: str) -> bool:
+    """True if model ``name`` has deep-supervision outputs (``build_model(..., deep_supervision=True)``).
+
+    Raises:
+        ModelError: as :func:`build_model`.
+    """
+    return _lookup(name).deep_supervision
+
+
+def input_divisors(
+    name: str, *, plan: NetworkPlan | None = None, in_channels: int = 1, out_channels: int = 1, ndim: int = 3
+) -> tuple[int, ...]:
+    """Per axis, what every input size of model ``name`` must be a multiple of (from the plan for a plan-built one).
+
+    Raises:
+        ModelError: as :func:`model_info`.
+    """
+    info = model_info(name, in_channels=in_channels, out_channels=out_channels, plan=plan)
+    return info.axis_divisors or (info.divisor,) * ndim
+
+
+# Sources whose builders are segbench's own adapters: their errors are bugs to see whole, not a broken plugin.
+_OWN_SOURCES = ("segbench", "monai", "dynamic-network-architectures")
+
+
+# The run's plan while a run or a job is set up (network_plan_scope): plan-built models called without an explicit
+# plan use it, so that the cost, memory and patch checks that describe a model by name need no plan argument.
+_ACTIVE_PLAN: contextvars.ContextVar[NetworkPlan | None] = contextvars.ContextVar("segbench_network_plan", default=None)
+
+
+@contextlib.contextmanager
+def network_plan_scope(plan: NetworkPlan | None) -> Iterator[None]:
+    """Within the block, plan-built models built or described without ``plan`` use ``plan`` (the run's)."""
+    token = _ACTIVE_PLAN.set(plan)
+    try:
+        yield
+    finally:
+        _ACTIVE_PLAN.reset(token)
+
+
+def _plan_options(name: str, entry: _Entry, plan: NetworkPlan | None, deep_supervision: bool) -> dict:
+    """The ``plan`` / ``deep_supervision`` keywords ``entry``'s builder takes; refuses what it cannot do."""
+    options: dict = {}
+    if entry.needs_plan:
+        plan = plan if plan is not None else _ACTIVE_PLAN.get()
+        if plan is None:
+            raise ModelError(f"model {name!r} needs a plan: pass --plans FILE or --recipe nnunet")
+        options["plan"] = plan
+    if entry.deep_supervision:
+        options["deep_supervision"] = bool(deep_supervision)
+    elif deep_supervision:
+        raise ModelError(f"model {name!r} has no deep-supervision outputs; build it with deep_supervision=False "
+                         "(segbench.registry.has_deep_supervision tells which models have them)")  # fmt: skip
+    return options
+
+
 def _check_options(name: str, builder: Builder, options: dict) -> None:
     try:
         signature = inspect.signature(builder)
@@ -661,7 +767,7 @@ def _check_options(name: str, builder: Builder, options: dict) -> None:
         return
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
         return
-    accepted = [n for n in signature.parameters if n not in ("in_channels", "out_channels")]
+    accepted = [n for n in signature.parameters if n not in ("in_channels", "out_channels", "plan", "deep_supervision")]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ModelError(
@@ -670,25 +776,40 @@ def _check_options(name: str, builder: Builder, options: dict) -> None:
         )
 
 
-def build_model(name: str, *, in_channels: int, out_channels: int, **kwargs) -> nn.Module:
+def build_model(
+    name: str,
+    *,
+    in_channels: int,
+    out_channels: int,
+    plan: NetworkPlan | None = None,
+    deep_supervision: bool = False,
+    **kwargs,
+) -> nn.Module:
     """Build model ``name`` for ``in_channels`` image channels and ``out_channels`` logit channels.
 
     Args:
         name: a listed name, a family member (``unet_w32_d4``) or a plugin model.
         in_channels: C_in of the (B, C_in, D, H, W) input.
         out_channels: C_out of the (B, C_out, D, H, W) logits.
+        plan: the run's :class:`~segbench.plans.network.NetworkPlan`; required by plan-built models
+            (:func:`needs_plan`), ignored by the others, so a caller may pass it for every model.
+        deep_supervision: build with deep-supervision outputs (only for models where :func:`has_deep_supervision`):
+            in training mode the forward pass then returns a list of logits, full resolution first (the module
+            docstring gives the shapes); in eval mode the (B, C_out, D, H, W) logits alone.
         **kwargs: builder options, e.g. ``norm="instance"``, ``upsample="trilinear"`` for fcn/unet.
 
     Returns:
         A freshly initialised ``nn.Module`` on the CPU (default dtype), in training mode.
 
     Raises:
-        ModelError: unknown name (lists the choices), unknown option, broken plugin, or a plugin builder that
-            raised or returned something other than an ``nn.Module``.
+        ModelError: unknown name (lists the choices), unknown option, broken plugin, a plugin builder that
+            raised or returned something other than an ``nn.Module``, a plan-built model without ``plan`` ("needs a
+            plan: pass --plans FILE or --recipe nnunet"), or ``deep_supervision`` for a model without such outputs.
     """
     entry = _lookup(name)
     _check_options(name, entry.builder, kwargs)
-    if entry.source in ("segbench", "monai"):
+    kwargs = {**_plan_options(name, entry, plan, deep_supervision), **kwargs}
+    if entry.source in _OWN_SOURCES:
         model = entry.builder(in_channels=in_channels, out_channels=out_channels, **kwargs)
     else:
         try:
@@ -708,49 +829,84 @@ def build_model(name: str, *, in_channels: int, out_channels: int, **kwargs) -> 
 # ---------------------------------------------------------------------------------------------------------
 
 
+def model_info(name: str, *, in_channels: int = 1, out_channels: int = 1, plan: NetworkPlan | None = None) -> ModelInfo:
+    """:func:`describe_model` with the run's plan (:func:`network_plan_scope`) when ``plan`` is not given."""
+    if plan is None and _lookup(name).needs_plan:
+        plan = _ACTIVE_PLAN.get()
+    return describe_model(name, in_channels=in_channels, out_channels=out_channels, plan=plan)
+
+
 @functools.cache
-def model_info(name: str, *, in_channels: int = 1, out_channels: int = 1) -> ModelInfo:
+def describe_model(
+    name: str, *, in_channels: int = 1, out_channels: int = 1, plan: NetworkPlan | None = None
+) -> ModelInfo:
     """Family, source, parameter count, divisor and MFLOP per voxel of model ``name`` (default options).
 
     FLOPs are counted in one training step (forward FLOPs read off before the backward pass; normalisation and
-    dropout modes do not change the counted convolutions) on a (1, C_in, s, s, s) input, ``s`` the smallest
-    multiple of the divisor that is ≥ 16 and ≥ twice the divisor, on the ``meta`` device when the model
-    supports it (no memory, no compute) and on the CPU otherwise. Results are cached per process.
+    dropout modes do not change the counted convolutions), without deep supervision, on a (1, C_in, *patch) input:
+    the patch of ``plan`` when one is given and fits the model's divisors, else a cube of side ``s``, the smallest
+    multiple of the divisor that is ≥ 16 and ≥ twice the divisor. They are counted on the ``meta`` device when the
+    model supports it (no memory, no compute) and on the CPU (on the cube) otherwise. Results are cached per process.
+
+    Args:
+        plan: a :class:`~segbench.plans.network.NetworkPlan`: plan-built models need it (their topology, and so
+            their parameters and divisors, come from it); for the others it only sets the patch FLOPs are counted at.
 
     A model that builds but whose forward or backward pass raises gets NaN FLOPs (and a logged warning)
     rather than an error: describing a model must not stop a comparison in which its job will fail visibly.
 
     Raises:
-        ModelError: as :func:`build_model`.
+        ModelError: as :func:`build_model` (a plan-built model without ``plan`` included).
     """
     entry = _lookup(name)
-    side = flop_probe_side(entry.divisor)
-    shape = (1, in_channels, side, side, side)
+    _plan_options(name, entry, plan, False)  # a plan-built model without a plan: the one-sentence refusal
+    model, flops, axes, shape = _measure(name, entry, (in_channels, out_channels), plan)
+    voxels = math.prod(shape[2:])
+    return ModelInfo(
+        name=name,
+        family=entry.family,
+        source=entry.source,
+        params=count_parameters(model),
+        divisor=math.lcm(*axes) if axes else entry.divisor,
+        mflop_per_voxel_forward=flops[0] / voxels / 1e6,
+        mflop_per_voxel_train=flops[1] / voxels / 1e6,
+        axis_divisors=axes,
+        patch=tuple(shape[2:]) if plan is not None and tuple(shape[2:]) == tuple(plan.patch_size) else None,
+    )
+
+
+def _measure(name: str, entry: _Entry, channels: tuple[int, int], plan: NetworkPlan | None):
+    """``(model, (forward, train-step FLOPs), declared axis divisors, probe input shape)`` for :func:`model_info`."""
+
+    def build() -> nn.Module:
+        return build_model(name, in_channels=channels[0], out_channels=channels[1], plan=plan)
+
     try:
         with torch.device("meta"):
-            model = build_model(name, in_channels=in_channels, out_channels=out_channels)
-        flops: tuple[float, float] = measure_flops(model, shape, train_step=True)
+            model = build()
+        axes, shape = _probe(model, entry, channels[0], plan)
+        return model, measure_flops(model, shape, train_step=True), axes, shape
     except ModelError:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever the meta device cannot do, the CPU may
         # Some third-party layers compute on data at build or run time, which the meta device cannot do.
         logger.debug("counting FLOPs of %s on the CPU: the meta device failed (%s)", name, exc)
-        model = build_model(name, in_channels=in_channels, out_channels=out_channels)
-        try:
-            flops = measure_flops(model, shape, train_step=True)
-        except Exception as exc:  # noqa: BLE001 - a broken forward is reported by the job that runs it
-            logger.warning(
-                "cannot count FLOPs of model %s: a training step failed (%s: %s)", name, type(exc).__name__, exc
-            )
-            flops = (math.nan, math.nan)
-    params = count_parameters(model)
-    voxels = side**3
-    return ModelInfo(
-        name=name,
-        family=entry.family,
-        source=entry.source,
-        params=params,
-        divisor=entry.divisor,
-        mflop_per_voxel_forward=flops[0] / voxels / 1e6,
-        mflop_per_voxel_train=flops[1] / voxels / 1e6,
-    )
+    model = build()
+    axes, shape = _probe(model, entry, channels[0], None)  # the small cube: a plan's patch can be costly on a CPU
+    try:
+        flops: tuple[float, float] = measure_flops(model, shape, train_step=True)
+    except Exception as exc:  # noqa: BLE001 - a broken forward is reported by the job that runs it
+        logger.warning("cannot count FLOPs of model %s: a training step failed (%s: %s)", name, type(exc).__name__, exc)
+        flops = (math.nan, math.nan)
+    return model, flops, axes, shape
+
+
+def _probe(model: nn.Module, entry: _Entry, in_channels: int, plan: NetworkPlan | None):
+    """The model's declared per-axis divisors (or None) and the input shape FLOPs are counted on."""
+    declared = getattr(model, "segbench_axis_divisors", None)
+    axes = tuple(int(d) for d in declared) if declared else None
+    divisors = axes or (entry.divisor,) * 3
+    if plan is not None and all(int(p) % d == 0 for p, d in zip(plan.patch_size, divisors, strict=True)):
+        return axes, (1, in_channels, *plan.patch_size)
+    side = flop_probe_side(math.lcm(*divisors))
+    return axes, (1, in_channels, side, side, side)

@@ -6,6 +6,7 @@ the planner's (nnU-Net's) order is reversed. Images and spacings vary per case w
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -177,3 +178,37 @@ FINGERPRINTS = {
     # Thick axis in the middle of the array, many cases: transposition and large ResEnc batches.
     "mid_thick": (("nonorm",), 2, _fingerprint([(0.5, 3.0, 0.5)] * 40, [(96, 20, 96), (100, 22, 90)] * 20, 0.9)),
 }
+
+
+def write_fingerprint_datasets(tmp: Path, cases: Sequence[str], *, first_id: int = 600) -> tuple[dict, dict]:
+    """nnU-Net folders for planning ``cases`` of :data:`FINGERPRINTS` from their fingerprints alone.
+
+    nnU-Net's planner reads ``dataset.json`` and opens one image per channel (to choose its reader); ``numTraining`` is
+    the case count. Returns ``({case: nnU-Net dataset name}, {nnUNet_raw, nnUNet_preprocessed, nnUNet_results})``.
+    """
+    names = {}
+    for i, key in enumerate(cases):
+        channels, n_labels, fingerprint = FINGERPRINTS[key]
+        name = names[key] = f"Dataset{first_id + i}_{key.replace('_', '')}"
+        raw = tmp / "raw" / name
+        for c in range(len(channels)):
+            write_volume(raw / "imagesTr" / f"case_000_{c:04d}.nii.gz", np.zeros((4, 4, 4), np.float32))
+        write_volume(raw / "labelsTr" / "case_000.nii.gz", np.zeros((4, 4, 4), np.uint8))
+        meta = {"channel_names": {str(c): n for c, n in enumerate(channels)},
+                "labels": {"background": 0, **{f"l{k}": k for k in range(1, n_labels)}},
+                "numTraining": len(fingerprint["spacings"]), "file_ending": ".nii.gz"}  # fmt: skip
+        (raw / "dataset.json").write_text(json.dumps(meta))
+        (tmp / "pre" / name).mkdir(parents=True)
+        (tmp / "pre" / name / "dataset_fingerprint.json").write_text(json.dumps(fingerprint))
+    env = {"nnUNet_raw": str(tmp / "raw"), "nnUNet_preprocessed": str(tmp / "pre"), "nnUNet_results": str(tmp / "r")}
+    return names, env
+
+
+def plan_fingerprint(case: str, preset: str):
+    """segbench's plan (an ExperimentPlan) of ``case`` of :data:`FINGERPRINTS` with ``preset`` (dataset ``case``)."""
+    from segbench.plans import DatasetFingerprint, get_preset, plan_experiment
+
+    channels, n_labels, fingerprint = FINGERPRINTS[case]
+    return plan_experiment(DatasetFingerprint.from_json(fingerprint), get_preset(preset), dataset_name=case,
+                           channel_names=channels, num_classes=n_labels,
+                           num_training=len(fingerprint["spacings"]))  # fmt: skip

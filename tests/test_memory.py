@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from segbench.memory import training_step_memory
-from segbench.registry import list_models, model_info
+from segbench.registry import list_models, model_info, needs_plan
 
 
 def _patches(divisor: int) -> list[tuple[int, int, int]]:
@@ -17,7 +17,12 @@ def _patches(divisor: int) -> list[tuple[int, int, int]]:
 
 # The tutorial's two networks in the quick tier; every other registered model in the slow one (seconds each).
 @pytest.mark.parametrize(
-    "name", [pytest.param(name, marks=() if name in ("fcn", "unet") else pytest.mark.slow) for name in list_models()]
+    "name",
+    [
+        pytest.param(name, marks=() if name in ("fcn", "unet") else pytest.mark.slow)
+        for name in list_models()
+        if not needs_plan(name)
+    ],  # plan-built networks: tests/test_nnunet_networks.py
 )
 def test_fake_estimate_within_10_percent_of_the_measured_peak(name):
     divisor = model_info(name, in_channels=1, out_channels=1).divisor

@@ -11,7 +11,7 @@ from torch import nn
 
 from segbench.errors import ModelError
 from segbench.profiling import count_flops
-from segbench.registry import build_model, list_models, model_info
+from segbench.registry import build_model, list_models, model_info, needs_plan
 
 torch.set_num_threads(1)
 
@@ -27,7 +27,8 @@ def _shape_for(divisor: int) -> tuple[int, int, int]:
     return tuple(divisor * max(1, math.ceil(side / divisor)) for side in BASE_SHAPE)
 
 
-@pytest.mark.parametrize("name", list_models())
+# Plan-built networks (nnU-Net's) have their own tests: tests/test_nnunet_networks.py.
+@pytest.mark.parametrize("name", [name for name in list_models() if not needs_plan(name)])
 @pytest.mark.slow
 def test_contract_forward_backward(name):
     torch.manual_seed(0)

@@ -14,10 +14,9 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import pytest
 from nnunet_ref import run_nnunet_json, skip_without_nnunet
-from planner_datasets import DATASETS, FINGERPRINTS, build
+from planner_datasets import DATASETS, FINGERPRINTS, build, write_fingerprint_datasets
 
 pytestmark = pytest.mark.nnunet
 
@@ -197,25 +196,8 @@ print(json.dumps(out))
 @pytest.fixture(scope="module")
 def fingerprint_parity(tmp_path_factory):
     """nnU-Net's four planners on every fingerprint of FINGERPRINTS, in one reference run (no images read)."""
-    from msd_factory import write_volume
-
     skip_without_nnunet()
-    tmp = tmp_path_factory.mktemp("fingerprints")
-    names = {}
-    for i, (key, (channels, n_labels, fingerprint)) in enumerate(FINGERPRINTS.items()):
-        name = names[key] = f"Dataset{600 + i}_{key.replace('_', '')}"
-        raw = tmp / "raw" / name
-        # The planner reads dataset.json and opens one image (to choose its reader); numTraining is the case count.
-        for c in range(len(channels)):
-            write_volume(raw / "imagesTr" / f"case_000_{c:04d}.nii.gz", np.zeros((4, 4, 4), np.float32))
-        write_volume(raw / "labelsTr" / "case_000.nii.gz", np.zeros((4, 4, 4), np.uint8))
-        meta = {"channel_names": {str(c): n for c, n in enumerate(channels)},
-                "labels": {"background": 0, **{f"l{k}": k for k in range(1, n_labels)}},
-                "numTraining": len(fingerprint["spacings"]), "file_ending": ".nii.gz"}  # fmt: skip
-        (raw / "dataset.json").write_text(json.dumps(meta))
-        (tmp / "pre" / name).mkdir(parents=True)
-        (tmp / "pre" / name / "dataset_fingerprint.json").write_text(json.dumps(fingerprint))
-    env = {"nnUNet_raw": str(tmp / "raw"), "nnUNet_preprocessed": str(tmp / "pre"), "nnUNet_results": str(tmp / "r")}
+    names, env = write_fingerprint_datasets(tmp_path_factory.mktemp("fingerprints"), list(FINGERPRINTS))
     return names, run_nnunet_json(PLAN_ONLY, *names.values(), env=env)
 
 

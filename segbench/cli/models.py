@@ -9,6 +9,8 @@ import click
 from segbench.cli.group import main
 
 COLUMNS = ("name", "family", "source", "params", "MFLOP/vox fwd", "MFLOP/vox train", "divisor")
+#: With --plans: the FLOPs of one patch (batch 1) at the plan's patch.
+PLAN_COLUMNS = (*COLUMNS, "GFLOP/patch fwd", "GFLOP/patch train")
 
 
 @main.command("models")
@@ -53,6 +55,10 @@ COLUMNS = ("name", "family", "source", "params", "MFLOP/vox fwd", "MFLOP/vox tra
 )
 @click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True,
               help="--memory: optimiser (Adam keeps two moments per weight, SGD one).")  # fmt: skip
+@click.option("--plans", "plans", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="An nnU-Net plans file: list nnU-Net's networks built from it too, with FLOPs at its "
+              "patch.")  # fmt: skip
+@click.option("--configuration", default="3d_fullres", show_default=True, help="--plans: the configuration to use.")
 def models_command(
     pattern: str | None,
     in_channels: int,
@@ -60,6 +66,8 @@ def models_command(
     show_families: bool,
     imports: tuple[str, ...],
     memory: bool,
+    plans: str | None,
+    configuration: str,
     **memory_options,
 ) -> None:
     """List models: name, family, source, parameters, MFLOP per voxel (forward and training step), divisor.
@@ -68,6 +76,11 @@ def models_command(
     family member that is not listed by default (e.g. unet_w32_d4) is shown too. Sources are "segbench",
     "monai" or the distribution of a plugin. Input sizes must be multiples of the divisor. Plugins are imported,
     so that the grids of plugin families are listed.
+
+    nnU-Net's networks (nnunet_plain, nnunet_resenc_m/l/xl) are built from a plan: with --plans FILE they are listed
+    with the parameters and FLOPs of the network the plan gives (its patch and spacing), and every model gets the
+    FLOPs of one patch of the plan; a model whose divisor does not divide that patch is named with the nearest patch
+    that fits.
     """
     from tqdm import tqdm
 
@@ -83,35 +96,78 @@ def models_command(
     names = list_models(load_plugins=True) if pattern is None else resolve_models(pattern)
     if not names:
         raise ModelError("no models are available; reinstall segbench")
+    plan = None
+    if plans is None or memory:  # the memory estimate builds models without a plan
+        names = _without_plan_models(names, pattern)
     if memory:
         _memory_table(names, in_channels=in_channels, out_channels=out_channels, **memory_options)
         return
+    if plans is not None:
+        from segbench.plans.network import read_network_plan
 
+        plan = read_network_plan(plans, configuration)
+        click.echo(f"FLOPs per patch at {' x '.join(map(str, plan.patch_size))} voxels (batch 1), from {plan.origin}",
+                   err=True)  # fmt: skip
     rows, broken = [], []
     for name in tqdm(names, desc="counting FLOPs", unit="model", leave=False, disable=None):
         try:
-            info = model_info(name, in_channels=in_channels, out_channels=out_channels)
+            info = model_info(name, in_channels=in_channels, out_channels=out_channels, plan=plan)
         except ModelError as exc:  # a broken plugin must not hide the other models
             broken.append(str(exc))
-            rows.append((name, "?", "?", "?", "?", "?", "?"))
+            rows.append((name, *("?",) * (len(PLAN_COLUMNS if plan else COLUMNS) - 1)))
             continue
-        rows.append(
-            (
-                info.name,
-                info.family,
-                info.source,
-                f"{info.params:,}",
-                _mflop(info.mflop_per_voxel_forward),
-                _mflop(info.mflop_per_voxel_train),
-                str(info.divisor),
-            )
-        )
-    click.echo(_format_table(COLUMNS, rows))
+        rows.append(_cost_row(info, plan, broken))
+    click.echo(_format_table(PLAN_COLUMNS if plan else COLUMNS, rows))
     for message in broken:
         click.echo(f"warning: {message}", err=True)
     # On stderr, like the warnings: stdout stays the table alone, for scripts.
     for name, reason in unavailable_models().items():
         click.echo(f"not available: {name} {reason}", err=True)
+
+
+def _without_plan_models(names: list[str], pattern: str | None) -> list[str]:
+    """``names`` less the plan-built models, which are named on stderr (they need --plans)."""
+    from segbench.errors import ModelError
+    from segbench.registry import needs_plan
+
+    def planned_model(name: str) -> bool:
+        try:
+            return needs_plan(name)
+        except ModelError:  # a broken plugin: listed with "?" and its error below, like any other model
+            return False
+
+    planned = [name for name in names if planned_model(name)]
+    if planned:
+        click.echo(f"needs a plan: {', '.join(planned)} (pass --plans FILE to list them; --memory leaves them out)",
+                   err=True)  # fmt: skip
+        if pattern is not None and len(planned) == len(names):
+            raise ModelError(f"{', '.join(planned)} need a plan: pass --plans FILE (a plans file from `segbench plan` "
+                             "or nnU-Net) to list them")  # fmt: skip
+    return [name for name in names if name not in planned]
+
+
+def _cost_row(info, plan, notes: list[str]) -> tuple[str, ...]:
+    """One table row; with a plan, the FLOPs of one patch (``?`` and a note when the patch does not fit)."""
+    divisor = "x".join(map(str, info.axis_divisors)) if info.axis_divisors else str(info.divisor)
+    row = (info.name, info.family, info.source, f"{info.params:,}", _mflop(info.mflop_per_voxel_forward),
+           _mflop(info.mflop_per_voxel_train), divisor)  # fmt: skip
+    if plan is None:
+        return row
+    if info.patch is None:
+        from segbench.patch_advice import nearest_fitting_patch
+
+        divisors = info.axis_divisors or (info.divisor,) * len(plan.patch_size)
+        nearest = nearest_fitting_patch(plan.patch_size, divisors)
+        notes.append(f"{info.name} does not fit the plan's patch {' x '.join(map(str, plan.patch_size))} (sizes must "
+                     f"be multiples of {divisor}); the nearest patch that fits is "
+                     f"{' x '.join(map(str, nearest))}")  # fmt: skip
+        return (*row, "?", "?")
+    voxels = math.prod(info.patch)
+    return (*row, _gflop(info.mflop_per_voxel_forward * voxels), _gflop(info.mflop_per_voxel_train * voxels))
+
+
+def _gflop(mflop: float) -> str:
+    return f"{mflop / 1e3:,.1f}" if math.isfinite(mflop) else "?"
 
 
 MEMORY_COLUMNS = ("name", "peak MiB", "params", "grads", "optimizer", "activations", "temporaries", "other")

@@ -232,18 +232,26 @@ class _OffsetSequentialSampler(Sampler[int]):
         return max(0, self.stop - self.start)
 
 
-def resolve_num_workers(num_workers: int | None, device: torch.device | str) -> int:
-    """``--num-workers`` with ``None`` (auto) resolved for the job's device.
+def resolve_num_workers(num_workers: int | None, device: torch.device | str, *, pipeline: str = "tutorial") -> int:
+    """``--num-workers`` with ``None`` (auto) resolved for the job's device and the recipe's data pipeline.
 
-    On the CPU, 0: the training step already keeps every core busy (torch's threads), so a worker process only
-    steals time from it, and each time it runs it stalls the step's threads at their next barrier; making a batch in
-    the main process between steps costs just its own time (about 1 ms a sample for the tutorial recipe). Measured on
-    a 2-core CPU, fcn: a worker gave 0.94 of the bare step's rate, loading in the main process 0.985
-    (``benchmarks/test_bench_training.py``). On CUDA, 1: the GPU computes while the CPU makes the next batch.
+    On the CPU, 0 whatever the pipeline: the training step already keeps every core busy (torch's threads), so a
+    worker process only steals time from it, and each time it runs it stalls the step's threads at their next barrier;
+    making a batch in the main process between steps costs just its own time (about 1 ms a sample for the tutorial
+    recipe). Measured on a 2-core CPU, fcn: a worker gave 0.94 of the bare step's rate, loading in the main process
+    0.985 (``benchmarks/test_bench_training.py``). On CUDA the GPU computes while the CPU makes the next batch: 1
+    worker for the tutorial recipe; for nnU-Net's augmentation (``pipeline="nnunet"``, tens of milliseconds a sample
+    or more) one per core but one for the job's own process, at most 12 (nnU-Net's default for its augmentation).
     """
     if num_workers is not None:
         return int(num_workers)
-    return 1 if torch.device(device).type == "cuda" else 0
+    if torch.device(device).type != "cuda":
+        return 0
+    if pipeline == "nnunet":
+        from segbench.profiling import allocated_cpus
+
+        return max(1, min(allocated_cpus() - 1, 12))
+    return 1
 
 
 def make_loader(

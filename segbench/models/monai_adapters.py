@@ -28,7 +28,8 @@ from segbench.registry import declare_unavailable, register_model
 logger = logging.getLogger(__name__)
 
 
-def _installed(module: str) -> bool:
+def module_installed(module: str) -> bool:
+    """True if ``module`` can be imported, decided without importing it (a broken install counts as absent)."""
     try:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):  # a broken or half-removed install
@@ -37,7 +38,7 @@ def _installed(module: str) -> bool:
 
 def monai_available() -> bool:
     """True if ``monai`` can be imported, decided without importing it."""
-    return _installed("monai")
+    return module_installed("monai")
 
 
 def _nets():
@@ -97,7 +98,7 @@ def register_monai_models() -> list[str]:
         return []
     registered = []
     for name, (builder, family, divisor, needs) in MONAI_MODELS.items():
-        missing = [module for module in needs if not _installed(module)]
+        missing = [module for module in needs if not module_installed(module)]
         if missing:
             logger.debug("%s is not registered: it needs %s", name, ", ".join(missing))
             declare_unavailable(name, reason=f"needs {', '.join(missing)}, which is not installed: pip install "

@@ -70,14 +70,21 @@ def feature_map_size(
     preset: PlannerPreset, topology: Topology, *, num_classes: int, max_features: int
 ) -> tuple[int, tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
     """nnU-Net's VRAM proxy for ``preset``'s network on ``topology``: ``(elements, features, enc, dec blocks)``."""
-    n = topology.n_stages
-    features = features_per_stage(n, base=preset.base_features, maximum=max_features)
-    enc, dec = tuple(preset.blocks_encoder[:n]), tuple(preset.blocks_decoder[: n - 1])
+    features, enc, dec = stage_layout(preset, topology, max_features=max_features)
     count = resenc_unet_feature_map_size if preset.residual else plain_unet_feature_map_size
     blocks_key = "n_blocks_per_stage" if preset.residual else "n_conv_per_stage"
     elements = count(topology.patch_size, features=features, strides=topology.strides, num_classes=num_classes,
                      n_conv_per_stage_decoder=dec, **{blocks_key: enc})  # fmt: skip
     return int(elements), features, enc, dec
+
+
+def stage_layout(
+    preset: PlannerPreset, topology: Topology, *, max_features: int
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """``preset``'s network on ``topology``: ``(features per stage, encoder blocks, decoder blocks)``."""
+    n = topology.n_stages
+    features = features_per_stage(n, base=preset.base_features, maximum=max_features)
+    return features, tuple(preset.blocks_encoder[:n]), tuple(preset.blocks_decoder[: n - 1])
 
 
 def initial_patch_size(spacing: Sequence[float], median_shape: Sequence[float]) -> np.ndarray:

@@ -7,9 +7,12 @@ nnU-Net picks for NIfTI files and whose axis order the plan uses.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from segbench.plans.planner import ConfigurationPlan, ExperimentPlan
+from segbench.plans.presets import PlannerPreset
+from segbench.plans.topology import Topology
 
 #: The reader nnU-Net uses for NIfTI; the plan's axis order is its array order.
 IMAGE_READER_WRITER = "SimpleITKIO"
@@ -71,19 +74,31 @@ def configuration_to_json(plan: ExperimentPlan, config: ConfigurationPlan) -> di
 
 def architecture_to_json(plan: ExperimentPlan, config: ConfigurationPlan) -> dict:
     """``architecture``: the network class and its keyword arguments, as dynamic-network-architectures takes them."""
-    dim = len(config.spacing)
-    topo = config.topology
-    blocks_key = "n_blocks_per_stage" if plan.preset.residual else "n_conv_per_stage"
+    return network_architecture(plan.preset, config.topology, features=config.features,
+                                blocks_encoder=config.blocks_encoder, blocks_decoder=config.blocks_decoder)  # fmt: skip
+
+
+def network_architecture(
+    preset: PlannerPreset,
+    topology: Topology,
+    *,
+    features: Sequence[int],
+    blocks_encoder: Sequence[int],
+    blocks_decoder: Sequence[int],
+) -> dict:
+    """A plans file's ``architecture`` entry for ``preset``'s network on ``topology`` (nnU-Net's keys and values)."""
+    dim = len(topology.patch_size)
+    blocks_key = "n_blocks_per_stage" if preset.residual else "n_conv_per_stage"
     return {
-        "network_class_name": plan.preset.network_class_name,
+        "network_class_name": preset.network_class_name,
         "arch_kwargs": {
-            "n_stages": topo.n_stages,
-            "features_per_stage": list(config.features),
+            "n_stages": topology.n_stages,
+            "features_per_stage": list(features),
             "conv_op": f"torch.nn.modules.conv.Conv{dim}d",
-            "kernel_sizes": [list(k) for k in topo.kernel_sizes],
-            "strides": [list(s) for s in topo.strides],
-            blocks_key: list(config.blocks_encoder),
-            "n_conv_per_stage_decoder": list(config.blocks_decoder),
+            "kernel_sizes": [list(k) for k in topology.kernel_sizes],
+            "strides": [list(s) for s in topology.strides],
+            blocks_key: list(blocks_encoder),
+            "n_conv_per_stage_decoder": list(blocks_decoder),
             "conv_bias": True,
             "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{dim}d",
             "norm_op_kwargs": {"eps": 1e-05, "affine": True},
