@@ -127,15 +127,20 @@ def models_command(
 
 def _without_plan_models(names: list[str], pattern: str | None) -> list[str]:
     """``names`` less the plan-built models, which are named on stderr (they need --plans)."""
+    from segbench.errors import ModelError
     from segbench.registry import needs_plan
 
-    planned = [name for name in names if needs_plan(name)]
+    def planned_model(name: str) -> bool:
+        try:
+            return needs_plan(name)
+        except ModelError:  # a broken plugin: its row reports the error
+            return False
+
+    planned = [name for name in names if planned_model(name)]
     if planned:
         click.echo(f"needs a plan: {', '.join(planned)} (pass --plans FILE to list them; --memory leaves them out)",
                    err=True)  # fmt: skip
         if pattern is not None and len(planned) == len(names):
-            from segbench.errors import ModelError
-
             raise ModelError(f"{', '.join(planned)} need a plan: pass --plans FILE (a plans file from `segbench plan` "
                              "or nnU-Net) to list them")  # fmt: skip
     return [name for name in names if name not in planned]
