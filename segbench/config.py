@@ -18,6 +18,9 @@ from segbench.errors import ConfigError
 # that reading a config never imports torch.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+RECIPES = ("tutorial", "nnunet")  # --recipe (segbench.recipes)
+OPTIMIZERS = ("adam", "sgd", "adamw")
+LOSSES = ("auto", "dice_bce", "dice_ce", "nnunet")  # "nnunet": nnU-Net's Dice + CE (segbench.recipes.nnunet_loss)
 
 # Keys of configs written before --precision/--memory-format existed: those runs trained with other numerics
 # (fp16 AMP on CUDA only, fp32 on CPU), which no value of the new keys reproduces on every device.
@@ -34,7 +37,7 @@ class TrainConfig:
     time_budget_s: float | None = None  # alternative budget: seconds of training per job, same for every model
     batch_size: int = 2
     patch_size: tuple[int, int, int] = (32, 32, 24)  # voxels, array-axis order; must suit every model's divisor
-    optimizer: str = "adam"  # "adam" or "sgd" (Nesterov momentum 0.99, as nnU-Net)
+    optimizer: str = "adam"  # "adam", "sgd" (Nesterov momentum 0.99, as nnU-Net) or "adamw"
     lr: float = 3e-3  # initial learning rate, decayed by the poly schedule (1 - progress) ** poly_power
     poly_power: float = 0.9
     weight_decay: float = 3e-5
@@ -51,6 +54,16 @@ class TrainConfig:
     log_every: int = 10  # learning-curve row every N iterations
     checkpoint_every: int = 50  # rotating checkpoint every N iterations (and at the end)
     grad_clip: float = 12.0  # max gradient norm (nnU-Net's value); 0 disables
+    # The recipe's budget unit: None counts the budget in iterations; nnU-Net counts epochs of 250 iterations, and
+    # `iterations` then holds epochs × iterations_per_epoch (segbench.recipes.epochs shows it as epochs).
+    iterations_per_epoch: int | None = None
+    # "tutorial" (PatchDataset: flips + intensity jitter) or "nnunet" (nnU-Net's sampling and batchgeneratorsv2
+    # augmentation, segbench.recipes.nnunet_sampling)
+    pipeline: str = "tutorial"
+    deep_supervision: bool = False  # train models that have deep-supervision outputs with nnU-Net's weighted loss
+    batch_dice: bool = False  # loss "nnunet": one Dice per class over the batch (the plan's batch_dice, --plans)
+    # Per-model optimiser overrides (model, optimiser, lr), e.g. (("swinunetr", "adamw", 1e-4),): deviations
+    model_optimizers: tuple[tuple[str, str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -68,6 +81,7 @@ class RunConfig:
     """Everything that determines the results of a run (``manifest.json["config"]``)."""
 
     data: str | None = None  # dataset folder; None = the embedded synthetic Task02-like default
+    recipe: str = "tutorial"  # the named training recipe (segbench.recipes): "tutorial" or "nnunet"
     models: tuple[str, ...] = ("fcn", "unet")
     folds: int = 5
     splits: str = "kfold"  # "kfold", "nnunet" or a splits_final.json path
@@ -106,8 +120,7 @@ def validate_config(config: RunConfig) -> None:
         (train.time_budget_s is None or train.time_budget_s > 0, "--time-budget must be positive"),
         (train.batch_size > 0, f"--batch-size must be positive (got {train.batch_size})"),
         (len(train.patch_size) == 3 and all(int(s) > 0 for s in train.patch_size), "--patch needs 3 positive sizes"),
-        (train.optimizer in ("adam", "sgd"), f"optimizer must be 'adam' or 'sgd' (got {train.optimizer!r})"),
-        (train.loss in ("auto", "dice_bce", "dice_ce"), f"loss must be auto, dice_bce or dice_ce (got {train.loss!r})"),
+        *_recipe_checks(config),
         (
             train.precision in PRECISIONS,
             f"--precision must be one of {', '.join(PRECISIONS)} (got {train.precision!r})",
@@ -153,6 +166,25 @@ def validate_config(config: RunConfig) -> None:
             raise ConfigError(message)
 
 
+def _recipe_checks(config: RunConfig) -> list[tuple[bool, str]]:
+    """The checks of the recipe's fields: names from the catalogues above, a positive epoch length and overrides."""
+    train = config.train
+    return [
+        (train.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)} (got {train.optimizer!r})"),
+        (train.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)} (got {train.loss!r})"),
+        (config.recipe in RECIPES, f"--recipe must be one of {', '.join(RECIPES)} (got {config.recipe!r})"),
+        (train.pipeline in RECIPES, f"pipeline must be one of {', '.join(RECIPES)} (got {train.pipeline!r})"),
+        (
+            train.iterations_per_epoch is None or train.iterations_per_epoch > 0,
+            "iterations_per_epoch must be positive",
+        ),
+        (
+            all(opt in OPTIMIZERS and lr > 0 for _, opt, lr in train.model_optimizers),
+            f"--optimizer-for needs MODEL=OPTIMIZER:LR with an optimizer of {', '.join(OPTIMIZERS)} and a positive lr",
+        ),
+    ]
+
+
 def config_to_dict(config: RunConfig) -> dict[str, Any]:
     """Plain JSON-ready dict (tuples become lists)."""
     return _tuples_to_lists(dataclasses.asdict(config))
@@ -180,7 +212,7 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
         elif name == "inference":
             value = _build(InferenceConfig, value, f"{where}.inference")
         elif isinstance(value, list):
-            value = tuple(value)
+            value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
         kwargs[name] = value
     return cls(**kwargs)
 

@@ -13,6 +13,7 @@ learning-curve files in :mod:`segbench.results`, their names in :mod:`segbench.r
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import importlib
 import logging
@@ -55,17 +56,20 @@ from segbench.data.preprocess import (
     prepare_dataset,
 )
 from segbench.data.sampling import PatchDataset, make_loader, resolve_num_workers
+from segbench.errors import ConfigError
 from segbench.inference import sliding_window_predict
 from segbench.job_scope import job_scope, tf32_flags
 from segbench.locking import RunLock
 from segbench.memory import training_step_memory
 from segbench.metrics import compute_case_metrics
 from segbench.paths import preprocessed_cache
+from segbench.plans.network import NetworkPlan, read_network_plan
 from segbench.precision import resolve_memory_format, resolve_precision
 from segbench.profiling import cuda_peak_mb, reset_cuda_peak
 from segbench.progress import JOB_SUMMARY, job_line, line_interval
 from segbench.progress import log as progress_log
-from segbench.registry import ModelInfo, build_model, model_info
+from segbench.recipes.catalog import epochs, model_train_config
+from segbench.registry import ModelInfo, build_model, has_deep_supervision, model_info, network_plan_scope
 from segbench.splits import load_splits
 from segbench.stop import KILLED_REASON, STOP_REQUESTED
 from segbench.training import LoopState, TrainingDiverged, make_optimizer, train
@@ -119,7 +123,12 @@ class JobContext:
 
     @property
     def out_channels(self) -> int:
-        return out_channels_for(self.foreground)
+        return out_channels_for(self.foreground, loss=self.config.train.loss)
+
+    @property
+    def deep_supervision(self) -> bool:
+        """This job's model trains with deep supervision: the recipe asks for it and the model has such outputs."""
+        return self.config.train.deep_supervision and has_deep_supervision(self.spec.model)
 
     @property
     def seed(self) -> int:
@@ -138,9 +147,29 @@ def job_seed(seed: int, fold: int, repeat: int = 0) -> int:
     return zlib.crc32(f"{seed}/fold{fold}/repeat{repeat}".encode()) & 0x7FFFFFFF
 
 
-def out_channels_for(foreground_labels: tuple[int, ...]) -> int:
-    """One logit channel for a single foreground label (sigmoid), else background + one per label (softmax)."""
-    return 1 if len(foreground_labels) == 1 else len(foreground_labels) + 1
+def out_channels_for(foreground_labels: tuple[int, ...], *, loss: str = "auto") -> int:
+    """One logit channel for a single foreground label (sigmoid), else background + one per label (softmax); nnU-Net's
+    loss (``loss="nnunet"``) always takes background + one per label, as nnU-Net does."""
+    if len(foreground_labels) == 1 and loss != "nnunet":
+        return 1
+    return len(foreground_labels) + 1
+
+
+def network_plan_of_run(config: RunConfig, run_dir: str | Path) -> NetworkPlan | None:
+    """The :class:`~segbench.plans.network.NetworkPlan` plan-built models of this run are built from: the run's copy
+    of its plans file (or the file itself before the copy exists) at the run's patch; ``None`` without ``--plans``.
+
+    An unreadable plan gives ``None`` here: the run's plan check (:func:`segbench.runner.run_comparison`) names the
+    problem, and a plan-built model without a plan is refused in one sentence.
+    """
+    if not config.plans:
+        return None
+    copy = rundir.plans_path(run_dir)
+    source = copy if copy.is_file() else Path(config.plans)
+    try:
+        return read_network_plan(source, config.configuration).with_patch(tuple(config.train.patch_size))
+    except ConfigError:
+        return None
 
 
 def run_job(spec: JobSpec) -> results.JobResult:
@@ -238,6 +267,8 @@ def _write_result(spec: JobSpec, status: str, reason: str, record: dict, metrics
 def _load_context(spec: JobSpec, started: float) -> JobContext:
     manifest = results.load_manifest(spec.run_dir)
     config = config_from_dict(manifest["config"])
+    # This model's optimiser override (--optimizer-for), if any: a deviation the manifest and the report list.
+    config = dataclasses.replace(config, train=model_train_config(config.train, spec.model))
     return JobContext(
         spec=spec,
         config=config,
@@ -254,13 +285,21 @@ def _train_and_evaluate(spec: JobSpec, record: dict[str, Any], started: float, p
     for module in spec.imports:
         importlib.import_module(module)
     ctx = _load_context(spec, started)
+    with network_plan_scope(network_plan_of_run(ctx.config, spec.run_dir)):  # plan-built models: the run's plan
+        return _train_and_score(ctx, record, peak_rss)
+
+
+def _train_and_score(ctx: JobContext, record: dict[str, Any], peak_rss: PeakRss) -> list[dict]:
+    spec = ctx.spec
     info = model_info(spec.model, in_channels=ctx.in_channels, out_channels=ctx.out_channels)
     record.update(_setup_figures(ctx, info))
     record["phase"] = "memory measurement"
     record.update(_tensor_memory(ctx))
     del record["phase"]  # setup again until training starts
     torch.manual_seed(ctx.seed)  # right before building: initial weights depend only on (seed, fold, repeat)
-    model = build_model(spec.model, in_channels=ctx.in_channels, out_channels=ctx.out_channels).to(ctx.device)
+    model = build_model(spec.model, in_channels=ctx.in_channels, out_channels=ctx.out_channels,
+                        deep_supervision=ctx.deep_supervision).to(ctx.device)  # fmt: skip
+    record["deep_supervision"] = ctx.deep_supervision
     optimizer = make_optimizer(model, ctx.config.train)
     prepared = _prepare_cases(ctx)
     state, curve, throughput = _train(ctx, LoopState(model=model, optimizer=optimizer), prepared, record, peak_rss)
@@ -339,6 +378,10 @@ def _setup_figures(ctx: JobContext, info: ModelInfo) -> dict[str, Any]:
         "mflop_per_voxel_forward": round(info.mflop_per_voxel_forward, 6),
         "mflop_per_voxel_train": round(info.mflop_per_voxel_train, 6),
         "device": str(ctx.device),
+        "recipe": ctx.config.recipe,
+        "epochs": epochs(train_cfg),
+        "optimizer": train_cfg.optimizer,
+        "lr": train_cfg.lr,
         "batch_size": train_cfg.batch_size,
         "patch_size": "x".join(str(s) for s in train_cfg.patch_size),
     }
@@ -410,11 +453,30 @@ def _resume(ctx: JobContext, state: LoopState, record: dict[str, Any]) -> tuple[
     return curve, extras
 
 
-def _batches(ctx: JobContext, prepared: dict[str, PreparedCase], *, start: int) -> Generator[dict, None, None]:
-    """Training batches from ``start`` on: patches of the fold's training cases, labels as class indices."""
+def _batches(
+    ctx: JobContext, prepared: dict[str, PreparedCase], model: torch.nn.Module, *, start: int
+) -> Generator[dict, None, None]:
+    """Training batches from ``start`` on: patches of the fold's training cases, labels as class indices; with the
+    nnunet recipe, nnU-Net's sampling and augmentation, and deep-supervision targets where the model trains with them.
+    """
     cases = [prepared[case_id] for case_id in ctx.split["train"]]
-    return training_batches(cases, ctx.config.train, seed=ctx.seed, foreground=ctx.foreground, start=start,
-                            device=ctx.device)  # fmt: skip
+    train_cfg = ctx.config.train
+    if train_cfg.pipeline != "nnunet":
+        return training_batches(cases, train_cfg, seed=ctx.seed, foreground=ctx.foreground, start=start,
+                                device=ctx.device)  # fmt: skip
+    from segbench.recipes.nnunet_augment import deep_supervision_scales
+    from segbench.recipes.nnunet_sampling import nnunet_batches
+
+    strides = getattr(model, "segbench_strides", None) if ctx.deep_supervision else None
+    plan = _run_plan(ctx)
+    return nnunet_batches(
+        cases, patch_size=tuple(train_cfg.patch_size), batch_size=train_cfg.batch_size, seed=ctx.seed,
+        iterations=_sample_count(train_cfg) // train_cfg.batch_size, start_iteration=start,
+        foreground_labels=ctx.foreground, oversample=train_cfg.fg_fraction,
+        deep_supervision_scales=deep_supervision_scales(strides) if strides else None,
+        use_mask_for_norm=plan.use_mask_for_norm if plan is not None else None, augment=train_cfg.augment,
+        num_workers=resolve_num_workers(train_cfg.num_workers, ctx.device, pipeline="nnunet"), device=ctx.device,
+    )  # fmt: skip
 
 
 def training_batches(
@@ -458,7 +520,7 @@ def _train(
     """Train from scratch or from the latest checkpoint: (final state, learning curve, throughput figures)."""
     train_cfg, spec = ctx.config.train, ctx.spec
     curve, extras = _resume(ctx, state, record)
-    batches = _batches(ctx, prepared, start=state.iteration)
+    batches = _batches(ctx, prepared, state.model, start=state.iteration)
     reset_cuda_peak(ctx.device)
     peak_rss.sample()
     total = train_cfg.iterations if train_cfg.time_budget_s is None else None

@@ -44,6 +44,8 @@ builder options, broken plugins and a plan-built model without a plan all raise 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
 import fnmatch
 import functools
@@ -55,7 +57,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -82,7 +84,9 @@ __all__ = [
     "input_divisors",
     "needs_plan",
     "list_models",
+    "describe_model",
     "model_info",
+    "network_plan_scope",
     "plugins_disabled",
     "refresh_plugins",
     "register_family",
@@ -297,7 +301,7 @@ def register_model(
         _MODELS[name] = _Entry(builder=builder, family=family, divisor=divisor,
                                source=source or _importing or "segbench", needs_plan=needs_plan,
                                deep_supervision=deep_supervision)  # fmt: skip
-        model_info.cache_clear()
+        describe_model.cache_clear()
         return builder
 
     return decorator
@@ -352,7 +356,7 @@ def unregister_model(name: str) -> None:
     if name not in _MODELS:
         raise ModelError(f"cannot unregister {name!r}: it is not a registered model (plugins: uninstall them)")
     del _MODELS[name]
-    model_info.cache_clear()
+    describe_model.cache_clear()
 
 
 def module_source(module: str | None) -> str:
@@ -469,7 +473,7 @@ def refresh_plugins() -> None:
     """Forget discovered and loaded plugins (call after installing or removing a plugin in a running process)."""
     _discover_plugins.cache_clear()
     _load_plugin.cache_clear()
-    model_info.cache_clear()
+    describe_model.cache_clear()
 
 
 @functools.cache
@@ -725,10 +729,26 @@ def input_divisors(
 _OWN_SOURCES = ("segbench", "monai", "dynamic-network-architectures")
 
 
+# The run's plan while a run or a job is set up (network_plan_scope): plan-built models called without an explicit
+# plan use it, so that the cost, memory and patch checks that describe a model by name need no plan argument.
+_ACTIVE_PLAN: contextvars.ContextVar[NetworkPlan | None] = contextvars.ContextVar("segbench_network_plan", default=None)
+
+
+@contextlib.contextmanager
+def network_plan_scope(plan: NetworkPlan | None) -> Iterator[None]:
+    """Within the block, plan-built models built or described without ``plan`` use ``plan`` (the run's)."""
+    token = _ACTIVE_PLAN.set(plan)
+    try:
+        yield
+    finally:
+        _ACTIVE_PLAN.reset(token)
+
+
 def _plan_options(name: str, entry: _Entry, plan: NetworkPlan | None, deep_supervision: bool) -> dict:
     """The ``plan`` / ``deep_supervision`` keywords ``entry``'s builder takes; refuses what it cannot do."""
     options: dict = {}
     if entry.needs_plan:
+        plan = plan if plan is not None else _ACTIVE_PLAN.get()
         if plan is None:
             raise ModelError(f"model {name!r} needs a plan: pass --plans FILE or --recipe nnunet")
         options["plan"] = plan
@@ -809,8 +829,17 @@ def build_model(
 # ---------------------------------------------------------------------------------------------------------
 
 
-@functools.cache
 def model_info(name: str, *, in_channels: int = 1, out_channels: int = 1, plan: NetworkPlan | None = None) -> ModelInfo:
+    """:func:`describe_model` with the run's plan (:func:`network_plan_scope`) when ``plan`` is not given."""
+    if plan is None and _lookup(name).needs_plan:
+        plan = _ACTIVE_PLAN.get()
+    return describe_model(name, in_channels=in_channels, out_channels=out_channels, plan=plan)
+
+
+@functools.cache
+def describe_model(
+    name: str, *, in_channels: int = 1, out_channels: int = 1, plan: NetworkPlan | None = None
+) -> ModelInfo:
     """Family, source, parameter count, divisor and MFLOP per voxel of model ``name`` (default options).
 
     FLOPs are counted in one training step (forward FLOPs read off before the backward pass; normalisation and

@@ -36,17 +36,18 @@ def metrics_columns() -> tuple[str, ...]:
 
 JOBS_COLUMNS = (
     "model", "fold", "repeat", "status", "reason", "family", "params", "mflop_per_voxel_forward",
-    "mflop_per_voxel_train", "device", "hardware", "precision", "memory_format", "batch_size", "patch_size",
-    "iterations", "train_seconds", "train_iters_per_s", "train_voxels_per_s", "data_wait_share", "achieved_gflop_per_s",
-    "tensor_peak_mb", "tensor_parameters_mb", "tensor_buffers_mb", "tensor_gradients_mb", "tensor_optimizer_mb",
-    "tensor_activations_mb", "tensor_temporaries_mb", "tensor_other_mb", "peak_gpu_mem_allocated_mb",
-    "peak_gpu_mem_reserved_mb", "predict_gpu_mem_allocated_mb", "predict_gpu_mem_reserved_mb", "tf32_matmul",
-    "tf32_cudnn", "peak_rss_mb", "inference_seconds_per_case", "final_loss", "num_val_cases",
+    "mflop_per_voxel_train", "device", "hardware", "precision", "memory_format", "recipe", "epochs", "deep_supervision",
+    "optimizer", "lr", "batch_size", "patch_size", "iterations", "train_seconds", "train_iters_per_s",
+    "train_voxels_per_s", "data_wait_share", "achieved_gflop_per_s", "tensor_peak_mb", "tensor_parameters_mb",
+    "tensor_buffers_mb", "tensor_gradients_mb", "tensor_optimizer_mb", "tensor_activations_mb", "tensor_temporaries_mb",
+    "tensor_other_mb", "peak_gpu_mem_allocated_mb", "peak_gpu_mem_reserved_mb", "predict_gpu_mem_allocated_mb",
+    "predict_gpu_mem_reserved_mb", "tf32_matmul", "tf32_cudnn", "peak_rss_mb", "inference_seconds_per_case",
+    "final_loss", "num_val_cases",
 )  # fmt: skip
 
 # Columns that are identifiers or free text, never numbers (a case id "001" must not become 1).
 TEXT_COLUMNS = ("model", "case_id", "label_name", "status", "reason", "family", "device", "patch_size", "host",
-                "gpu", "phase", "hardware", "precision", "memory_format")  # fmt: skip
+                "gpu", "phase", "hardware", "precision", "memory_format", "recipe", "optimizer")  # fmt: skip
 TEXT_DTYPES = {column: str for column in TEXT_COLUMNS}
 
 

@@ -38,7 +38,7 @@ from segbench.estimate import CostEstimate, estimate_for_run, estimate_in_child
 from segbench.executors.base import Executor, as_executor, parse_device
 from segbench.executors.inprocess import InProcessExecutor
 from segbench.geometry import read_geometry
-from segbench.job import JobSpec, out_channels_for
+from segbench.job import JobSpec, network_plan_of_run, out_channels_for
 from segbench.locking import RunLock
 from segbench.matching import Matching, match_run
 from segbench.metrics import nsd_tolerance_warning
@@ -51,7 +51,8 @@ from segbench.patch_advice import (  # noqa: F401 - plan_patch, warn_small_patch
 )
 from segbench.paths import preprocessed_cache
 from segbench.profiling import environment_info
-from segbench.registry import builder_module, model_info, module_source, resolve_models
+from segbench.recipes.catalog import recipe_record
+from segbench.registry import builder_module, model_info, module_source, network_plan_scope, resolve_models
 from segbench.splits import resolve_splits, save_splits
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,10 @@ def check_models_early(config: RunConfig) -> None:
     if config.data is not None:
         try:
             spec = load_dataset(config.data)
-            in_channels, out_channels = len(spec.channels), out_channels_for(tuple(spec.foreground_labels))
+            in_channels, out_channels = (
+                len(spec.channels),
+                out_channels_for(tuple(spec.foreground_labels), loss=config.train.loss),
+            )
         except DatasetError:
             pass  # preflight names the dataset's problem next
     check_patch(models, tuple(config.train.patch_size), in_channels, out_channels, source=patch_source(config))
@@ -419,7 +423,7 @@ def run_comparison(
     created = _first_missing(run_dir)
     check_writable(run_dir)
     try:
-        with RunLock(run_dir):
+        with RunLock(run_dir), network_plan_scope(network_plan_of_run(config, run_dir)):
             return _run_locked(config, run_dir, resume=resume, progress=progress, executor=executor,
                                cache_dir=cache_dir, report=report, imports=tuple(imports), command=command,
                                on_resume=on_resume, on_estimate=on_estimate)  # fmt: skip
@@ -469,9 +473,9 @@ def _run_locked(config: RunConfig, run_dir: Path, *, resume: bool, progress: boo
     job_modules = job_imports(models, imports, strict=not getattr(executor, "runs_in_process", False))
     plan, plans_source = _run_plan(config, dataset, run_dir, resume=resume)
     geometry = read_geometry(dataset.training, target_spacing=config.target_spacing, plan=plan)
+    channels = (len(dataset.channels), out_channels_for(tuple(dataset.foreground_labels), loss=config.train.loss))
     for warning in patch_warnings(config, geometry=geometry, models=models, divisor=divisor, device=device,
-                                  channels=(len(dataset.channels), out_channels_for(tuple(dataset.foreground_labels))),
-                                  planned=not resume):  # fmt: skip
+                                  channels=channels, planned=not resume):  # fmt: skip
         log.warning(warning)
     case_ids = [case.case_id for case in dataset.training]
     splits = resolve_splits(config.splits, case_ids, folds=config.folds, seed=config.seed)
@@ -480,6 +484,7 @@ def _run_locked(config: RunConfig, run_dir: Path, *, resume: bool, progress: boo
     manifest["device_type"] = device_type(device)
     if plan is not None:
         manifest["plans"] = plan.record(config.plans)
+    manifest["recipe"] = recipe_record(config, plan=plan)
     _check_run_dir(run_dir, manifest, splits, resume=resume)  # before the estimate's seconds, and before any write
     if plan is not None and not rundir.manifest_path(run_dir).exists():  # a new run: the copy before the manifest
         atomic_write_bytes(rundir.plans_path(run_dir), plans_source.read_bytes())
@@ -557,7 +562,7 @@ def _selected_models(config: RunConfig, dataset: DatasetSpec, device: str) -> tu
     becomes the width whose cost matches the reference's (those names are what is trained and shown). Also the
     least common multiple of the models' divisors (for patch planning)."""
     models = resolve_models(",".join(config.models))
-    out_channels = out_channels_for(tuple(dataset.foreground_labels))
+    out_channels = out_channels_for(tuple(dataset.foreground_labels), loss=config.train.loss)
     divisor = check_patch(models, tuple(config.train.patch_size), len(dataset.channels), out_channels,
                           source=patch_source(config))  # fmt: skip
     matching = match_run(config, models, in_channels=len(dataset.channels), out_channels=out_channels, device=device)

@@ -58,11 +58,13 @@ Callback = Callable[[LoopState], None]
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """Adam, or SGD with Nesterov momentum 0.99 (nnU-Net's choice), with the configured weight decay."""
+    """Adam, AdamW, or SGD with Nesterov momentum 0.99 (nnU-Net's choice), with the configured weight decay."""
     if config.optimizer == "sgd":
         return torch.optim.SGD(
             model.parameters(), lr=config.lr, momentum=0.99, nesterov=True, weight_decay=config.weight_decay
         )
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
@@ -78,17 +80,31 @@ def loss_kind(config: TrainConfig, out_channels: int) -> str:
     return "dice_bce" if out_channels == 1 else "dice_ce"
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, *, kind: str, smooth: float = 1e-5) -> torch.Tensor:
+def segmentation_loss(
+    logits: torch.Tensor | list[torch.Tensor],
+    target: torch.Tensor | list[torch.Tensor],
+    *,
+    kind: str,
+    smooth: float = 1e-5,
+    batch_dice: bool = False,
+) -> torch.Tensor:
     """Soft Dice (over the whole batch, foreground classes) plus (binary) cross-entropy.
 
     Args:
-        logits: ``(B, K, D, H, W)``; ``K == 1`` for ``dice_bce``.
-        target: ``(B, D, H, W)`` integer class indices (0 = background; for ``dice_bce`` anything > 0 is foreground).
-        kind: ``"dice_bce"`` or ``"dice_ce"``.
+        logits: ``(B, K, D, H, W)``; ``K == 1`` for ``dice_bce``. For ``nnunet`` with deep supervision, a list of
+            logits, full resolution first.
+        target: ``(B, D, H, W)`` integer class indices (0 = background; for ``dice_bce`` anything > 0 is foreground);
+            for ``nnunet`` with deep supervision, a list matching ``logits``.
+        kind: ``"dice_bce"``, ``"dice_ce"`` or ``"nnunet"`` (nnU-Net's Dice + CE and deep-supervision weighting,
+            :func:`segbench.recipes.nnunet_loss.nnunet_loss`; ``batch_dice`` as the plan says).
 
     Returns:
         Scalar loss (float32, computed outside autocast for stability).
     """
+    if kind == "nnunet":
+        from segbench.recipes.nnunet_loss import nnunet_loss
+
+        return nnunet_loss(logits, target, batch_dice=batch_dice)
     logits = logits.float()
     spatial = (0, 2, 3, 4)
     if kind == "dice_bce":
@@ -177,13 +193,18 @@ def _step(state: LoopState, batches: Iterator[dict], *, config: TrainConfig, dev
     started = time.perf_counter()
     batch = next(batches)
     image = numerics.to_memory_format(batch["image"].to(device, non_blocking=True), state.memory_format)
-    label = batch["label"].to(device, non_blocking=True)
+    label = batch["label"]  # with deep supervision a list of targets, full resolution first
+    label = (
+        [t.to(device, non_blocking=True) for t in label]
+        if isinstance(label, list)
+        else label.to(device, non_blocking=True)
+    )
     fetched = time.perf_counter()
 
     state.optimizer.zero_grad(set_to_none=True)
     with numerics.autocast(state.precision, device):
         logits = state.model(image)
-    loss = segmentation_loss(logits, label, kind=kind)  # fp32: the logits are cast first
+    loss = segmentation_loss(logits, label, kind=kind, batch_dice=config.batch_dice)  # fp32: logits cast first
     _backward(state, loss)
     # Read only now: reading the loss synchronises, and before backward it would stall the CPU until the forward
     # pass ran instead of letting it queue the backward pass meanwhile. Still before the optimiser step, so the

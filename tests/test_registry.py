@@ -17,6 +17,7 @@ from segbench.models import monai_adapters
 from segbench.registry import (
     ModelInfo,
     build_model,
+    describe_model,
     list_models,
     model_info,
     register_family,
@@ -35,7 +36,7 @@ def scratch_registry(monkeypatch):
     monkeypatch.setattr(registry, "_MODELS", dict(registry._MODELS))
     monkeypatch.setattr(registry, "_FAMILIES", dict(registry._FAMILIES))
     yield
-    model_info.cache_clear()
+    describe_model.cache_clear()
 
 
 def _tiny(*, in_channels: int, out_channels: int, hidden: int = 5) -> nn.Module:

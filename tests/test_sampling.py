@@ -249,3 +249,16 @@ def test_cuda_loader_pins_uint8_labels(cases):
     dataset = PatchDataset(cases, patch_size=(16, 16, 8), length=4, seed=0)
     batch = next(iter(make_loader(dataset, batch_size=2, num_workers=1, pin_memory=True)))
     assert batch["label"].dtype == torch.uint8 and batch["label"].is_pinned() and batch["image"].is_pinned()
+
+
+def test_auto_workers_follow_the_device_and_the_recipes_augmentation(monkeypatch):
+    from segbench import profiling
+    from segbench.data.sampling import resolve_num_workers
+
+    monkeypatch.setattr(profiling, "allocated_cpus", lambda: 16)
+    assert resolve_num_workers(None, "cpu") == 0 and resolve_num_workers(None, "cpu", pipeline="nnunet") == 0
+    assert resolve_num_workers(None, "cuda") == 1
+    assert resolve_num_workers(None, "cuda", pipeline="nnunet") == 12  # nnU-Net's default for its augmentation
+    monkeypatch.setattr(profiling, "allocated_cpus", lambda: 4)
+    assert resolve_num_workers(None, "cuda:0", pipeline="nnunet") == 3  # one core for the job's own process
+    assert resolve_num_workers(2, "cuda", pipeline="nnunet") == 2  # --num-workers as given

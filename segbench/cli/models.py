@@ -133,7 +133,7 @@ def _without_plan_models(names: list[str], pattern: str | None) -> list[str]:
     def planned_model(name: str) -> bool:
         try:
             return needs_plan(name)
-        except ModelError:  # a broken plugin: its row reports the error
+        except ModelError:  # a broken plugin: listed with "?" and its error below, like any other model
             return False
 
     planned = [name for name in names if planned_model(name)]
@@ -148,8 +148,7 @@ def _without_plan_models(names: list[str], pattern: str | None) -> list[str]:
 
 def _cost_row(info, plan, notes: list[str]) -> tuple[str, ...]:
     """One table row; with a plan, the FLOPs of one patch (``?`` and a note when the patch does not fit)."""
-    per_axis = info.axis_divisors and len(set(info.axis_divisors)) > 1
-    divisor = "x".join(map(str, info.axis_divisors)) if per_axis else str(info.divisor)
+    divisor = "x".join(map(str, info.axis_divisors)) if info.axis_divisors else str(info.divisor)
     row = (info.name, info.family, info.source, f"{info.params:,}", _mflop(info.mflop_per_voxel_forward),
            _mflop(info.mflop_per_voxel_train), divisor)  # fmt: skip
     if plan is None:

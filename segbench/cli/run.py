@@ -43,6 +43,22 @@ def _interrupt_on_sigterm() -> None:
     help="MSD or nnU-Net raw dataset folder. Default: the embedded synthetic Task02-like dataset.",
 )
 @click.option(
+    "--recipe",
+    type=click.Choice(["tutorial", "nnunet"]),
+    default=None,
+    cls=ConfigDefault,
+    show_default="tutorial",
+    help="Training recipe: tutorial (the embedded demo's) or nnunet (nnU-Net v2.8.1's nnUNetTrainer, with a plan "
+    "computed on the fly unless --plans is given). Flags below override single values; the report lists each "
+    "override as a deviation.",
+)
+@click.option(
+    "--epochs",
+    type=int,
+    default=None,
+    help="Budget in epochs of the recipe (nnunet: 250 iterations each; default 1000, nnU-Net's).",
+)
+@click.option(
     "--models",
     default="fcn,unet",
     show_default=True,
@@ -68,7 +84,7 @@ def _interrupt_on_sigterm() -> None:
     type=int,
     default=None,
     cls=ConfigDefault,
-    show_default=str(_TRAIN.iterations),
+    show_default=f"the recipe's; tutorial: {_TRAIN.iterations}",
     help="Training iterations per job (same for every model).",
 )
 @click.option(
@@ -87,7 +103,7 @@ def _interrupt_on_sigterm() -> None:
     default=None,
     metavar="D H W",
     cls=ConfigDefault,
-    show_default=" ".join(map(str, _TRAIN.patch_size)),
+    show_default="the plan's with --plans or --recipe nnunet; tutorial: " + " ".join(map(str, _TRAIN.patch_size)),
     help="Training / inference patch size in voxels (a warning suggests a planned one for large images).",
 )
 @click.option(
@@ -95,19 +111,31 @@ def _interrupt_on_sigterm() -> None:
     type=int,
     default=None,
     cls=ConfigDefault,
-    show_default=str(_TRAIN.batch_size),
+    show_default=f"the plan's with --plans or --recipe nnunet; tutorial: {_TRAIN.batch_size}",
     help="Patches per training step.",
 )
 @click.option(
-    "--lr", type=float, default=None, cls=ConfigDefault, show_default=str(_TRAIN.lr), help="Initial learning rate."
+    "--lr",
+    type=float,
+    default=None,
+    cls=ConfigDefault,
+    show_default=f"the recipe's; tutorial: {_TRAIN.lr}, nnunet: 0.01",
+    help="Initial learning rate.",
 )
 @click.option(
     "--optimizer",
-    type=click.Choice(["adam", "sgd"]),
+    type=click.Choice(["adam", "sgd", "adamw"]),
     default=None,
     cls=ConfigDefault,
-    show_default=_TRAIN.optimizer,
+    show_default=f"the recipe's; tutorial: {_TRAIN.optimizer}, nnunet: sgd",
     help="Optimiser (poly LR decay).",
+)
+@click.option(
+    "--optimizer-for",
+    "optimizer_for",
+    multiple=True,
+    metavar="MODEL=OPTIMIZER:LR",
+    help="Another optimiser for one model (repeatable), e.g. swinunetr=adamw:1e-4; reported as a deviation.",
 )
 @click.option(
     "--target-spacing",
@@ -155,7 +183,7 @@ def _interrupt_on_sigterm() -> None:
     "--mirror/--no-mirror",
     default=None,
     cls=ConfigDefault,
-    show_default="mirror" if _INFER.mirror else "no-mirror",
+    show_default="the recipe's; tutorial: no-mirror, nnunet: mirror",
     help="Mirroring test-time augmentation.",
 )
 @click.option(
@@ -199,7 +227,8 @@ def _interrupt_on_sigterm() -> None:
     default=None,
     cls=ConfigDefault,
     show_default="auto",
-    help="Data-loader worker processes per job (auto: 0 on the CPU, where the step uses every core; 1 on CUDA).",
+    help="Data-loader worker processes per job (auto: 0 on the CPU, where the step uses every core; 1 on CUDA, or "
+    "with --recipe nnunet one per core but one, at most 12).",
 )
 @click.option(
     "--checkpoint-every",
@@ -273,10 +302,15 @@ def run(**options) -> None:  # fmt: skip
 
     if options["resume"] and options["out"] is None:
         raise ConfigError("--resume needs --out RUN_DIR naming the run to continue")
+    from segbench.allocator import keep_freed_memory
+
+    keep_freed_memory()  # this process is segbench's: the cost estimate's steps and --in-process jobs run here
     imports = options["imports"] or _stored_imports(options)
     import_user_modules(imports)
     executor = _build_executor(options)
     config = _config_from_options(options, click.get_current_context())
+    if not options["resume"]:
+        config = _with_recipe_plan(config)
     if config.plans and not options["resume"]:
         config = _with_plan(config, options)
     run_dir = options["out"] or default_run_dir()
@@ -294,6 +328,22 @@ def run(**options) -> None:  # fmt: skip
         raise SystemExit(130) from None
     _print_summary(outcome)
     raise SystemExit(0 if outcome.all_done else 1)
+
+
+def _with_recipe_plan(config):
+    """A recipe that needs a plan (nnunet) and no --plans: plan the dataset now with nnU-Net's default planner."""
+    import dataclasses
+
+    from segbench.recipes.catalog import get_recipe
+
+    if config.plans or not get_recipe(config.recipe).needs_plan:
+        return config
+    from segbench.data.synth import default_dataset_path
+    from segbench.plans.api import planned_for_run
+
+    data = config.data or default_dataset_path()
+    click.echo(f"--recipe {config.recipe}: planning {data} with nnU-Net's default planner (no --plans given)", err=True)
+    return dataclasses.replace(config, plans=str(planned_for_run(data)))
 
 
 def _with_plan(config, options: dict):
@@ -345,6 +395,7 @@ def _print_resume_plan(plan) -> None:
 # flag (click's name) -> (config section or "", field, conversion of the flag's value)
 _CONFIG_FLAGS = {
     "data": ("", "data", lambda v: str(v) if v else None),
+    "recipe": ("", "recipe", str),
     "models": ("", "models", lambda v: tuple(m.strip() for m in v.split(",") if m.strip())),
     "folds": ("", "folds", int),
     "splits": ("", "splits", str),
@@ -368,6 +419,7 @@ _CONFIG_FLAGS = {
     "precision": ("train", "precision", str),
     "memory_format": ("train", "memory_format", str),
     "checkpoint_every": ("train", "checkpoint_every", int),
+    "optimizer_for": ("train", "model_optimizers", lambda v: tuple(_optimizer_override(item) for item in v)),
     "mirror": ("inference", "mirror", bool),
     "overlap": ("inference", "overlap", float),
 }
@@ -384,25 +436,42 @@ def _config_from_options(options: dict, ctx: click.Context):
     from click.core import ParameterSource
 
     from segbench import results, rundir
-    from segbench.config import RunConfig, config_from_dict
+    from segbench.config import config_from_dict
+    from segbench.recipes.catalog import recipe_config, with_epochs
 
     manifest = rundir.manifest_path(options["out"]) if options["out"] else None
     if options["resume"] and manifest is not None and manifest.exists():
         base = config_from_dict(results.load_manifest(options["out"])["config"])
         given = {name for name in _CONFIG_FLAGS if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
     else:
-        base = RunConfig()
-        given = {name for name in _CONFIG_FLAGS if options[name] is not None}
+        base = recipe_config(options["recipe"] or "tutorial")
+        given = {name for name in _CONFIG_FLAGS if options[name] not in (None, ())}
     changes: dict[str, dict] = {"": {}, "train": {}, "inference": {}}
     for name in given:
         section, field, convert = _CONFIG_FLAGS[name]
         changes[section][field] = convert(options[name])
-    return dataclasses.replace(
+    config = dataclasses.replace(
         base,
         **changes[""],
         train=dataclasses.replace(base.train, **changes["train"]),
         inference=dataclasses.replace(base.inference, **changes["inference"]),
     )
+    if options["epochs"] is not None:
+        if options["iterations"] is not None or options["time_budget"] is not None:
+            raise click.UsageError("--epochs sets the budget: drop --iterations / --time-budget, or --epochs")
+        config = with_epochs(config, options["epochs"])
+    return config
+
+
+def _optimizer_override(text: str) -> tuple[str, str, float]:
+    """``"swinunetr=adamw:1e-4"`` -> ``("swinunetr", "adamw", 0.0001)``."""
+    model, _, rest = text.partition("=")
+    optimizer, _, lr = rest.partition(":")
+    try:
+        return model.strip(), optimizer.strip(), float(lr)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not MODEL=OPTIMIZER:LR (e.g. swinunetr=adamw:1e-4)",
+                                 param_hint="--optimizer-for") from None  # fmt: skip
 
 
 # --slurm-* flag (click's name) -> SlurmOptions field.

@@ -51,13 +51,16 @@ def class_table(foreground_labels: Sequence[int]) -> np.ndarray:
     return table
 
 
-def crop_with_padding(array: np.ndarray, start: Sequence[int], size: Sequence[int], *, fill: float = 0) -> np.ndarray:
+def crop_with_padding(
+    array: np.ndarray, start: Sequence[int], size: Sequence[int], *, fill: float = 0, dtype: Any = None
+) -> np.ndarray:
     """Copy the box ``[start, start + size)`` of the last three axes of ``array``, padding outside with ``fill``.
 
     ``start`` may be negative or the box may extend past the end (volumes smaller than the patch).
-    Returns a new contiguous array of shape ``array.shape[:-3] + size``.
+    Returns a new contiguous array of shape ``array.shape[:-3] + size``, of ``dtype`` (default: ``array``'s; a wider
+    one lets ``fill`` be a value ``array`` cannot hold, e.g. -1 around a uint8 label).
     """
-    out = np.full(array.shape[:-3] + tuple(size), fill, dtype=array.dtype)
+    out = np.full(array.shape[:-3] + tuple(size), fill, dtype=array.dtype if dtype is None else dtype)
     src, dst = [], []
     for s, n, dim in zip(start, size, array.shape[-3:], strict=True):
         lo, hi = max(s, 0), min(s + n, dim)
@@ -220,22 +223,30 @@ class _OffsetSequentialSampler(Sampler[int]):
         return max(0, self.stop - self.start)
 
 
-def resolve_num_workers(num_workers: int | None, device: torch.device | str) -> int:
-    """``--num-workers`` with ``None`` (auto) resolved for the job's device.
+def resolve_num_workers(num_workers: int | None, device: torch.device | str, *, pipeline: str = "tutorial") -> int:
+    """``--num-workers`` with ``None`` (auto) resolved for the job's device and the recipe's data pipeline.
 
-    On the CPU, 0: the training step already keeps every core busy (torch's threads), so a worker process only
-    steals time from it, and each time it runs it stalls the step's threads at their next barrier; making a batch in
-    the main process between steps costs just its own time (about 1 ms a sample for the tutorial recipe). Measured on
-    a 2-core CPU, fcn: a worker gave 0.94 of the bare step's rate, loading in the main process 0.985
-    (``benchmarks/test_bench_training.py``). On CUDA, 1: the GPU computes while the CPU makes the next batch.
+    On the CPU, 0 whatever the pipeline: the training step already keeps every core busy (torch's threads), so a
+    worker process only steals time from it, and each time it runs it stalls the step's threads at their next barrier;
+    making a batch in the main process between steps costs just its own time (about 1 ms a sample for the tutorial
+    recipe). Measured on a 2-core CPU, fcn: a worker gave 0.94 of the bare step's rate, loading in the main process
+    0.985 (``benchmarks/test_bench_training.py``). On CUDA the GPU computes while the CPU makes the next batch: 1
+    worker for the tutorial recipe; for nnU-Net's augmentation (``pipeline="nnunet"``, tens of milliseconds a sample
+    or more) one per core but one for the job's own process, at most 12 (nnU-Net's default for its augmentation).
     """
     if num_workers is not None:
         return int(num_workers)
-    return 1 if torch.device(device).type == "cuda" else 0
+    if torch.device(device).type != "cuda":
+        return 0
+    if pipeline == "nnunet":
+        from segbench.profiling import allocated_cpus
+
+        return max(1, min(allocated_cpus() - 1, 12))
+    return 1
 
 
 def make_loader(
-    dataset: PatchDataset, *, batch_size: int, start_iteration: int = 0, num_workers: int = 1, pin_memory: bool = False
+    dataset: Dataset, *, batch_size: int, start_iteration: int = 0, num_workers: int = 1, pin_memory: bool = False
 ) -> DataLoader:
     """A DataLoader over ``dataset`` in index order, starting at batch ``start_iteration``.
 
@@ -243,7 +254,8 @@ def make_loader(
     resumed training run sees the same data as an uninterrupted one.
 
     Args:
-        dataset: the patch dataset (its length = total samples of the run).
+        dataset: the patch dataset, item ``i`` a function of ``(seed, i)`` (its length = total samples of the run):
+            a :class:`PatchDataset` or the nnunet recipe's (:mod:`segbench.recipes.nnunet_sampling`).
         batch_size: samples per batch.
         start_iteration: number of batches already consumed.
         num_workers: loader processes (0 = load in the main process); workers are persistent.

@@ -28,6 +28,7 @@ from typing import IO, Any
 import psutil
 
 from segbench import progress, rundir
+from segbench.allocator import keep_freed_memory
 from segbench.callbacks import TreeMemory
 from segbench.executors.base import log_job_start
 from segbench.executors.state import write_missing_result
@@ -230,6 +231,7 @@ def _log_to_worker_log(spec: JobSpec) -> None:
 
 def worker_main(argv: Sequence[str]) -> int:
     """Entry point of a child (``python -m segbench.executors SPEC [SYS_PATH]``): run one job given as JSON."""
+    keep_freed_memory()  # before the job allocates: a step's freed tensors are reused, not faulted in again
     fields: dict[str, Any] = json.loads(argv[0])
     fields["imports"] = tuple(fields.get("imports", ()))
     spec = JobSpec(**fields)

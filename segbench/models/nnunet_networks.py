@@ -100,6 +100,8 @@ def build_from_plan(
     if deep_supervision:
         network.register_forward_pre_hook(_deep_supervision_in_training_only)
     network.segbench_axis_divisors = axis_divisors(architecture["arch_kwargs"])
+    # Per-stage strides: the nnunet recipe downsamples the deep-supervision targets by them (segbench.job).
+    network.segbench_strides = tuple(tuple(int(v) for v in stage) for stage in architecture["arch_kwargs"]["strides"])
     return network
 
 

@@ -102,3 +102,25 @@ def check_outputs(out: str | Path, *, force: bool = False) -> None:
     for path in (out, fingerprint_path(out)):
         if path.exists() and not force:
             raise ConfigError(f"{path} already exists; pass --force to overwrite it or --out to write elsewhere")
+
+
+def planned_for_run(data: str | Path, *, preset: str = "nnunet", cache_dir: str | Path | None = None) -> Path:
+    """Plan the dataset at ``data`` for a run whose recipe needs a plan but got no ``--plans``; the plans file's path.
+
+    The file lies in the cache (``<cache>/plans/<dataset name>-<hash of the folder's path>/``, with its
+    fingerprint beside it) and is written again on every call: planning is deterministic, so a resumed run finds the
+    same SHA-256 unless the dataset changed, which the resume then reports. The run copies it into its directory.
+
+    Raises:
+        DatasetError, ConfigError: as :func:`plan_dataset`.
+    """
+    import hashlib
+
+    from segbench.paths import cache_root
+
+    root = Path(data).resolve()
+    plan = plan_dataset(root, preset=preset)
+    digest = hashlib.sha256(str(root).encode()).hexdigest()[:12]
+    folder = cache_root(cache_dir) / "plans" / f"{plan.dataset_name}-{digest}"
+    path, _ = write_plan(plan, folder / f"{get_preset(preset).plans_name}.json", force=True)
+    return path

@@ -55,6 +55,8 @@ class PlanSettings:
         intensity_properties: per channel, ``foreground_intensity_properties_per_channel`` (CT normalization).
         median_spacing: ``original_median_spacing_after_transp`` (mm), the fingerprint's median spacing.
         data_resampling, seg_resampling, probabilities_resampling: the three resampling settings.
+        batch_dice: the Dice term of nnU-Net's loss pools the batch (one Dice per class) instead of averaging
+            per-sample Dice (absent in a plans file: False).
     """
 
     sha256: str
@@ -73,6 +75,7 @@ class PlanSettings:
     data_resampling: Resampling
     seg_resampling: Resampling
     probabilities_resampling: Resampling
+    batch_dice: bool = False
 
     def record(self, path: str | Path) -> dict[str, Any]:
         """The manifest's ``plans`` entry: where the file came from, its hash and what the run took from it."""
@@ -164,6 +167,7 @@ def read_plan(path: str | Path, configuration: str = DEFAULT_CONFIGURATION) -> P
             data_resampling=_resampling(config, "resampling_fn_data_kwargs", where),
             seg_resampling=_resampling(config, "resampling_fn_seg_kwargs", where),
             probabilities_resampling=_resampling(config, "resampling_fn_probabilities_kwargs", where),
+            batch_dice=bool(config.get("batch_dice", False)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(
@@ -304,6 +308,7 @@ def check_plan_fits(plan: PlanSettings, plans_path: str | Path, dataset: Any) ->
 def config_with_plan(config: Any, plan: PlanSettings, *, keep: tuple[str, ...] = ()) -> Any:
     """``config`` (a RunConfig) with the plan's patch and batch size, except the ``train`` fields named in ``keep``
     (flags the user gave on purpose)."""
-    taken = {"patch_size": tuple(plan.patch_size), "batch_size": int(plan.batch_size)}
+    taken = {"patch_size": tuple(plan.patch_size), "batch_size": int(plan.batch_size),
+             "batch_dice": bool(plan.batch_dice)}  # fmt: skip
     taken = {k: v for k, v in taken.items() if k not in keep}
     return dataclasses.replace(config, train=dataclasses.replace(config.train, **taken))

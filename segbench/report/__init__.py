@@ -31,6 +31,7 @@ from segbench.metrics import PRIMARY_METRIC, Metric, metric_catalogue
 from segbench.report import figures, stats, tables
 from segbench.report.estimate import estimate_section
 from segbench.report.matching import matching_record, matching_section, qualify_sentence
+from segbench.report.recipe import recipe_sentence
 from segbench.report.render import (
     Bullets,
     Code,
@@ -464,7 +465,8 @@ def _leaderboard_section(ctx: _Context) -> Section:
         "Costs, from each model's done jobs (means; maxima for parameters and memory; the memory measures are "
         "defined above).",
     )
-    return Section("Leaderboard", (intro, TableBlock(tables.format_leaderboard(ctx.board)), costs))
+    recipe = Paragraph(recipe_sentence(ctx.inputs.manifest, ctx.inputs.jobs))
+    return Section("Leaderboard", (recipe, intro, TableBlock(tables.format_leaderboard(ctx.board)), costs))
 
 
 def _fold_section(ctx: _Context) -> Section:
@@ -493,7 +495,8 @@ def _statistics_section(ctx: _Context) -> Section:
     ) if ranks else ()  # fmt: skip
     rank_columns = ("model", *(f"P(first) by {m.display(unit=False)}" for m in headline))
     return Section("Statistics", (
-        Paragraph(f"Every model against the best by mean Dice ({best}); paired on case id. {_rule_sentence(ctx)}"),
+        Paragraph(f"Every model against the best by mean Dice ({best}); paired on case id. {_rule_sentence(ctx)} "
+                  + recipe_sentence(ctx.inputs.manifest, ctx.inputs.jobs)),
         *_conditions(ctx),
         Bullets(tuple(qualify_sentence(stats.comparison_sentence(c), matching_record(ctx.inputs.manifest), c.reference,
                                        c.other) for c in comparisons)),
