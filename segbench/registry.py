@@ -118,8 +118,8 @@ class ModelInfo:
         mflop_per_voxel_forward: MFLOP (10⁶ floating-point operations, a multiply-add counts 2) per input
             voxel for one forward pass (convolutions and matrix products, as ``torch.utils.flop_counter``).
         mflop_per_voxel_train: the same for a training step (forward + backward, optimizer excluded).
-        axis_divisors: per axis, what each input size must be a multiple of, when the axes differ (a plan-built
-            network's, from the plan's strides; ``divisor`` is then their least common multiple); None: ``divisor``.
+        axis_divisors: per axis, what each input size must be a multiple of, when the model declares it (a plan-built
+            network, from the plan's strides; ``divisor`` is then their least common multiple); None: ``divisor``.
         patch: the plan's patch the FLOPs were counted at (described with a plan whose patch fits the model); None:
             counted on the probe cube (see :func:`model_info`).
     """

@@ -148,7 +148,8 @@ def _without_plan_models(names: list[str], pattern: str | None) -> list[str]:
 
 def _cost_row(info, plan, notes: list[str]) -> tuple[str, ...]:
     """One table row; with a plan, the FLOPs of one patch (``?`` and a note when the patch does not fit)."""
-    divisor = "x".join(map(str, info.axis_divisors)) if info.axis_divisors else str(info.divisor)
+    per_axis = info.axis_divisors and len(set(info.axis_divisors)) > 1
+    divisor = "x".join(map(str, info.axis_divisors)) if per_axis else str(info.divisor)
     row = (info.name, info.family, info.source, f"{info.params:,}", _mflop(info.mflop_per_voxel_forward),
            _mflop(info.mflop_per_voxel_train), divisor)  # fmt: skip
     if plan is None:
