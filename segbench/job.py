@@ -471,7 +471,7 @@ def _batches(
     plan = _run_plan(ctx)
     return nnunet_batches(
         cases, patch_size=tuple(train_cfg.patch_size), batch_size=train_cfg.batch_size, seed=ctx.seed,
-        iterations=_sample_count(train_cfg) // train_cfg.batch_size, start_iteration=start,
+        iterations=_iteration_count(train_cfg), start_iteration=start,
         foreground_labels=ctx.foreground, oversample=train_cfg.fg_fraction,
         deep_supervision_scales=deep_supervision_scales(strides) if strides else None,
         use_mask_for_norm=plan.use_mask_for_norm if plan is not None else None, augment=train_cfg.augment,
@@ -498,7 +498,7 @@ def training_batches(
     patch_dataset = PatchDataset(
         cases,
         patch_size=tuple(train_cfg.patch_size),
-        length=_sample_count(train_cfg),
+        length=_iteration_count(train_cfg) * train_cfg.batch_size,
         seed=seed,
         foreground_labels=foreground,
         fg_fraction=train_cfg.fg_fraction,
@@ -574,10 +574,9 @@ def _training_peak(device: torch.device, earlier: list | None) -> list[float | N
     return [None if a is None else max(a, b or 0.0) for a, b in zip(now, earlier or (None, None), strict=True)]
 
 
-def _sample_count(train_cfg) -> int:
+def _iteration_count(train_cfg) -> int:
     # A time budget has no known length: give the sampler a generous one (samples are generated lazily).
-    iterations = train_cfg.iterations if train_cfg.time_budget_s is None else 10_000_000
-    return iterations * train_cfg.batch_size
+    return train_cfg.iterations if train_cfg.time_budget_s is None else 10_000_000
 
 
 def _evaluate(
