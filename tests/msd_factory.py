@@ -149,3 +149,17 @@ def write_dataset_json(root: str | Path, meta: Mapping) -> Path:
     path = Path(root) / "dataset.json"
     path.write_text(json.dumps(meta, indent=2))
     return path
+
+
+def prepared_case(tmp_path: Path, image: np.ndarray, label: np.ndarray, name: str = "case"):
+    """Write ``image`` and ``label`` as NIfTI files (identity affine) and prepare them into ``tmp_path/cache``:
+    the :class:`~segbench.data.preprocess.PreparedCase` that samplers read."""
+    from segbench.data.dataset import Case
+    from segbench.data.preprocess import PreprocessConfig, prepare_case
+
+    paths = []
+    for suffix, array in (("img", image), ("lab", label)):
+        path = tmp_path / f"{name}_{suffix}.nii.gz"
+        nib.save(nib.Nifti1Image(array, np.eye(4)), str(path))
+        paths.append(path)
+    return prepare_case(Case(name, (paths[0],), paths[1]), config=PreprocessConfig(), cache_dir=tmp_path / "cache")

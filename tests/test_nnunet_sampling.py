@@ -7,15 +7,12 @@ Parity with nnU-Net itself is in ``test_nnunet_recipe_parity.py`` (the ``nnunet`
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from msd_factory import prepared_case
 
-from segbench.data.dataset import Case
-from segbench.data.preprocess import PreprocessConfig, prepare_case
 from segbench.errors import ConfigError
 from segbench.recipes.nnunet_augment import augmentation_settings, deep_supervision_scales, initial_patch_size
 from segbench.recipes.nnunet_sampling import (
@@ -131,15 +128,6 @@ def test_seeded_global_rngs_restores_the_callers_state_and_threads():
 # --- the pipeline (batchgeneratorsv2) -------------------------------------------------------------------------------
 
 
-def _prepared(tmp_path: Path, image: np.ndarray, label: np.ndarray, name: str):
-    paths = []
-    for suffix, array in (("img", image), ("lab", label)):
-        path = tmp_path / f"{name}_{suffix}.nii.gz"
-        nib.save(nib.Nifti1Image(array, np.eye(4)), str(path))
-        paths.append(path)
-    return prepare_case(Case(name, (paths[0],), paths[1]), config=PreprocessConfig(), cache_dir=tmp_path / "cache")
-
-
 @pytest.fixture
 def cases(tmp_path):
     """Three cases with two foreground labels (values 3 and 1), one 4³ cube each, one case smaller than the patch."""
@@ -150,7 +138,7 @@ def cases(tmp_path):
         label[3:7, 20:24, 8:12] = 3
         label[12:16, 5:9, 10:14] = 1
         image = (rng.standard_normal(shape) + 4 * (label > 0)).astype(np.float32)
-        out.append(_prepared(tmp_path, image, label, f"c{k}"))
+        out.append(prepared_case(tmp_path, image, label, f"c{k}"))
     return out
 
 

@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from msd_factory import prepared_case
 
-from segbench.data.dataset import Case
-from segbench.data.preprocess import PreprocessConfig, prepare_case
 from segbench.data.sampling import PatchDataset, class_table, crop_with_padding, make_loader
 from segbench.errors import ConfigError
-
-
-def _prepared(tmp_path: Path, image: np.ndarray, label: np.ndarray, name: str = "case"):
-    affine = np.eye(4)
-    paths = []
-    for suffix, array in (("img", image), ("lab", label)):
-        path = tmp_path / f"{name}_{suffix}.nii.gz"
-        nib.save(nib.Nifti1Image(array, affine), str(path))
-        paths.append(path)
-    return prepare_case(Case(name, (paths[0],), paths[1]), config=PreprocessConfig(), cache_dir=tmp_path / "cache")
 
 
 @pytest.fixture
@@ -33,7 +19,7 @@ def cases(tmp_path):
         label = np.zeros(shape, np.uint8)
         label[5:9, 6:10, 4:8] = 1
         image = (rng.standard_normal(shape) + 3 * label).astype(np.float32)
-        out.append(_prepared(tmp_path, image, label, f"c{k}"))
+        out.append(prepared_case(tmp_path, image, label, f"c{k}"))
     return out
 
 
@@ -44,7 +30,7 @@ def sparse_case(tmp_path):
     label = np.zeros((48, 48, 48), np.uint8)
     label[40:42, 3:5, 30:32] = 1
     image = np.random.default_rng(1).standard_normal(label.shape).astype(np.float32)
-    return _prepared(tmp_path, image, label, "sparse")
+    return prepared_case(tmp_path, image, label, "sparse")
 
 
 def test_sample_is_a_pure_function_of_seed_and_index(cases):
@@ -84,7 +70,7 @@ def test_foreground_is_forced_in_about_a_third_of_samples(sparse_case):
 def test_volumes_smaller_than_the_patch_are_padded_with_zero(tmp_path):
     label = np.ones((6, 5, 4), np.uint8)
     image = np.random.default_rng(2).standard_normal((6, 5, 4)).astype(np.float32)
-    small = _prepared(tmp_path, image, label, "small")
+    small = prepared_case(tmp_path, image, label, "small")
     dataset = PatchDataset([small], patch_size=(8, 8, 8), length=5, seed=0, augment=False)
     for i in range(5):
         sample = dataset[i]
@@ -225,7 +211,7 @@ def two_label_case(tmp_path):
     label[9:13, 9:13, 9:13] = 5
     label[0, 0, 0] = 7
     image = np.random.default_rng(2).standard_normal(label.shape).astype(np.float32)
-    return _prepared(tmp_path, image, label, "two")
+    return prepared_case(tmp_path, image, label, "two")
 
 
 def test_loader_ships_uint8_class_indices_mapped_in_the_worker(two_label_case):
