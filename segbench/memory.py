@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import DataDependentOutputException
 
 from segbench.precision import autocast, guard_small_convolutions, to_memory_format
 
@@ -128,7 +129,10 @@ def _model_and_optimizer(
     """A fresh model on ``device`` in the step's memory format (and guard), with its optimiser."""
     from segbench.registry import build_model
 
-    model = build_model(name, in_channels=shape[1], out_channels=out_channels)
+    try:
+        model = build_model(name, in_channels=shape[1], out_channels=out_channels)
+    except DataDependentOutputException:
+        model = _built_outside_fake_mode(name, in_channels=shape[1], out_channels=out_channels)
     if device.type != "cpu":
         model = model.to(device)
     _to_memory_format(model, memory_format)
@@ -136,6 +140,38 @@ def _model_and_optimizer(
     guard_small_convolutions(model, precision, rules)
     model.train()
     return model, _optimizer(model, optimizer)
+
+
+def _built_outside_fake_mode(name: str, *, in_channels: int, out_channels: int) -> nn.Module:
+    """The model built with real tensors, then its parameters and buffers turned into the active mode's fake ones.
+
+    For builders that read a tensor's value while constructing (MONAI's SwinUNETR: ``linspace(...).item()`` for its
+    drop-path rates), which a FakeTensor cannot give. Costs a real build (host memory of the parameters, briefly).
+    """
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    from segbench.registry import build_model
+
+    mode = torch._guards.detect_fake_mode()
+    with unset_fake_temporarily():
+        model = build_model(name, in_channels=in_channels, out_channels=out_channels)
+    converted: dict[int, torch.Tensor] = {}  # shared (tied) tensors stay shared
+
+    def fake(tensor: torch.Tensor) -> torch.Tensor:
+        if id(tensor) not in converted:
+            with unset_fake_temporarily():
+                plain = tensor.detach()
+            converted[id(tensor)] = mode.from_tensor(plain)
+        return converted[id(tensor)]
+
+    for module in model.modules():
+        for key, parameter in module._parameters.items():
+            if parameter is not None:
+                module._parameters[key] = nn.Parameter(fake(parameter), requires_grad=parameter.requires_grad)
+        for key, buffer in module._buffers.items():
+            if buffer is not None:
+                module._buffers[key] = fake(buffer)
+    return model
 
 
 def _training_step(

@@ -24,7 +24,9 @@ def _params(model: nn.Module) -> int:
 
 
 def _shape_for(divisor: int) -> tuple[int, int, int]:
-    return tuple(divisor * max(1, math.ceil(side / divisor)) for side in BASE_SHAPE)
+    # Two voxels along the first axis at the deepest level: instance norm refuses a one-voxel bottleneck in training.
+    depth, *rest = (divisor * max(1, math.ceil(side / divisor)) for side in BASE_SHAPE)
+    return (max(depth, 2 * divisor), *rest)
 
 
 # Plan-built networks (nnU-Net's) have their own tests: tests/test_nnunet_networks.py.

@@ -194,3 +194,15 @@ def test_monai_models_registered_when_installed():
     assert {"monai_unet", "monai_basicunet", "monai_segresnet", "monai_dynunet"} <= set(names)
     info = model_info("monai_segresnet")
     assert (info.source, info.divisor) == ("monai", 8)
+
+
+def test_swinunetr_names_the_patch_it_needs_instead_of_torchs_instance_norm_error():
+    if "monai_swinunetr" not in list_models("monai_*"):
+        pytest.skip("monai_swinunetr needs MONAI and einops")
+    from segbench.registry import build_model
+
+    model = build_model("monai_swinunetr", in_channels=1, out_channels=2, feature_size=12)
+    with pytest.raises(ValueError, match=r"32x32x32 patch.*--patch 64,64,64"):
+        model(torch.zeros(1, 1, 32, 32, 32))
+    with torch.no_grad():
+        assert model.eval()(torch.zeros(1, 1, 64, 32, 32)).shape == (1, 2, 64, 32, 32)

@@ -75,8 +75,25 @@ def monai_dynunet(*, in_channels: int, out_channels: int, **options) -> nn.Modul
 
 
 def monai_swinunetr(*, in_channels: int, out_channels: int, **options) -> nn.Module:
-    """MONAI ``SwinUNETR`` (feature size 24, window 7); sizes divisible by 32."""
-    return _nets().SwinUNETR(spatial_dims=3, in_channels=in_channels, out_channels=out_channels, **options)
+    """MONAI ``SwinUNETR`` (feature size 24, window 7); sizes divisible by 32, and at least 64 on one axis.
+
+    Raises (on a forward of a 32×32×32 input): ValueError saying which patch to use instead.
+    """
+    model = _nets().SwinUNETR(spatial_dims=3, in_channels=in_channels, out_channels=out_channels, **options)
+    model.register_forward_pre_hook(_refuse_one_voxel_bottleneck)
+    return model
+
+
+def _refuse_one_voxel_bottleneck(module: nn.Module, args: tuple) -> None:
+    # SwinUNETR's deepest level is the input / 32 and is instance-normalised without running statistics: torch
+    # refuses one voxel (in eval mode too), with an error that names neither the model nor the patch.
+    spatial = tuple(args[0].shape[2:])
+    if all(side <= 32 for side in spatial):
+        raise ValueError(
+            f"monai_swinunetr cannot run on a {'x'.join(map(str, spatial))} patch: its deepest level (1/32 of the "
+            "patch) would be one voxel, which instance norm cannot normalise; use a patch with at least one side "
+            "of 64, e.g. --patch 64,64,64"
+        )
 
 
 # name → (builder, family, divisor, modules it needs besides monai: MONAI imports some optional ones lazily)
