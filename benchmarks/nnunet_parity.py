@@ -195,8 +195,12 @@ def main() -> None:
     nnunet = run_nnunet(args.out, nnunet_python=args.nnunet_python, seeds=args.seeds, epochs=args.epochs)
     text = table(nnunet, segbench, epochs=args.epochs)
     (args.out / "parity.md").write_text(text)
-    (args.out / "parity.json").write_text(json.dumps({"nnunet": {str(k): v for k, v in nnunet.items()},
-                                                      "segbench": {str(k): v for k, v in segbench.items()}}, indent=1))
+    (args.out / "parity.json").write_text(
+        json.dumps(
+            {"nnunet": {str(k): v for k, v in nnunet.items()}, "segbench": {str(k): v for k, v in segbench.items()}},
+            indent=1,
+        )
+    )
     print(text)
     print(f"loadavg at the end: {Path('/proc/loadavg').read_text().strip()}")
 

@@ -57,9 +57,7 @@ CASES = [
     for name in list_models()
     if not needs_plan(name)
     for p in (PRECISIONS if name in ("fcn", "unet") or not SMOKE else PRECISIONS[:1])
-] + [
-    (name, p, "contiguous") for name in ("fcn", "unet") for p in PRECISIONS
-]
+] + [(name, p, "contiguous") for name in ("fcn", "unet") for p in PRECISIONS]
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 

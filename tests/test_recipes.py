@@ -48,8 +48,9 @@ def test_each_overridden_value_is_one_deviation():
     nnunet = recipe_config("nnunet")
     changed = dataclasses.replace(
         nnunet,
-        train=dataclasses.replace(nnunet.train, lr=3e-3, patch_size=(32, 32, 32), iterations=20,
-                                  model_optimizers=(("unet", "adamw", 1e-4),)),  # fmt: skip
+        train=dataclasses.replace(
+            nnunet.train, lr=3e-3, patch_size=(32, 32, 32), iterations=20, model_optimizers=(("unet", "adamw", 1e-4),)
+        ),  # fmt: skip
         inference=dataclasses.replace(nnunet.inference, mirror=False),
     )
     found = deviations(changed, planned={"patch_size": (40, 56, 40), "batch_size": 2})
