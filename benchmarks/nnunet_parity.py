@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import shutil
@@ -91,19 +92,41 @@ def prepare(out: Path, *, nnunet_python: Path, cases: int, shape: list[int], see
     return raw, plans, splits
 
 
-def run_nnunet(out: Path, *, nnunet_python: Path, seeds: int, epochs: int) -> dict[tuple[int, int], dict]:
+_TRAIN = """
+import multiprocessing, os, sys
+import torch
+from batchgenerators.utilities.file_and_folder_operations import join, load_json
+from nnunetv2.training.nnUNetTrainer.variants.training_length import nnUNetTrainer_Xepochs
+dataset, trainer_name, fold = sys.argv[1], sys.argv[2], int(sys.argv[3])
+base = join(os.environ["nnUNet_preprocessed"], dataset)
+torch.set_num_threads(multiprocessing.cpu_count())  # as nnUNetv2_train does on the CPU
+plans = load_json(join(base, "nnUNetPlans.json"))
+plans["continue_training"] = False  # as get_trainer_from_args sets it
+trainer = getattr(nnUNetTrainer_Xepochs, trainer_name)(plans=plans, configuration="3d_fullres", fold=fold,
+    dataset_json=load_json(join(base, "dataset.json")), device=torch.device("cpu"))
+trainer.run_training()
+trainer.perform_actual_validation(False)
+"""
+
+
+def run_nnunet(out: Path, *, nnunet_python: Path, seeds: int, epochs: int,
+               folds: tuple[int, ...] = (0, 1), train: bool = True) -> dict[tuple[int, int], dict]:  # fmt: skip
     """nnU-Net's trainer for every (seed, fold); returns {(seed, fold): {"dice": float, "train_losses": [...]}}."""
     env = _nnunet_env(out, nnunet_python)
-    trainer = f"nnUNetTrainer_{epochs}epochs"
+    trainer = "nnUNetTrainer_1epoch" if epochs == 1 else f"nnUNetTrainer_{epochs}epochs"
     produced = Path(env["nnUNet_results"]) / DATASET / f"{trainer}__nnUNetPlans__3d_fullres"
     results = {}
     for seed in range(seeds):
-        for fold in (0, 1):
+        for fold in folds:
             kept = out / "nnunet_runs" / f"seed{seed}" / f"fold_{fold}"
             if not (kept / "validation" / "summary.json").is_file():
+                if not train:
+                    continue
                 shutil.rmtree(produced / f"fold_{fold}", ignore_errors=True)
-                _run(["nnUNetv2_train", str(DATASET_ID), "3d_fullres", str(fold), "-tr", trainer, "-device", "cpu"],
-                     env=env, log=out / f"nnunet_seed{seed}_fold{fold}.log")  # fmt: skip
+                # nnUNetv2_train's trainer lookup imports every trainer module, Primus's too, which needs timm ->
+                # torchvision (absent beside the CPU torch): the trainer is built here as nnUNetv2_train builds it.
+                _run([str(nnunet_python), "-c", _TRAIN, DATASET, trainer, str(fold)], env=env,
+                     log=out / f"nnunet_seed{seed}_fold{fold}.log")  # fmt: skip
                 kept.parent.mkdir(parents=True, exist_ok=True)
                 shutil.rmtree(kept, ignore_errors=True)
                 shutil.move(str(produced / f"fold_{fold}"), kept)
@@ -123,8 +146,9 @@ def _nnunet_train_losses(fold_dir: Path, nnunet_python: Path) -> list[float]:
 
 
 def run_segbench(out: Path, *, raw: Path, plans: Path, splits: Path, seeds: int, epochs: int,
-                 extra: list[str]) -> dict[tuple[int, int], dict]:  # fmt: skip
-    """One ``segbench run`` with ``--repeats seeds``; returns {(repeat, fold): {"dice", "train_losses"}}."""
+                 extra: list[str], train: bool = True) -> dict[tuple[int, int], dict]:  # fmt: skip
+    """One ``segbench run`` with ``--repeats seeds``; returns {(repeat, fold): {"dice", "train_losses"}} of its finished
+    jobs. ``train=False`` reads what the run directory holds (e.g. a run stopped after fold 0's jobs)."""
     run_dir = out / "segbench_run"
     segbench = Path(sys.executable).parent / "segbench"
     command = [str(segbench), "run", "--data", str(raw), "--recipe", "nnunet", "--models", "nnunet_plain",
@@ -133,7 +157,12 @@ def run_segbench(out: Path, *, raw: Path, plans: Path, splits: Path, seeds: int,
     if (run_dir / "manifest.json").is_file():
         command.append("--resume")
     env = dict(os.environ, SEGBENCH_CACHE=str(out / "segbench_cache"))
-    _run(command, env=env, log=out / "segbench.log")
+    if train:
+        _run(command, env=env, log=out / "segbench.log")
+    sys.path.insert(0, str(REPO))
+    from segbench.results import rebuild_tables
+
+    rebuild_tables(run_dir)  # the finished jobs' metrics, also of a run stopped before its end
     metrics = pd.read_csv(run_dir / "metrics.csv", dtype={"case_id": str})
     results = {}
     for (repeat, fold), rows in metrics.groupby(["repeat", "fold"]):
@@ -152,24 +181,31 @@ def _job_dir(run_dir: Path, fold: int, repeat: int, repeats: int) -> Path:
 
 
 def table(nnunet: dict, segbench: dict, *, epochs: int) -> str:
-    """Markdown: Dice per (seed, fold) and side, their mean and SD over seeds, and the loss per epoch."""
-    lines = ["| side | seed | fold 0 Dice | fold 1 Dice | mean |", "|---|---|---|---|---|"]
+    """Markdown: Dice per (seed, fold) and side, the mean and SD over seeds of each fold both sides ran, and the loss
+    per epoch (fold 0)."""
+    folds = sorted({f for _, f in nnunet} & {f for _, f in segbench})
+    lines = ["| side | seed | " + " | ".join(f"fold {f} Dice" for f in folds) + " |", "|---|---|" + "---|" * len(folds)]
     summary = {}
     for side, results in (("nnU-Net 2.8.1", nnunet), ("segbench", segbench)):
-        means = []
+        per_fold = {f: [] for f in folds}
         for seed in sorted({s for s, _ in results}):
-            d0, d1 = results[(seed, 0)]["dice"], results[(seed, 1)]["dice"]
-            means.append((d0 + d1) / 2)
-            lines.append(f"| {side} | {seed} | {d0:.4f} | {d1:.4f} | {means[-1]:.4f} |")
-        sd = statistics.stdev(means) if len(means) > 1 else float("nan")
-        summary[side] = (statistics.mean(means), sd)
-        lines.append(f"| {side} | mean ± SD | | | **{summary[side][0]:.4f} ± {sd:.4f}** |")
-    (a, sa), (b, sb) = summary.values()
-    lines += ["", f"Difference segbench − nnU-Net: {b - a:+.4f} Dice (seed SD: nnU-Net {sa:.4f}, segbench {sb:.4f}).",
-              "", "Training loss per epoch (mean over seeds and folds; CE − soft Dice with deep supervision):", "",
-              "| epoch | " + " | ".join(summary) + " |", "|---|---|---|"]  # fmt: skip
+            for f in folds:
+                per_fold[f].append(results[(seed, f)]["dice"])
+            dice = " | ".join(f"{results[(seed, f)]['dice']:.4f}" for f in folds)
+            lines.append(f"| {side} | {seed} | {dice} |")
+        summary[side] = {f: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else math.nan)
+                         for f, v in per_fold.items()}  # fmt: skip
+        cells = " | ".join(f"**{m:.4f} ± {sd:.4f}**" for m, sd in summary[side].values())
+        lines.append(f"| {side} | mean ± SD | {cells} |")
+    lines.append("")
+    for f in folds:
+        (a, sa), (b, sb) = summary["nnU-Net 2.8.1"][f], summary["segbench"][f]
+        lines.append(f"Fold {f}: segbench − nnU-Net = {b - a:+.4f} Dice; seed SD nnU-Net {sa:.4f}, segbench {sb:.4f}.")
+    lines += ["", "Training loss per epoch, fold 0, mean over seeds (CE − soft Dice, deep supervision):", "",
+              "| epoch | nnU-Net 2.8.1 | segbench |", "|---|---|---|"]  # fmt: skip
     for epoch in range(epochs):
-        cells = [statistics.mean(r["train_losses"][epoch] for r in results.values() if len(r["train_losses"]) > epoch)
+        cells = [statistics.mean(r["train_losses"][epoch] for (_, f), r in results.items()
+                                 if f == folds[0] and len(r["train_losses"]) > epoch)
                  for results in (nnunet, segbench)]  # fmt: skip
         lines.append(f"| {epoch + 1} | {cells[0]:.4f} | {cells[1]:.4f} |")
     return "\n".join(lines) + "\n"
@@ -185,14 +221,24 @@ def main() -> None:
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--nnunet-python", type=Path, default=REPO / ".nnunet-venv" / "bin" / "python")
     parser.add_argument("--segbench-arg", action="append", default=[], help="extra flag for segbench run")
+    parser.add_argument("--nnunet-folds", default="0,1", help="folds nnU-Net trains (segbench trains both)")
+    parser.add_argument("--sides", choices=("both", "nnunet", "segbench", "table"), default="both",
+                        help="table: no training, the table of what both sides hold")  # fmt: skip
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"loadavg at the start: {Path('/proc/loadavg').read_text().strip()}", flush=True)
     raw, plans, splits = prepare(args.out, nnunet_python=args.nnunet_python, cases=args.cases, shape=args.shape,
                                  seed=args.split_seed)  # fmt: skip
-    segbench = run_segbench(args.out, raw=raw, plans=plans, splits=splits, seeds=args.seeds, epochs=args.epochs,
-                            extra=args.segbench_arg)  # fmt: skip
-    nnunet = run_nnunet(args.out, nnunet_python=args.nnunet_python, seeds=args.seeds, epochs=args.epochs)
+    folds = tuple(int(f) for f in args.nnunet_folds.split(","))
+    segbench, nnunet = {}, {}
+    if args.sides in ("both", "segbench", "table"):
+        segbench = run_segbench(args.out, raw=raw, plans=plans, splits=splits, seeds=args.seeds, epochs=args.epochs,
+                                extra=args.segbench_arg, train=args.sides != "table")  # fmt: skip
+    if args.sides in ("both", "nnunet", "table"):
+        nnunet = run_nnunet(args.out, nnunet_python=args.nnunet_python, seeds=args.seeds, epochs=args.epochs,
+                            folds=folds, train=args.sides != "table")  # fmt: skip
+    if args.sides not in ("both", "table"):
+        return
     text = table(nnunet, segbench, epochs=args.epochs)
     (args.out / "parity.md").write_text(text)
     (args.out / "parity.json").write_text(
