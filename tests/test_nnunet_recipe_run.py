@@ -5,6 +5,7 @@ jobs.csv and the report, and two names for one network giving identical per-case
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,13 +22,19 @@ SEGBENCH = Path(sys.executable).parent / "segbench"
 MODELS = "nnunet_plain,nnunet_resenc_m,nnunet_resenc_l,unet"
 
 
+def _env(cache: Path) -> dict[str, str]:
+    # A bare environment (segbench found next to the interpreter, not on PATH); PYTHONPATH kept for worktrees.
+    env = {"SEGBENCH_CACHE": str(cache), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    return env | ({"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {})
+
+
 @pytest.fixture(scope="module")
 def nnunet_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     root = tmp_path_factory.mktemp("raw")
     data = write_nnunet(root / "Dataset906_Tiny", cases=("t_001", "t_002", "t_003", "t_004"), test_cases=(),
                         shape=(24, 24, 20))  # fmt: skip
     out = root / "run"
-    env = {"SEGBENCH_CACHE": str(root / "cache"), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    env = _env(root / "cache")
     result = subprocess.run(
         [str(SEGBENCH), "run", "--recipe", "nnunet", "--data", str(data), "--models", MODELS, "--iterations", "3",
          "--folds", "2", "--out", str(out), "-q"],
@@ -87,7 +94,7 @@ def test_predict_with_one_fold_reproduces_its_out_of_fold_predictions_through_th
     out, _ = nnunet_run
     data = Path(json.loads((out / "manifest.json").read_text())["dataset"]["path"])
     val = json.loads((out / "splits.json").read_text())[0]["val"]
-    env = {"SEGBENCH_CACHE": str(out.parent / "cache"), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    env = _env(out.parent / "cache")
     result = subprocess.run(
         [str(SEGBENCH), "predict", str(out), "--model", "nnunet_plain", str(data / "imagesTr"), "--folds", "0",
          "--out", str(tmp_path), "--save-probabilities"],
