@@ -25,7 +25,9 @@ def _parse_folds(text: str | None) -> tuple[int, ...] | None:
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("input_dir", metavar="[INPUT]", required=False, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--model", required=True, help="The run's model whose fold networks predict (its name in the run's tables).")
+@click.option(
+    "--model", required=True, help="The run's model whose fold networks predict (its name in the run's tables)."
+)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the segmentations (<case_id>.nii.gz; created if missing).")  # fmt: skip
 @click.option("--test", "use_test", is_flag=True, help="Segment the test cases of the run's dataset (its imagesTs).")
