@@ -8,45 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from report_fixtures import make_run_dir
+from report_fixtures import add_island, make_run_dir, write_job_results
 
-from segbench import results, rundir, run_postprocessing
-from segbench.data.nifti import read_label
-from segbench.metrics import compute_case_metrics
+from segbench import results, run_postprocessing, rundir
 from segbench.report import write_report
 
 ISLAND_CASES = ("la_003", "la_004", "la_008", "la_012")  # unet folds 0, 1, 3 and 2
-
-
-def add_island(path: Path) -> None:
-    """A 3×3×3 false-positive island in a far corner of the prediction at ``path``."""
-    image = nib.load(path)
-    array = np.asarray(image.dataobj).astype(np.uint8)
-    array[0:3, 0:3, 0:3] = 1
-    nib.save(nib.Nifti1Image(array, image.affine, image.header), str(path))
-
-
-def write_results(run: Path) -> None:
-    """result.json of every job with a predictions folder, its metrics computed from its files (as a job does)."""
-    labels = run.parent / "data" / "labelsTr"
-    for folder in sorted((run / "jobs").glob("*/fold_*")):
-        key = rundir.JobKey(folder.parent.name, int(folder.name.removeprefix("fold_")))
-        rows = []
-        for path in sorted(rundir.predictions_dir(run, key).glob("*.nii.gz")):
-            case_id = path.name.removesuffix(".nii.gz")
-            reference = read_label(labels / path.name)
-            for row in compute_case_metrics(read_label(path).array, reference.array, reference.spacing, labels=(1,),
-                                            tolerance_mm=2.0):  # fmt: skip
-                rows.append({"model": key.model, "fold": key.fold, "repeat": 0, "case_id": case_id,
-                             "label_name": "left atrium", **row})  # fmt: skip
-        status = "done" if rows else "failed"
-        result = results.JobResult.for_job(key, status, "" if rows else "crashed", {"num_val_cases": len(rows)}, rows)
-        results.write_job_result(run, result)
-    results.rebuild_tables(run)
 
 
 @pytest.fixture
@@ -58,7 +28,7 @@ def run_with_islands(tmp_path: Path) -> Path:
     (run / "manifest.json").write_text(json.dumps(manifest))
     for case in ISLAND_CASES:
         add_island(next((run / "jobs" / "unet").glob(f"fold_*/predictions/{case}.nii.gz")))
-    write_results(run)
+    write_job_results(run)
     return run
 
 
@@ -107,7 +77,7 @@ def test_a_decision_is_kept_while_its_inputs_hold_and_redone_when_they_change(ru
 
 def test_a_model_with_a_failed_fold_gets_no_decision(tmp_path: Path):
     run = make_run_dir(tmp_path, failed={("fcn", 1): ("failed", "crashed")})
-    write_results(run)
+    write_job_results(run)
     decisions = run_postprocessing.postprocess_run(run)
     assert set(decisions) == {"unet"}
     assert set(results.load_postprocessed_metrics(run)["model"]) == {"unet"}
