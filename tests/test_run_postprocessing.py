@@ -122,3 +122,28 @@ def test_evaluate_run_dir_scores_raw_and_postprocessed(run_with_islands: Path):
     stored = results.load_postprocessed_metrics(run)
     both = stored.merge(processed, on=["model", "case_id", "label"], suffixes=("", "_evaluated"))
     assert np.allclose(both["hd95"], both["hd95_evaluated"])
+
+
+@pytest.mark.slow
+def test_a_real_run_decides_after_its_folds_and_a_resume_keeps_the_decision(tiny_task: Path, tmp_path: Path,
+                                                                             monkeypatch):  # fmt: skip
+    from segbench.config import RunConfig, TrainConfig
+    from segbench.runner import run_comparison
+
+    config = RunConfig(data=str(tiny_task), models=("fcn",), folds=2,
+                       train=TrainConfig(iterations=2, patch_size=(16, 16, 16), num_workers=0))  # fmt: skip
+    run = tmp_path / "run"
+    outcome = run_comparison(config, run_dir=run, progress=False, report=True)
+    assert outcome.all_done
+    stored = json.loads(rundir.postprocessing_path(run).read_text())["models"]
+    assert set(stored) == {"fcn"} and stored["fcn"]["cases"] == 6
+    raw, processed = results.load_metrics(run), results.load_postprocessed_metrics(run)
+    assert len(processed) == len(raw) and list(processed.columns) == list(raw.columns)
+    assert "## Postprocessing" in (run / "report" / "report.md").read_text()
+
+    calls = []
+    real = run_postprocessing.decide
+    monkeypatch.setattr(run_postprocessing, "decide", lambda cases, labels: calls.append(1) or real(cases, labels))
+    again = run_comparison(config, run_dir=run, resume=True, progress=False, report=False)
+    assert again.all_done and calls == []
+    assert json.loads(rundir.postprocessing_path(run).read_text())["models"] == stored
