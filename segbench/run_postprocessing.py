@@ -32,6 +32,7 @@ from segbench.data.nifti import read_label
 from segbench.evaluation import check_geometry
 from segbench.metrics import compute_case_metrics
 from segbench.postprocessing import RULE, Decision, apply_decision, decide
+from segbench.progress import log as progress_log
 
 __all__ = ["ModelPredictions", "current_decision", "load_decisions", "model_predictions", "postprocess_run"]
 
@@ -222,9 +223,9 @@ def postprocess_run(run_dir: str | Path, *, found: list[results.JobResult] | Non
         else:
             decision = decide(inputs.oof_cases(), inputs.labels)
             rows += score_postprocessed(inputs, decision)
-            log.info("%s: postprocessing decided on %d out-of-fold cases: %s (mean foreground Dice %.4f -> %.4f)",
-                     model, decision.cases, decision.describe(), decision.foreground_before,
-                     decision.foreground_after)  # fmt: skip
+            progress_log.info("%s: postprocessing decided on %d out-of-fold cases: %s (mean foreground Dice %.4f -> "
+                              "%.4f)", model, decision.cases, decision.describe(), decision.foreground_before,
+                              decision.foreground_after)  # fmt: skip
         entries[model] = {"inputs": inputs.digest, **decision.to_json()}
         decisions[model] = decision
     if entries == stored and set(entries) == scored:

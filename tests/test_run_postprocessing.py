@@ -147,3 +147,17 @@ def test_a_real_run_decides_after_its_folds_and_a_resume_keeps_the_decision(tiny
     again = run_comparison(config, run_dir=run, resume=True, progress=False, report=False)
     assert again.all_done and calls == []
     assert json.loads(rundir.postprocessing_path(run).read_text())["models"] == stored
+
+
+def test_evaluate_with_the_runs_dataset_moved_still_scores_the_raw_predictions(run_with_islands: Path):
+    run = run_with_islands
+    run_postprocessing.postprocess_run(run)
+    moved = run.parent / "moved"
+    (run.parent / "data").rename(moved)
+    cli = Path(sys.executable).with_name("segbench")
+    proc = subprocess.run([str(cli), "evaluate", str(run), str(moved / "labelsTr")], capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "unet: no postprocessing decision (the run's dataset cannot be read" in proc.stdout
+    assert len(pd.read_csv(rundir.evaluation_path(run))) == 40
+    assert not rundir.postprocessed_evaluation_path(run).exists()

@@ -151,7 +151,7 @@ def _evaluate_run(run_dir: Path, gt_dir: Path | None, *, labels, tolerance_mm: f
     ``postprocessed``, of the predictions after each model's postprocessing (models without a decision are left out,
     with a note; each table's ``attrs["title"]`` says what was applied)."""
     from segbench import results, rundir
-    from segbench.errors import RunDirectoryError
+    from segbench.errors import DatasetError, RunDirectoryError
     from segbench.postprocessing import apply_decision
     from segbench.run_postprocessing import current_decision
 
@@ -165,7 +165,10 @@ def _evaluate_run(run_dir: Path, gt_dir: Path | None, *, labels, tolerance_mm: f
     for model in models:
         postprocess, title = None, model
         if postprocessed:
-            decision, origin = current_decision(run_dir, model)
+            try:
+                decision, origin = current_decision(run_dir, model)
+            except DatasetError as exc:  # the run's dataset moved: the raw scores above still stand
+                decision, origin = None, f"the run's dataset cannot be read: {exc}"
             if decision is None:
                 click.echo(f"{model}: no postprocessing decision ({origin}); only its raw predictions are scored")
                 continue
