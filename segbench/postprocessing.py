@@ -123,7 +123,8 @@ def mean_dice(counts: np.ndarray) -> np.ndarray:
     Returns:
         ``(labels,)`` float64; NaN for a label no case has a Dice for.
     """
-    counts = np.asarray(counts, dtype=np.int64).reshape(-1, counts.shape[-2], 3)
+    counts = np.asarray(counts, dtype=np.int64)
+    counts = counts.reshape(-1, counts.shape[-2], 3)
     tp, fp, fn = counts[..., 0], counts[..., 1], counts[..., 2]
     denominator = 2 * tp + fp + fn
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():

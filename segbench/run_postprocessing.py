@@ -27,6 +27,7 @@ import numpy as np
 
 from segbench import results, rundir
 from segbench.atomic import atomic_write_json, atomic_write_text
+from segbench.config import RunConfig
 from segbench.data.dataset import load_dataset
 from segbench.data.nifti import read_label
 from segbench.evaluation import check_geometry
@@ -34,11 +35,17 @@ from segbench.metrics import compute_case_metrics
 from segbench.postprocessing import RULE, Decision, apply_decision, decide
 from segbench.progress import log as progress_log
 
-__all__ = ["ModelPredictions", "current_decision", "load_decisions", "model_predictions", "postprocess_run"]
+__all__ = [
+    "ModelPredictions",
+    "current_decision",
+    "load_decisions",
+    "model_predictions",
+    "postprocess_run",
+    "score_postprocessed",
+    "stored_decision",
+]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_TOLERANCE_MM = 4.0  # RunConfig's default, for a manifest that records none
 
 
 @dataclass(frozen=True)
@@ -98,7 +105,8 @@ def model_predictions(
     out_of_fold = {case: path for case, path in out_of_fold.items() if case in references}
     if not out_of_fold:
         return None
-    tolerance = float((manifest.get("config") or {}).get("tolerance_mm") or DEFAULT_TOLERANCE_MM)
+    stored_tolerance = (manifest.get("config") or {}).get("tolerance_mm")
+    tolerance = float(RunConfig().tolerance_mm if stored_tolerance is None else stored_tolerance)
     labels = tuple(spec.foreground_labels)
     digest = hashlib.sha256(json.dumps([RULE, list(labels), tolerance, (manifest.get("dataset") or {}).get(
         "fingerprint")]).encode())  # fmt: skip
