@@ -3,7 +3,8 @@
 This is the only module that spells a run-directory name; everything else builds paths through it::
 
     RUN_DIR/
-      manifest.json, splits.json, plans.json (with --plans), metrics.csv, jobs.csv, run.lock
+      manifest.json, splits.json, plans.json (with --plans), metrics.csv, jobs.csv, run.lock,
+      postprocessing.json, metrics_postprocessed.csv
       jobs/<model>/fold_<k>/        job_dir(run_dir, job)  (runs with one repeat)
       jobs/<model>/fold_<k>/repeat_<r>/   job_dir(run_dir, job)  (runs with R > 1 repeats)
         result.json, result.json.previous, error.txt, error.txt.previous, training_log.csv,
@@ -35,6 +36,8 @@ MANIFEST_FILE = "manifest.json"  # resolved config, dataset fingerprint, environ
 SPLITS_FILE = "splits.json"  # nnU-Net splits_final.json format
 PLANS_FILE = "plans.json"  # a copy of the --plans file the run used (nnU-Net plans format)
 METRICS_FILE = "metrics.csv"  # per (model, fold, case_id, label); rebuilt from every result.json
+POSTPROCESSING_FILE = "postprocessing.json"  # per model: the postprocessing decided on its folds
+METRICS_POSTPROCESSED_FILE = "metrics_postprocessed.csv"  # metrics.csv's rows, of the postprocessed predictions
 JOBS_FILE = "jobs.csv"  # per (model, fold); rebuilt from every result.json
 RUN_LOCK_FILE = "run.lock"  # locked (POSIX record lock) while a `segbench run` works on the directory
 JOBS_DIR = "jobs"  # one folder per job below it
@@ -42,6 +45,7 @@ SUBMITIT_DIR = "slurm"  # submitit's pickles and the per-job Slurm logs
 REPORT_DIR = "report"  # default output folder of `segbench report`
 OOF_PREDICTIONS_DIR = "predictions"  # predictions/<model>/<case_id>.nii.gz: every out-of-fold prediction of a model
 EVALUATION_FILE = "evaluation.csv"  # default output of `segbench evaluate RUN_DIR` (inside predictions/)
+EVALUATION_POSTPROCESSED_FILE = "evaluation_postprocessed.csv"  # the same for the postprocessed predictions
 
 # --- one job folder -----------------------------------------------------------------------------------------------
 FOLD_PREFIX = "fold_"  # jobs/<model>/fold_<k>
@@ -124,6 +128,16 @@ def metrics_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / METRICS_FILE
 
 
+def postprocessing_path(run_dir: str | Path) -> Path:
+    """``RUN_DIR/postprocessing.json``: each model's postprocessing decision."""
+    return Path(run_dir) / POSTPROCESSING_FILE
+
+
+def postprocessed_metrics_path(run_dir: str | Path) -> Path:
+    """``RUN_DIR/metrics_postprocessed.csv``: metrics.csv's rows for the postprocessed predictions."""
+    return Path(run_dir) / METRICS_POSTPROCESSED_FILE
+
+
 def jobs_table_path(run_dir: str | Path) -> Path:
     """``RUN_DIR/jobs.csv``."""
     return Path(run_dir) / JOBS_FILE
@@ -157,6 +171,11 @@ def oof_predictions_dir(run_dir: str | Path, model: str) -> Path:
 def evaluation_path(run_dir: str | Path) -> Path:
     """``RUN_DIR/predictions/evaluation.csv``: where ``segbench evaluate RUN_DIR`` writes by default."""
     return oof_predictions_root(run_dir) / EVALUATION_FILE
+
+
+def postprocessed_evaluation_path(run_dir: str | Path) -> Path:
+    """``RUN_DIR/predictions/evaluation_postprocessed.csv``: ``segbench evaluate RUN_DIR``'s postprocessed scores."""
+    return oof_predictions_root(run_dir) / EVALUATION_POSTPROCESSED_FILE
 
 
 def job_dir(run_dir: str | Path, job: JobRef) -> Path:

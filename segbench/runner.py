@@ -5,6 +5,7 @@ Dataflow of :func:`run_comparison`::
     dataset (default synthetic or --data) → preflight (every file read fully) → models (registry) → splits
     → RUN_DIR/manifest.json + splits.json → preprocessing cache → one job per (model, fold, repeat) → metrics.csv,
     jobs.csv
+    → postprocessing decided on each finished model's folds (postprocessing.json, metrics_postprocessed.csv)
     → report
 
 Resume (``resume=True``) compares the stored manifest with the new request and refuses a changed config, model
@@ -512,6 +513,7 @@ def _run_locked(config: RunConfig, run_dir: Path, *, resume: bool, progress: boo
         executor(specs)
     finally:
         scan = results.rebuild_tables(run_dir)
+    _postprocess(run_dir, scan.results)
     report_dir = _write_report(run_dir) if report else None
     expected = len(models) * len(splits) * config.repeats
     return RunOutcome(run_dir, expected, scan.results, scan.problems, report_dir)
@@ -622,6 +624,17 @@ def _checked_dataset(
     if not dataset.foreground_labels:
         raise DatasetError(f"{dataset_path}/dataset.json declares no foreground label")
     return dataset_path, dataset, summary
+
+
+def _postprocess(run_dir: Path, found: list[results.JobResult]) -> None:
+    """Decide, store and score each finished model's postprocessing (:mod:`segbench.run_postprocessing`)."""
+    from segbench.run_postprocessing import postprocess_run
+
+    try:
+        postprocess_run(run_dir, found=found)
+    except Exception as exc:  # like the report: never at the cost of the results, which are complete
+        log.warning("could not decide the postprocessing (%s: %s); the tables in %s are complete, `segbench run "
+                    "--resume` tries again", type(exc).__name__, exc, run_dir)  # fmt: skip
 
 
 def _write_report(run_dir: Path) -> Path | None:

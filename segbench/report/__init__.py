@@ -31,6 +31,7 @@ from segbench.metrics import PRIMARY_METRIC, Metric, metric_catalogue
 from segbench.report import figures, stats, tables
 from segbench.report.estimate import estimate_section
 from segbench.report.matching import matching_record, matching_section, qualify_sentence
+from segbench.report.postprocessing import RULE_SENTENCE, before_after_table, decision_table, decisions_from
 from segbench.report.recipe import recipe_sentence
 from segbench.report.render import (
     Bullets,
@@ -49,6 +50,7 @@ from segbench.results import (
     load_learning_curves,
     load_manifest,
     load_metrics,
+    load_postprocessed_metrics,
     metrics_table,
     scan_results,
 )
@@ -96,6 +98,8 @@ class _Inputs:
     jobs: pd.DataFrame
     curves: pd.DataFrame
     notes: tuple[str, ...]
+    postprocessed: pd.DataFrame  # metrics_postprocessed.csv (empty when the run has none)
+    decisions: dict[str, Any]  # model → Decision, from postprocessing.json
 
 
 def _read_inputs(run_dir: Path) -> _Inputs:
@@ -135,7 +139,11 @@ def _read_inputs(run_dir: Path) -> _Inputs:
     if not jobs.empty:
         jobs["model"] = jobs["model"].astype(str)
         jobs["reason"] = jobs["reason"].astype(object).fillna("").astype(str) if "reason" in jobs else ""
-    return _Inputs(manifest, splits, metrics, jobs, load_learning_curves(run_dir), tuple(notes))
+    from segbench.run_postprocessing import load_decisions
+
+    decisions = decisions_from(load_decisions(run_dir))
+    return _Inputs(manifest, splits, metrics, jobs, load_learning_curves(run_dir), tuple(notes),
+                   load_postprocessed_metrics(run_dir), decisions)  # fmt: skip
 
 
 def _expected_folds(inputs: _Inputs) -> int:
@@ -482,7 +490,6 @@ def _statistics_section(ctx: _Context) -> Section:
     best = ctx.best
     if best is None or len(ctx.ranked) < 2:
         return Section("Statistics", (Paragraph("Paired statistics need at least two models with evaluated cases."),))
-    comparisons = compare_models(ctx.per_repeat, best, ctx.models, ctx.seed)
     headline = _headline_metrics(ctx.per_case)
     ranks = [
         stats.rank_stability(
@@ -498,14 +505,59 @@ def _statistics_section(ctx: _Context) -> Section:
         Paragraph(f"Every model against the best by mean Dice ({best}); paired on case id. {_rule_sentence(ctx)} "
                   + recipe_sentence(ctx.inputs.manifest, ctx.inputs.jobs)),
         *_conditions(ctx),
-        Bullets(tuple(qualify_sentence(stats.comparison_sentence(c), matching_record(ctx.inputs.manifest), c.reference,
-                                       c.other) for c in comparisons)),
-        TableBlock(_comparison_table(comparisons), "Wilcoxon signed-rank tests (two-sided), Holm per metric; "
-                   "'better' is the model ahead on the cases, 'advantage' its lead"),
+        *_comparison_blocks(ctx, ctx.per_repeat, best),
         TableBlock(tables.Table(rank_columns, rank_rows),
                    f"Rank stability: share of {stats.RANK_RESAMPLES} case-bootstrap resamples (cases all models "
                    "have) in which the model ranks first"),
     ))  # fmt: skip
+
+
+def _comparison_blocks(ctx: _Context, per_repeat: pd.DataFrame, best: str) -> list[Any]:
+    """The verdict sentences and the test table of every model against ``best`` on ``per_repeat``'s cases."""
+    comparisons = compare_models(per_repeat, best, ctx.models, ctx.seed)
+    return [
+        Bullets(tuple(qualify_sentence(stats.comparison_sentence(c), matching_record(ctx.inputs.manifest), c.reference,
+                                       c.other) for c in comparisons)),
+        TableBlock(_comparison_table(comparisons), "Wilcoxon signed-rank tests (two-sided), Holm per metric; "
+                   "'better' is the model ahead on the cases, 'advantage' its lead"),
+    ]  # fmt: skip
+
+
+def _postprocessing_section(ctx: _Context) -> Section:
+    """Each model's decision, its metrics before and after, and the paired statistics on the postprocessed cases."""
+    decisions, blocks = ctx.inputs.decisions, [Paragraph(RULE_SENTENCE)]
+    if not decisions:
+        blocks.append(
+            Paragraph(
+                "No model has a postprocessing decision yet: it is made once all of a model's folds "
+                "are done (`segbench run --resume --out RUN_DIR` makes it for a finished run)."
+            )
+        )
+        return Section("Postprocessing", tuple(blocks))
+    per_repeat = tables.per_case_table(ctx.inputs.postprocessed)
+    per_case = tables.case_means(per_repeat)
+    blocks += [
+        TableBlock(decision_table(decisions, ctx.models), "Steps tried on the out-of-fold predictions, in order; "
+                   "mean Dice of the step's label(s), nnU-Net's way"),
+        TableBlock(before_after_table(ctx.per_case, per_case, decisions, ctx.models, seed=ctx.seed),
+                   "Pooled out-of-fold cases before and after each model's postprocessing (* = misses count as the "
+                   "stated penalty)"),
+    ]  # fmt: skip
+    undecided = [m for m in ctx.models if m not in decisions]
+    if undecided:
+        blocks.append(Paragraph(f"No decision for {', '.join(undecided)}: not all of its folds are done; it is left "
+                                "out of the statistics below."))  # fmt: skip
+    means = per_case.groupby("model")[PRIMARY_METRIC].mean().dropna() if not per_case.empty else pd.Series()
+    ranked = sorted(means.index, key=lambda m: (-means[m], m))
+    if len(ranked) < 2:
+        return Section("Postprocessing", tuple(blocks))
+    blocks.append(
+        Paragraph(
+            f"Statistics after postprocessing: every model against the best by mean Dice after "
+            f"postprocessing ({ranked[0]}), with the tests and the verdict rule of Statistics."
+        )
+    )
+    return Section("Postprocessing", (*blocks, *_comparison_blocks(ctx, per_repeat, ranked[0])))  # fmt: skip
 
 
 def _rule_sentence(ctx: _Context) -> str:
@@ -638,8 +690,8 @@ def write_report(
     inputs = _read_inputs(run_dir)
     ctx = _context(run_dir, inputs, seed)
     figure_blocks, figure_notes = _figures(ctx)
-    sections = [_leaderboard_section(ctx), _fold_section(ctx), _statistics_section(ctx), _seed_section(ctx),
-                Section("Figures", tuple(figure_blocks))]  # fmt: skip
+    sections = [_leaderboard_section(ctx), _fold_section(ctx), _statistics_section(ctx), _postprocessing_section(ctx),
+                _seed_section(ctx), Section("Figures", tuple(figure_blocks))]  # fmt: skip
     matched = matching_section(inputs.manifest, inputs.jobs, ctx.board, ctx.models)
     if matched is not None:  # a --match run: its costs and Pareto plots right after the leaderboard
         sections.insert(1, matched[0])
