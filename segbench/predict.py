@@ -135,6 +135,7 @@ def predict_cases(
     folds: Sequence[int] | None = None,
     mirror: bool | None = None,
     save_probabilities: bool = False,
+    postprocess: bool = True,
     device: str = "auto",
     progress: bool = False,
 ) -> list[Path]:
@@ -150,6 +151,8 @@ def predict_cases(
         mirror: mirroring test-time augmentation; ``None`` follows the run's inference settings.
         save_probabilities: also write ``<case_id>.npz`` with ``probabilities``, ``(K, D, H, W)`` float32 class
             probabilities on the input's voxel grid (softmax; one sigmoid channel for a single-label sigmoid model).
+        postprocess: apply the model's postprocessing decision (made on its folds; none while they are unfinished).
+            The probabilities are never postprocessed.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         progress: a progress bar per case (stderr).
 
@@ -176,7 +179,7 @@ def predict_cases(
         _check_weights(member, weights_digest(network))
     log.info("%s: an ensemble of %d network(s) (folds %s)", model, len(networks),
              _folds_text(sorted({m.fold for m in members})))  # fmt: skip
-    decision = run.postprocessing(model)
+    decision = run.postprocessing(model) if postprocess else None
     written = []
     for case in tqdm(cases, desc=f"predict {model}", unit="case", disable=not progress):
         written.append(_predict_one(run, networks, case, out_dir, decision, save_probabilities=save_probabilities))
@@ -248,12 +251,16 @@ class _RunSetup:
         return network
 
     def postprocessing(self, model: str):
-        """The run's postprocessing decision for ``model`` (``None`` when the run has none)."""
-        try:
-            from segbench.postprocessing import load_decision
-        except ImportError:  # a segbench without postprocessing decisions
-            return None
-        return load_decision(self.run_dir, model)
+        """The model's postprocessing decision (:mod:`segbench.run_postprocessing`), or ``None`` while its folds are
+        not all done; logged either way."""
+        from segbench.run_postprocessing import current_decision
+
+        decision, source = current_decision(self.run_dir, model)
+        if decision is None:
+            log.warning("%s: no postprocessing (%s): the segmentations are the ensemble's as they are", model, source)
+        else:
+            log.info("%s: postprocessing %s (%s)", model, decision.describe(), source)
+        return decision
 
 
 def _check_weights(member: EnsembleMember, digest: str) -> None:
@@ -275,6 +282,7 @@ def _check_weights(member: EnsembleMember, digest: str) -> None:
 
 def _predict_one(run: _RunSetup, networks, case, out_dir: Path, decision, *, save_probabilities: bool) -> Path:
     from segbench.data.preprocess import prepare_in_memory
+    from segbench.postprocessing import apply_decision
 
     image, prepared = prepare_in_memory(case, config=run.preprocess)
     if image.shape[0] != len(run.dataset.channels):
@@ -284,7 +292,7 @@ def _predict_one(run: _RunSetup, networks, case, out_dir: Path, decision, *, sav
     logits = _ensemble_logits(run, networks, image)
     labels = _label_values(run, _classes(logits, prepared))
     if decision is not None:
-        labels = decision.apply(labels)
+        labels = apply_decision(labels, decision)
     path = out_dir / f"{case.case_id}.nii.gz"
     _write_like(case.images[0], labels, path)
     if save_probabilities:

@@ -20,7 +20,9 @@ import pytest
 
 from segbench.data.synth import make_synthetic_task
 from segbench.errors import DatasetError
+from segbench.postprocessing import apply_decision
 from segbench.predict import input_cases
+from segbench.run_postprocessing import current_decision
 
 SEGBENCH = Path(sys.executable).parent / "segbench"
 
@@ -97,10 +99,18 @@ def test_one_fold_reproduces_its_out_of_fold_predictions_and_the_ensemble_averag
     images = data / "imagesTr"
     for fold, split in enumerate(splits):
         _predict(run, cache, str(images), "--folds", str(fold), "--out", str(tmp_path / f"fold{fold}"),
-                 "--save-probabilities")  # fmt: skip
+                 "--no-postprocessing")  # fmt: skip
         for case_id in split["val"]:
             oof = run / "jobs" / "fcn" / f"fold_{fold}" / "predictions" / f"{case_id}.nii.gz"
             np.testing.assert_array_equal(_array(tmp_path / f"fold{fold}" / f"{case_id}.nii.gz"), _array(oof))
+    # By default the model's postprocessing, decided on its folds, is applied to the ensemble's segmentation
+    decision, source = current_decision(run, "fcn")
+    assert source == "stored"
+    _predict(run, cache, str(images), "--folds", "0", "--out", str(tmp_path / "postprocessed"))
+    for case_id in splits[0]["val"]:
+        raw = _array(tmp_path / "fold0" / f"{case_id}.nii.gz")
+        np.testing.assert_array_equal(_array(tmp_path / "postprocessed" / f"{case_id}.nii.gz"),
+                                      apply_decision(raw, decision))  # fmt: skip
     # An input at the run's spacing is not resampled: its probabilities are the sigmoid of the networks' logits
     source = images / f"{splits[0]['val'][0]}.nii.gz"
     at_run_spacing = tmp_path / "at_run_spacing"

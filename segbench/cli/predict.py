@@ -45,6 +45,11 @@ def _parse_folds(text: str | None) -> tuple[int, ...] | None:
     is_flag=True,
     help="Also write <case_id>.npz with the class probabilities (K, D, H, W) on the input's grid.",
 )
+@click.option(
+    "--postprocessing/--no-postprocessing",
+    default=True,
+    help="Apply the model's postprocessing decided on its folds (see the report).  [default: on]",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 def predict(
     run_dir: Path,
@@ -55,6 +60,7 @@ def predict(
     folds_text: str | None,
     mirror: bool | None,
     save_probabilities: bool,
+    postprocessing: bool,
     device: str,
 ) -> None:
     """Segment the images in INPUT (an MSD or nnU-Net imagesTs folder) with the ensemble of MODEL's fold networks in
@@ -70,7 +76,8 @@ def predict(
     else:
         cases = input_cases(input_dir, channels=_channel_count(run_dir))
     written = predict_cases(run_dir, model=model, cases=cases, out_dir=out_dir, folds=folds, mirror=mirror,
-                            save_probabilities=save_probabilities, device=device, progress=True)  # fmt: skip
+                            save_probabilities=save_probabilities, postprocess=postprocessing, device=device,
+                            progress=True)  # fmt: skip
     click.echo(f"{len(written)} segmentation(s) of {model} written to {out_dir}")
 
 
