@@ -38,6 +38,7 @@ PLANS_FILE = "plans.json"  # a copy of the --plans file the run used (nnU-Net pl
 METRICS_FILE = "metrics.csv"  # per (model, fold, case_id, label); rebuilt from every result.json
 POSTPROCESSING_FILE = "postprocessing.json"  # per model: the postprocessing decided on its folds
 METRICS_POSTPROCESSED_FILE = "metrics_postprocessed.csv"  # metrics.csv's rows, of the postprocessed predictions
+TEST_METRICS_FILE = "test_metrics.csv"  # the held-back test set scored by `segbench predict --test --evaluate`
 JOBS_FILE = "jobs.csv"  # per (model, fold); rebuilt from every result.json
 RUN_LOCK_FILE = "run.lock"  # locked (POSIX record lock) while a `segbench run` works on the directory
 JOBS_DIR = "jobs"  # one folder per job below it
@@ -126,6 +127,11 @@ def plans_path(run_dir: str | Path) -> Path:
 def metrics_path(run_dir: str | Path) -> Path:
     """``RUN_DIR/metrics.csv``."""
     return Path(run_dir) / METRICS_FILE
+
+
+def test_metrics_path(run_dir: str | Path) -> Path:
+    """``RUN_DIR/test_metrics.csv``: the held-back test set's scores, per model (``segbench predict --evaluate``)."""
+    return Path(run_dir) / TEST_METRICS_FILE
 
 
 def postprocessing_path(run_dir: str | Path) -> Path:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 
 from segbench.data.synth import make_synthetic_task
@@ -38,7 +39,7 @@ def _segbench(*args: str, env_cache: Path) -> subprocess.CompletedProcess:
 def finished_run(tmp_path_factory) -> tuple[Path, Path, Path]:
     """(run dir, dataset, cache): fcn on 6 tiny cases, 2 folds, resampled to 1.5 mm."""
     root = tmp_path_factory.mktemp("predict")
-    data = make_synthetic_task(root / "Task", cases=6, test_cases=3, seed=5, shape=(24, 24, 16))
+    data = make_synthetic_task(root / "Task", cases=6, test_cases=3, seed=5, shape=(24, 24, 16), test_labels=True)
     out = root / "run"
     result = _segbench("run", "--data", str(data), "--models", "fcn", "--folds", "2", "--iterations", "6",
                        "--patch", "16", "16", "16", "--target-spacing", "1.5", "1.5", "1.5", "--out", str(out), "-q",
@@ -179,3 +180,44 @@ def test_input_folders_are_read_nnunet_style_only_when_every_case_has_every_chan
         input_cases(tmp_path / "empty", channels=1)
     with pytest.raises(DatasetError, match="is not a folder of images"):
         input_cases(tmp_path / "a_0000.nii.gz", channels=1)
+
+
+@pytest.mark.slow
+def test_a_labelled_test_set_is_scored_into_the_run_and_reported_apart_from_the_folds(finished_run, tmp_path):
+    run, data, cache = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    metrics_before = (copy / "metrics.csv").read_text()
+    result = _predict(copy, cache, "--test", "--evaluate", "--out", str(tmp_path / "pred"))
+    assert "test set, label 1: dice mean" in result.stdout and "(3 cases, " in result.stdout
+    scores = pd.read_csv(copy / "test_metrics.csv", dtype={"case_id": str})
+    assert sorted(scores["case_id"]) == sorted(p.name.removesuffix(".nii.gz") for p in (data / "labelsTs").iterdir())
+    assert set(scores["model"]) == {"fcn"} and set(scores["folds"].astype(str)) == {"0,1"}
+    assert scores["dice"].between(0, 1).all()
+    assert (copy / "metrics.csv").read_text() == metrics_before  # the cross-validation's tables are untouched
+    report = _segbench("report", str(copy), env_cache=cache)
+    assert report.returncode == 0, report.stderr[-2000:]
+    text = (copy / "report" / "report.md").read_text()
+    assert "## Held-back test set" in text and "take no part in the leaderboard" in text
+    # scoring again replaces the model's rows instead of adding to them
+    _predict(copy, cache, "--test", "--evaluate", "--folds", "0", "--out", str(tmp_path / "pred0"))
+    again = pd.read_csv(copy / "test_metrics.csv", dtype={"case_id": str, "folds": str})
+    assert len(again) == len(scores) and set(again["folds"]) == {"0"}
+
+
+@pytest.mark.slow
+def test_evaluate_needs_the_test_labels_and_the_test_flag(finished_run, tmp_path):
+    run, data, cache = finished_run
+    result = _segbench("predict", str(run), "--model", "fcn", str(data / "imagesTs"), "--evaluate", "--out",
+                       str(tmp_path / "a"), env_cache=cache)  # fmt: skip
+    assert result.returncode == 1 and "use it with --test" in result.stderr
+    label = sorted((data / "labelsTs").iterdir())[0]
+    moved = tmp_path / label.name
+    shutil.move(label, moved)
+    try:
+        result = _segbench("predict", str(run), "--model", "fcn", "--test", "--evaluate", "--out", str(tmp_path / "b"),
+                           env_cache=cache)  # fmt: skip
+    finally:
+        shutil.move(moved, label)
+    assert result.returncode == 1
+    assert f"but {label.name.removesuffix('.nii.gz')} has none" in result.stderr and "labelsTs" in result.stderr

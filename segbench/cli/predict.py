@@ -8,6 +8,7 @@ import click
 
 from segbench.cli.group import main
 from segbench.errors import ConfigError
+from segbench.rundir import TEST_METRICS_FILE
 
 
 def _parse_folds(text: str | None) -> tuple[int, ...] | None:
@@ -50,6 +51,12 @@ def _parse_folds(text: str | None) -> tuple[int, ...] | None:
     default=True,
     help="Apply the model's postprocessing decided on its folds (see the report).  [default: on]",
 )
+@click.option(
+    "--evaluate",
+    is_flag=True,
+    help="With --test: score the segmentations against the dataset's labelsTs/ and keep the scores in the run "
+    f"({TEST_METRICS_FILE}, a report section of its own, apart from the cross-validation).",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 def predict(
     run_dir: Path,
@@ -61,6 +68,7 @@ def predict(
     mirror: bool | None,
     save_probabilities: bool,
     postprocessing: bool,
+    evaluate: bool,
     device: str,
 ) -> None:
     """Segment the images in INPUT (an MSD or nnU-Net imagesTs folder) with the ensemble of MODEL's fold networks in
@@ -71,14 +79,41 @@ def predict(
     if (input_dir is None) == (not use_test):
         raise ConfigError("give either INPUT (a folder of images) or --test (the run's test cases), not both, not none")
     folds = _parse_folds(folds_text)
+    if evaluate and not use_test:
+        raise ConfigError("--evaluate scores the run's test cases against their labelsTs/: use it with --test")
     if use_test:
         cases = _test_cases(run_dir)
+        if evaluate:  # before any prediction: a missing label should not cost the predictions first
+            from segbench.held_out import labels_of_test_cases
+
+            labels_of_test_cases(_dataset(run_dir), [case.case_id for case in cases])
     else:
         cases = input_cases(input_dir, channels=_channel_count(run_dir))
     written = predict_cases(run_dir, model=model, cases=cases, out_dir=out_dir, folds=folds, mirror=mirror,
                             save_probabilities=save_probabilities, postprocess=postprocessing, device=device,
                             progress=True)  # fmt: skip
     click.echo(f"{len(written)} segmentation(s) of {model} written to {out_dir}")
+    if evaluate:
+        _evaluate(run_dir, model, cases, written, folds=folds, postprocessed=postprocessing)
+
+
+def _evaluate(run_dir: Path, model: str, cases, written, *, folds, postprocessed: bool) -> None:
+    from segbench.evaluation import summarize
+    from segbench.held_out import evaluate_test_predictions
+    from segbench.predict import ensemble_members
+
+    used = sorted({member.fold for member in ensemble_members(run_dir, model, folds=folds)})
+    frame = evaluate_test_predictions(
+        run_dir, model=model, predictions={case.case_id: path for case, path in zip(cases, written, strict=True)},
+        folds=used, postprocessed=postprocessed,
+    )  # fmt: skip
+    summary = summarize(frame.drop(columns=["model", "folds", "postprocessed", "label_name"]))
+    for row in summary[summary["metric"].isin(["dice", "hd95", "nsd"])].itertuples():
+        click.echo(f"test set, label {row.label}: {row.metric} mean {row.mean:.4g}, median {row.median:.4g} "
+                   f"({row.cases} cases, {row.misses} misses)")  # fmt: skip
+    from segbench.rundir import test_metrics_path
+
+    click.echo(f"per-case test metrics kept in {test_metrics_path(run_dir)} (the report shows them apart)")
 
 
 def _dataset(run_dir: Path):

@@ -27,9 +27,11 @@ import pandas as pd
 from segbench import rundir
 from segbench.atomic import atomic_write_bytes, atomic_write_text
 from segbench.errors import ConfigError, RunDirectoryError
+from segbench.held_out import load_test_metrics
 from segbench.metrics import PRIMARY_METRIC, Metric, metric_catalogue
 from segbench.report import figures, stats, tables
 from segbench.report.estimate import estimate_section
+from segbench.report.held_back import held_back_section
 from segbench.report.matching import matching_record, matching_section, qualify_sentence
 from segbench.report.postprocessing import RULE_SENTENCE, before_after_table, decision_table, decisions_from
 from segbench.report.recipe import recipe_sentence
@@ -690,8 +692,10 @@ def write_report(
     inputs = _read_inputs(run_dir)
     ctx = _context(run_dir, inputs, seed)
     figure_blocks, figure_notes = _figures(ctx)
+    held_back = held_back_section(load_test_metrics(run_dir))  # apart from the folds: after their statistics
     sections = [_leaderboard_section(ctx), _fold_section(ctx), _statistics_section(ctx), _postprocessing_section(ctx),
-                _seed_section(ctx), Section("Figures", tuple(figure_blocks))]  # fmt: skip
+                *([held_back] if held_back else []), _seed_section(ctx),
+                Section("Figures", tuple(figure_blocks))]  # fmt: skip
     matched = matching_section(inputs.manifest, inputs.jobs, ctx.board, ctx.models)
     if matched is not None:  # a --match run: its costs and Pareto plots right after the leaderboard
         sections.insert(1, matched[0])
