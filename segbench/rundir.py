@@ -9,8 +9,10 @@ This is the only module that spells a run-directory name; everything else builds
       jobs/<model>/fold_<k>/repeat_<r>/   job_dir(run_dir, job)  (runs with R > 1 repeats)
         result.json, result.json.previous, error.txt, error.txt.previous, training_log.csv,
         checkpoint_latest.pt, checkpoint_previous.pt, *.corrupt, job.lock, submitit.json, worker.log,
-        predictions/<case_id>.nii.gz
+        predictions/<case_id>.nii.gz, predictions/<case_id>.npz (--save-probabilities)
       predictions/<model>/          oof_predictions_dir(run_dir, model): links to the done jobs' predictions
+      extra_models/<name>/          extra_model_dir(run_dir, name): extra_model.json, metrics.csv,
+                                    metrics_postprocessed.csv, predictions/<case_id>.nii.gz (an ensemble or external)
       slurm/                        submitit's pickles and logs
       report/                       the default report folder
 
@@ -63,6 +65,11 @@ SUBMITIT_RECORD_FILE = "submitit.json"  # which scheduler job runs the job (writ
 WORKER_LOG_FILE = "worker.log"  # stdout/stderr of a local GPU worker process
 PREDICTIONS_DIR = "predictions"  # <case_id>.nii.gz, in the original geometry
 PREDICTION_SUFFIX = ".nii.gz"
+PROBABILITIES_SUFFIX = ".npz"  # predictions/<case_id>.npz: class probabilities (runs with --save-probabilities)
+
+# --- one extra row (a model without jobs: an ensemble or external predictions) --------------------------------------
+EXTRA_MODELS_DIR = "extra_models"  # RUN_DIR/extra_models/<name>/
+EXTRA_MODEL_FILE = "extra_model.json"  # what the row is (kind, members or source, cases, decision), written last
 
 # Markers of an attempt that must not outlive it: renamed to <name>.previous when a job (re)starts.
 ATTEMPT_MARKERS = (RESULT_FILE, ERROR_FILE)
@@ -233,6 +240,36 @@ def predictions_dir(run_dir: str | Path, job: JobRef) -> Path:
 def prediction_path(run_dir: str | Path, job: JobRef, case_id: str) -> Path:
     """``predictions/<case_id>.nii.gz`` of a job."""
     return predictions_dir(run_dir, job) / f"{case_id}{PREDICTION_SUFFIX}"
+
+
+def probabilities_path(run_dir: str | Path, job: JobRef, case_id: str) -> Path:
+    """``predictions/<case_id>.npz`` of a job: the case's class probabilities (runs with ``--save-probabilities``)."""
+    return predictions_dir(run_dir, job) / f"{case_id}{PROBABILITIES_SUFFIX}"
+
+
+def extra_models_root(run_dir: str | Path) -> Path:
+    """``RUN_DIR/extra_models``: one folder per extra row (``segbench ensemble``, ``segbench report --add``)."""
+    return Path(run_dir) / EXTRA_MODELS_DIR
+
+
+def extra_model_dir(run_dir: str | Path, name: str) -> Path:
+    """``RUN_DIR/extra_models/<name>``: its ``extra_model.json``, metrics tables and ``predictions/``."""
+    return extra_models_root(run_dir) / name
+
+
+def extra_model_path(run_dir: str | Path, name: str) -> Path:
+    """``RUN_DIR/extra_models/<name>/extra_model.json``."""
+    return extra_model_dir(run_dir, name) / EXTRA_MODEL_FILE
+
+
+def extra_metrics_path(run_dir: str | Path, name: str, *, postprocessed: bool = False) -> Path:
+    """``metrics.csv`` (or ``metrics_postprocessed.csv``) of an extra row: metrics.csv's columns."""
+    return extra_model_dir(run_dir, name) / (METRICS_POSTPROCESSED_FILE if postprocessed else METRICS_FILE)
+
+
+def extra_prediction_path(run_dir: str | Path, name: str, case_id: str) -> Path:
+    """``RUN_DIR/extra_models/<name>/predictions/<case_id>.nii.gz``: the row's segmentation of one case."""
+    return extra_model_dir(run_dir, name) / PREDICTIONS_DIR / f"{case_id}{PREDICTION_SUFFIX}"
 
 
 def iter_job_dirs(run_dir: str | Path) -> Iterator[tuple[JobKey, Path]]:

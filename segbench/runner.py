@@ -61,7 +61,9 @@ log = logging.getLogger(__name__)
 # Outcomes that a resume keeps: they are what this config produces, rerunning would give the same.
 FINAL_STATUSES = ("done", "diverged", "oom")
 # Config fields that do not change results; a resume may change them freely.
-OPERATIONAL_KEYS = ("device", "job_timeout_s", "train.num_workers", "train.checkpoint_every")
+OPERATIONAL_KEYS = (
+    "device", "job_timeout_s", "train.num_workers", "train.checkpoint_every", "inference.save_probabilities",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
