@@ -29,7 +29,7 @@ from segbench import results, rundir
 from segbench.atomic import atomic_write_json, atomic_write_text
 from segbench.config import RunConfig
 from segbench.data.dataset import load_dataset
-from segbench.data.nifti import read_label
+from segbench.data.nifti import Volume, read_label
 from segbench.evaluation import check_geometry
 from segbench.metrics import compute_case_metrics
 from segbench.postprocessing import RULE, Decision, apply_decision, decide
@@ -41,6 +41,7 @@ __all__ = [
     "load_decisions",
     "model_predictions",
     "postprocess_run",
+    "score_case",
     "score_postprocessed",
     "stored_decision",
 ]
@@ -194,10 +195,20 @@ def _score_job(inputs: ModelPredictions, decision: Decision, result: results.Job
             continue
         reference = read_label(inputs.references[case_id])
         check_geometry(case_id, prediction, reference)
-        scored = compute_case_metrics(processed, reference.array, reference.spacing, labels=inputs.labels,
-                                      tolerance_mm=inputs.tolerance_mm)  # fmt: skip
-        rows += [{**job, "case_id": case_id, "label_name": inputs.names.get(r["label"], ""), **r} for r in scored]
+        rows += score_case({**job, "case_id": case_id}, processed, reference, labels=inputs.labels,
+                           names=inputs.names, tolerance_mm=inputs.tolerance_mm)  # fmt: skip
     return rows
+
+
+def score_case(
+    identity: dict[str, Any], prediction: np.ndarray, reference: Volume, *, labels: tuple[int, ...],
+    names: dict[int, str], tolerance_mm: float,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """metrics.csv rows of one case (one per label): ``identity`` (model, fold, repeat, case_id), the label's name and
+    :func:`segbench.metrics.compute_case_metrics` of ``prediction`` ``(D, H, W)`` against ``reference``."""
+    scored = compute_case_metrics(prediction, reference.array, reference.spacing, labels=labels,
+                                  tolerance_mm=tolerance_mm)  # fmt: skip
+    return [{**identity, "label_name": names.get(row["label"], ""), **row} for row in scored]
 
 
 def postprocess_run(run_dir: str | Path, *, found: list[results.JobResult] | None = None) -> dict[str, Decision]:

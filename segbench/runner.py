@@ -51,6 +51,7 @@ from segbench.patch_advice import (  # noqa: F401 - plan_patch, warn_small_patch
     warn_small_patch,
 )
 from segbench.paths import preprocessed_cache
+from segbench.probabilities import missing_probabilities
 from segbench.profiling import environment_info
 from segbench.recipes.catalog import recipe_record
 from segbench.registry import builder_module, model_info, module_source, network_plan_scope, resolve_models
@@ -337,10 +338,17 @@ def _prepare_run_dir(run_dir: Path, manifest: dict, splits: list, *, resume: boo
     atomic_write_json(manifest_path, manifest)
 
 
-def plan_jobs(run_dir: Path, models: list[str], folds: int, repeats: int = 1) -> tuple[list[rundir.JobKey], list[str]]:
-    """Jobs of the (model × fold × repeat) grid still to run (no final result yet) and the problems met reading."""
+def plan_jobs(
+    run_dir: Path, models: list[str], folds: int, repeats: int = 1, *, probabilities: bool = False
+) -> tuple[list[rundir.JobKey], list[str]]:
+    """Jobs of the (model × fold × repeat) grid still to run (no final result yet) and the problems met reading.
+
+    With ``probabilities`` (``--save-probabilities``), a ``done`` job with a prediction lacking its probabilities
+    file runs again too: it continues from its final checkpoint and only predicts those cases again.
+    """
     scan = results.scan_results(run_dir)
-    finished = {rundir.JobKey(r.model, r.fold, r.repeat) for r in scan.results if r.status in FINAL_STATUSES}
+    finished = {rundir.JobKey(r.model, r.fold, r.repeat) for r in scan.results if r.status in FINAL_STATUSES
+                and not (probabilities and r.status == "done" and missing_probabilities(run_dir, r))}  # fmt: skip
     grid = [rundir.JobKey(m, f, r, repeats) for m in models for f in range(folds) for r in range(repeats)]
     return [key for key in grid if key not in finished], scan.problems
 
@@ -357,12 +365,18 @@ class ResumePlan:
     restarted: list[tuple[str, int, str]]
 
 
-def plan_resume(run_dir: Path, models: list[str], folds: int, repeats: int = 1) -> ResumePlan:
+def plan_resume(
+    run_dir: Path, models: list[str], folds: int, repeats: int = 1, *, probabilities: bool = False
+) -> ResumePlan:
     """Sort the jobs of a run being resumed into kept (a final result), continued (a checkpoint) and restarted.
 
-    With repeats, ``why`` names the repeat (``"repeat 1: killed, from its checkpoint"``).
+    With repeats, ``why`` names the repeat (``"repeat 1: killed, from its checkpoint"``). With ``probabilities``, a
+    done job lacking probabilities files is continued (:func:`plan_jobs`).
     """
     status = {(r.model, r.fold, r.repeat): r.status for r in results.scan_results(run_dir).results}
+    if probabilities:
+        status.update({key: "done without probabilities" for key, value in status.items() if value == "done" and
+                       missing_probabilities(run_dir, rundir.JobKey(*key, repeats))})  # fmt: skip
     kept, continued, restarted = [], [], []
     for key in (rundir.JobKey(m, f, r, repeats) for m in models for f in range(folds) for r in range(repeats)):
         folder = rundir.job_dir(run_dir, key)
@@ -495,7 +509,8 @@ def _run_locked(config: RunConfig, run_dir: Path, *, resume: bool, progress: boo
     preprocess_config = PreprocessConfig(target_spacing=config.target_spacing, plan=plan)
     manifest["cache"] = cache_state(dataset, preprocess_config, preprocess_dir, geometry)
     if on_estimate is not None and not executor.resolves_device:
-        todo, _ = plan_jobs(run_dir, models, len(splits), config.repeats)
+        todo, _ = plan_jobs(run_dir, models, len(splits), config.repeats,
+                            probabilities=config.inference.save_probabilities)  # fmt: skip
         estimate = measure_estimate(executor, config, todo=todo, splits=splits, dataset=dataset, geometry=geometry,
                                     device=device, cache=manifest["cache"])  # fmt: skip
         if estimate is not None:
@@ -503,14 +518,16 @@ def _run_locked(config: RunConfig, run_dir: Path, *, resume: bool, progress: boo
             on_estimate(estimate)
     _prepare_run_dir(run_dir, manifest, splits, resume=resume)
     if resume and on_resume is not None:
-        on_resume(plan_resume(run_dir, models, len(splits), config.repeats))
+        on_resume(plan_resume(run_dir, models, len(splits), config.repeats,
+                              probabilities=config.inference.save_probabilities))  # fmt: skip
 
     prepared = prepare_dataset(dataset, config=preprocess_config, cache_dir=preprocess_dir, progress=progress)
     record_use(preprocess_dir, name=dataset.name, dataset_path=dataset_path,
                folders=[case.image_path.parent for case in prepared.values()])  # fmt: skip
     common = {"device": device, "cache_dir": str(preprocess_dir), "progress": progress, "imports": job_modules}
     specs = [JobSpec(run_dir=str(run_dir), model=k.model, fold=k.fold, repeat=k.repeat, repeats=k.repeats, **common)
-             for k in _jobs_to_run(run_dir, models, splits, config.repeats)]  # fmt: skip
+             for k in _jobs_to_run(run_dir, models, splits, config.repeats,
+                                   probabilities=config.inference.save_probabilities)]  # fmt: skip
     try:
         executor(specs)
     finally:
@@ -598,9 +615,11 @@ def _run_plan(config: RunConfig, dataset: DatasetSpec, run_dir: Path, *, resume:
     return plan, source
 
 
-def _jobs_to_run(run_dir: Path, models: list[str], splits: list, repeats: int) -> list[rundir.JobKey]:
-    """The jobs without a final result, logging how many a resume keeps."""
-    todo, _ = plan_jobs(run_dir, models, len(splits), repeats)
+def _jobs_to_run(
+    run_dir: Path, models: list[str], splits: list, repeats: int, *, probabilities: bool
+) -> list[rundir.JobKey]:
+    """The jobs without a final result (or without their probabilities), logging how many a resume keeps."""
+    todo, _ = plan_jobs(run_dir, models, len(splits), repeats, probabilities=probabilities)
     skipped = len(models) * len(splits) * repeats - len(todo)
     if skipped:
         log.info("resume: %d job(s) already finished, %d to run", skipped, len(todo))

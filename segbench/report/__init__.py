@@ -27,6 +27,7 @@ import pandas as pd
 from segbench import rundir
 from segbench.atomic import atomic_write_bytes, atomic_write_text
 from segbench.errors import ConfigError, RunDirectoryError
+from segbench.extra_models import extra_metrics, load_extra_models
 from segbench.held_out import load_test_metrics
 from segbench.metrics import PRIMARY_METRIC, Metric, metric_catalogue
 from segbench.report import figures, stats, tables
@@ -102,6 +103,7 @@ class _Inputs:
     notes: tuple[str, ...]
     postprocessed: pd.DataFrame  # metrics_postprocessed.csv (empty when the run has none)
     decisions: dict[str, Any]  # model → Decision, from postprocessing.json
+    extras: tuple[Any, ...] = ()  # ExtraModel rows without jobs (ensembles, external predictions), in both tables
 
 
 def _read_inputs(run_dir: Path) -> _Inputs:
@@ -144,8 +146,18 @@ def _read_inputs(run_dir: Path) -> _Inputs:
     from segbench.run_postprocessing import load_decisions
 
     decisions = decisions_from(load_decisions(run_dir))
-    return _Inputs(manifest, splits, metrics, jobs, load_learning_curves(run_dir), tuple(notes),
-                   load_postprocessed_metrics(run_dir), decisions)  # fmt: skip
+    postprocessed = load_postprocessed_metrics(run_dir)
+    extras = tuple(load_extra_models(run_dir))
+    if extras:  # rows without jobs enter every table and statistic as the trained models do
+        metrics = _concat(metrics, extra_metrics(run_dir, extras))
+        postprocessed = _concat(postprocessed, extra_metrics(run_dir, extras, postprocessed=True))
+        decisions.update({extra.name: extra.decision for extra in extras})
+    return _Inputs(manifest, splits, metrics, jobs, load_learning_curves(run_dir), tuple(notes), postprocessed,
+                   decisions, extras)  # fmt: skip
+
+
+def _concat(table: pd.DataFrame, more: pd.DataFrame) -> pd.DataFrame:
+    return more.copy() if table.empty else table if more.empty else pd.concat([table, more], ignore_index=True)
 
 
 def _expected_folds(inputs: _Inputs) -> int:
@@ -254,10 +266,22 @@ def _prediction_path(run_dir: Path, model: str, fold: int, case_id: str, repeats
     return path
 
 
+def _panel_path(
+    run_dir: Path, manifest: dict[str, Any], per_case: pd.DataFrame, model: str, case_id: str, *, extra: bool
+) -> Path | None:
+    """The prediction file of ``case_id`` the panel shows for ``model`` (``None`` when it has no row for the case)."""
+    if extra:
+        return rundir.extra_prediction_path(run_dir, model, case_id)
+    rows = per_case[(per_case["model"] == model) & (per_case["case_id"] == case_id)]
+    repeats = int((manifest.get("config") or {}).get("repeats") or 1)
+    return _prediction_path(run_dir, model, int(rows["fold"].iloc[0]), case_id, repeats) if len(rows) else None
+
+
 def _qualitative(
-    run_dir: Path, manifest: dict[str, Any], per_case: pd.DataFrame, best: str, models: list[str]
+    run_dir: Path, inputs: _Inputs, per_case: pd.DataFrame, best: str, models: list[str]
 ) -> tuple[bytes | None, str]:
     """The panel PNG and a caption, or ``None`` and the reason it was skipped."""
+    manifest, extras = inputs.manifest, {extra.name for extra in inputs.extras}
     chosen = _median_case(per_case, best)
     if chosen is None:
         return None, f"Qualitative panel skipped: {best} has no evaluated case."
@@ -276,9 +300,7 @@ def _qualitative(
         image, label = load_case(case)
         predictions, missing = {}, []
         for model in models:
-            rows = per_case[(per_case["model"] == model) & (per_case["case_id"] == case_id)]
-            repeats = int((manifest.get("config") or {}).get("repeats") or 1)
-            path = _prediction_path(run_dir, model, int(rows["fold"].iloc[0]), case_id, repeats) if len(rows) else None
+            path = _panel_path(run_dir, manifest, per_case, model, case_id, extra=model in extras)
             if path is not None and path.is_file():
                 predictions[model] = read_label(path).array
             else:
@@ -410,6 +432,9 @@ def _context(run_dir: Path, inputs: _Inputs, seed: int) -> _Context:
     if not board.empty:  # "jobs done k/n" counts the expected grid, also jobs that left no row in jobs.csv
         expected = grid.groupby("model").size()
         board["jobs"] = [int(expected.get(m, n)) for m, n in zip(board["model"], board["jobs"], strict=True)]
+    if not board.empty:  # rows without jobs say what they are: "ensemble" or "external"
+        kinds = {extra.name: extra.kind for extra in inputs.extras}
+        board["kind"] = [kinds.get(m, "trained") for m in board["model"]]
     primary = f"{PRIMARY_METRIC}_mean"
     ranked = board[board[primary].notna()]["model"].tolist() if not board.empty else []
     return _Context(run_dir, inputs, per_case, per_repeat, repeats, grid, expected_models, models, n_folds, board,
@@ -428,7 +453,7 @@ def _figures(ctx: _Context) -> tuple[list[FigureBlock], list[str]]:
     blocks.append(FigureBlock("learning_curves.png", curves, "Training loss, mean over folds ± 1 sd"))
     notes = []
     if ctx.best is not None:
-        panel, caption = _qualitative(ctx.run_dir, ctx.inputs.manifest, ctx.per_case, ctx.best, ctx.models)
+        panel, caption = _qualitative(ctx.run_dir, ctx.inputs, ctx.per_case, ctx.best, ctx.models)
         if panel is not None:
             blocks.append(FigureBlock("qualitative.png", panel, caption))
         else:
@@ -476,7 +501,12 @@ def _leaderboard_section(ctx: _Context) -> Section:
         "defined above).",
     )
     recipe = Paragraph(recipe_sentence(ctx.inputs.manifest, ctx.inputs.jobs))
-    return Section("Leaderboard", (recipe, intro, TableBlock(tables.format_leaderboard(ctx.board)), costs))
+    extras: tuple[Any, ...] = ()
+    if ctx.inputs.extras:
+        extras = (Paragraph(f"Rows without jobs ({rundir.EXTRA_MODELS_DIR}/): scored on the run's cases with the same "
+                            "metrics, postprocessing rule and statistics; they have no cost figures."),
+                  Bullets(tuple(extra.describe() for extra in ctx.inputs.extras)))  # fmt: skip
+    return Section("Leaderboard", (recipe, intro, *extras, TableBlock(tables.format_leaderboard(ctx.board)), costs))
 
 
 def _fold_section(ctx: _Context) -> Section:
