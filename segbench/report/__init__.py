@@ -488,7 +488,9 @@ def _pareto_figures(ctx: _Context) -> list[FigureBlock]:
 
 def _leaderboard_section(ctx: _Context) -> Section:
     intro = Paragraph(
-        f"{len(ctx.models)} models × {ctx.n_folds} folds; values pooled over each model's out-of-fold cases. "
+        f"{len(ctx.models) - len(ctx.inputs.extras)} models × {ctx.n_folds} folds"
+        + (f" and {len(ctx.inputs.extras)} row(s) without jobs" if ctx.inputs.extras else "")
+        + "; values pooled over each model's out-of-fold cases. "
         "Best value per column in bold. * = misses count as the stated penalty (distances: the image diagonal, mm). "
         "misses = cases where exactly one of prediction and reference is empty. "
         "A model without a finished job shows – (see Jobs). "
