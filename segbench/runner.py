@@ -508,9 +508,9 @@ def _run_locked(config: RunConfig, run_dir: Path, *, resume: bool, progress: boo
     preprocess_dir = preprocessed_cache(cache_dir)
     preprocess_config = PreprocessConfig(target_spacing=config.target_spacing, plan=plan)
     manifest["cache"] = cache_state(dataset, preprocess_config, preprocess_dir, geometry)
+    keep = config.inference.save_probabilities  # done jobs without their probabilities files run again
     if on_estimate is not None and not executor.resolves_device:
-        todo, _ = plan_jobs(run_dir, models, len(splits), config.repeats,
-                            probabilities=config.inference.save_probabilities)  # fmt: skip
+        todo, _ = plan_jobs(run_dir, models, len(splits), config.repeats, probabilities=keep)
         estimate = measure_estimate(executor, config, todo=todo, splits=splits, dataset=dataset, geometry=geometry,
                                     device=device, cache=manifest["cache"])  # fmt: skip
         if estimate is not None:
@@ -518,16 +518,14 @@ def _run_locked(config: RunConfig, run_dir: Path, *, resume: bool, progress: boo
             on_estimate(estimate)
     _prepare_run_dir(run_dir, manifest, splits, resume=resume)
     if resume and on_resume is not None:
-        on_resume(plan_resume(run_dir, models, len(splits), config.repeats,
-                              probabilities=config.inference.save_probabilities))  # fmt: skip
+        on_resume(plan_resume(run_dir, models, len(splits), config.repeats, probabilities=keep))
 
     prepared = prepare_dataset(dataset, config=preprocess_config, cache_dir=preprocess_dir, progress=progress)
     record_use(preprocess_dir, name=dataset.name, dataset_path=dataset_path,
                folders=[case.image_path.parent for case in prepared.values()])  # fmt: skip
     common = {"device": device, "cache_dir": str(preprocess_dir), "progress": progress, "imports": job_modules}
     specs = [JobSpec(run_dir=str(run_dir), model=k.model, fold=k.fold, repeat=k.repeat, repeats=k.repeats, **common)
-             for k in _jobs_to_run(run_dir, models, splits, config.repeats,
-                                   probabilities=config.inference.save_probabilities)]  # fmt: skip
+             for k in _jobs_to_run(run_dir, models, splits, config.repeats, probabilities=keep)]  # fmt: skip
     try:
         executor(specs)
     finally:
