@@ -86,6 +86,8 @@ def test_ensemble_and_external_rows_in_the_report(run: Path, tmp_path: Path):
     assert "| nnunet (external) (incomplete) | 18 | – |" in board
     assert "both (ensemble) |" in board
     assert "nnunet: external predictions from" in board and "2 case(s) without a prediction: la_003, la_004" in board
+    per_fold = text.split("## Per-fold results")[1].split("\n## ")[0]
+    assert "| nnunet | 1.000 | 1.000 |" in per_fold and "missing" not in per_fold  # folds 0 and 1 lack one case each
     statistics = text.split("## Statistics")[1].split("\n## ")[0]
     assert "both" in statistics and "nnunet" in statistics  # paired against the best like every model
     postprocessing = text.split("## Postprocessing")[1].split("\n## ")[0]

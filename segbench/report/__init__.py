@@ -513,10 +513,13 @@ def _leaderboard_section(ctx: _Context) -> Section:
 
 def _fold_section(ctx: _Context) -> Section:
     blocks = []
+    # Rows without jobs have no job status: their folds count as done ("no cases" where a fold has none).
+    extra = [{"model": e.name, "fold": k, "status": "done"} for e in ctx.inputs.extras for k in range(ctx.n_folds)]
+    grid = pd.concat([ctx.grid, pd.DataFrame(extra)], ignore_index=True) if extra else ctx.grid
     for metric in _headline_metrics(ctx.per_case):
         table = tables.fold_table(ctx.per_case, models=ctx.models, n_folds=ctx.n_folds, metric=metric.penalised_column)
         caption = f"{metric.display()}: per-fold means, mean of fold means, pooled-case mean"
-        blocks.append(TableBlock(tables.format_fold_table(table, ctx.grid, digits=metric.digits), caption))
+        blocks.append(TableBlock(tables.format_fold_table(table, grid, digits=metric.digits), caption))
     return Section("Per-fold results", tuple(blocks))
 
 
