@@ -5,6 +5,8 @@ made, so a file in the job's ``predictions/`` folder is always complete. Whether
 weights that made it: ``predictions.json`` in the job folder records a digest of the model's weights when prediction
 starts. A resumed job whose trained weights have the same digest keeps every prediction file already there and
 predicts only the missing cases; different weights (a job trained again from scratch) remove the old files first.
+The class probabilities a run with ``--save-probabilities`` keeps (``<case_id>.npz``, :mod:`segbench.probabilities`)
+are treated like the predictions: removed with them, and a case counts as kept only when both files are there.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ def weights_digest(model: torch.nn.Module) -> str:
 class PredictionLedger:
     """Which of a job's prediction files were made by the current weights (see the module docstring)."""
 
-    def __init__(self, run_dir: str | Path, job, digest: str) -> None:
-        self._run_dir, self._job, self.digest = run_dir, job, digest
+    def __init__(self, run_dir: str | Path, job, digest: str, *, probabilities: bool = False) -> None:
+        self._run_dir, self._job, self.digest, self.probabilities = run_dir, job, digest, probabilities
         folder = rundir.predictions_dir(run_dir, job)
         path = rundir.job_dir(run_dir, job) / LEDGER_FILE
         try:
@@ -47,13 +49,20 @@ class PredictionLedger:
         folder.mkdir(parents=True, exist_ok=True)
         if recorded != digest:
             # Made by other weights (or by an attempt that left no record): they must not be scored as this model's.
-            for stale in folder.glob(f"*{rundir.PREDICTION_SUFFIX}") if folder.is_dir() else ():
-                stale.unlink(missing_ok=True)
+            for suffix in (rundir.PREDICTION_SUFFIX, rundir.PROBABILITIES_SUFFIX):
+                for stale in folder.glob(f"*{suffix}") if folder.is_dir() else ():
+                    stale.unlink(missing_ok=True)
             atomic_write_json(path, {"weights": digest})
 
     def path(self, case_id: str) -> Path:
         return rundir.prediction_path(self._run_dir, self._job, case_id)
 
+    def probabilities_path(self, case_id: str) -> Path:
+        return rundir.probabilities_path(self._run_dir, self._job, case_id)
+
     def kept(self, case_id: str) -> bool:
-        """True when ``case_id``'s prediction was made by these weights before (it is complete: written atomically)."""
+        """True when ``case_id``'s prediction was made by these weights before (it is complete: written atomically),
+        and, when probabilities are kept, its probabilities too."""
+        if self.probabilities and not self.probabilities_path(case_id).is_file():
+            return False
         return self.path(case_id).is_file()

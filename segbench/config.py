@@ -74,6 +74,9 @@ class InferenceConfig:
     batch_size: int = 4  # windows per forward pass
     mirror: bool = False  # test-time augmentation over the 8 axis flips
     gaussian: bool = True  # Gaussian importance weighting of window centres
+    # Keep each out-of-fold case's class probabilities (<case_id>.npz beside its prediction) for `segbench ensemble`.
+    # Changes no result: a resume may switch it on (jobs then add the missing files).
+    save_probabilities: bool = False
 
 
 @dataclass(frozen=True)

@@ -343,7 +343,8 @@ def estimate_for_run(
         return estimate_run(
             config, jobs=[(key.model, splits[key.fold]["val"]) for key in todo], geometry=geometry,
             label_paths={case.case_id: case.label for case in dataset.training}, in_channels=len(dataset.channels),
-            out_channels=out_channels_for(tuple(dataset.foreground_labels)), device=device, cache=cache,
+            out_channels=out_channels_for(tuple(dataset.foreground_labels), loss=config.train.loss), device=device,
+            cache=cache,
         )  # fmt: skip
     except (KeyboardInterrupt, SystemExit):
         raise

@@ -12,7 +12,7 @@ progress bar, then calls :func:`complete_labels` and :func:`summarize`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,13 +163,21 @@ def check_geometry(case_id: str, pred: Volume, ref: Volume) -> None:
         )
 
 
-def evaluate_pair(pair: CasePair, *, labels: Sequence[int] | None = None, tolerance_mm: float = 2.0) -> CaseResult:
+def evaluate_pair(
+    pair: CasePair,
+    *,
+    labels: Sequence[int] | None = None,
+    tolerance_mm: float = 2.0,
+    postprocess: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> CaseResult:
     """Read one pair, check its geometry and compute its metric rows (reference spacing).
 
     Args:
         pair: from :func:`match_cases`.
         labels: label values to score; ``None``: every nonzero value in the prediction or reference.
         tolerance_mm: NSD tolerance in mm.
+        postprocess: applied to the predicted ``(D, H, W)`` label map before scoring (e.g. a run's postprocessing
+            decision, :func:`segbench.postprocessing.apply_decision`); returns a label map of the same shape.
 
     Raises:
         DatasetError: unreadable files or a geometry mismatch (naming the case).
@@ -177,7 +185,8 @@ def evaluate_pair(pair: CasePair, *, labels: Sequence[int] | None = None, tolera
     ref = read_label(pair.ref_path)
     pred = read_label(pair.pred_path)
     check_geometry(pair.case_id, pred, ref)
-    rows = compute_case_metrics(pred.array, ref.array, ref.spacing, labels=labels, tolerance_mm=tolerance_mm)
+    array = pred.array if postprocess is None else postprocess(pred.array)
+    rows = compute_case_metrics(array, ref.array, ref.spacing, labels=labels, tolerance_mm=tolerance_mm)
     return CaseResult(
         case_id=pair.case_id,
         rows=[{"case_id": pair.case_id, **row} for row in rows],

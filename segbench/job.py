@@ -54,6 +54,7 @@ from segbench.data.preprocess import (
     labels_in_source_geometry,
     load_prepared,
     prepare_dataset,
+    scores_in_source_geometry,
 )
 from segbench.data.sampling import PatchDataset, make_loader, resolve_num_workers
 from segbench.errors import ConfigError
@@ -65,6 +66,7 @@ from segbench.metrics import compute_case_metrics
 from segbench.paths import preprocessed_cache
 from segbench.plans.network import NetworkPlan, read_network_plan
 from segbench.precision import resolve_memory_format, resolve_precision
+from segbench.probabilities import class_probabilities, write_probabilities
 from segbench.profiling import cuda_peak_mb, reset_cuda_peak
 from segbench.progress import JOB_SUMMARY, job_line, line_interval
 from segbench.progress import log as progress_log
@@ -589,7 +591,8 @@ def _evaluate(
     written as soon as it is made; a resumed job keeps those its weights made and predicts only the others
     (:mod:`segbench.case_predictions`). Off a terminal each case gets a plain line with its time.
     """
-    ledger = PredictionLedger(ctx.spec.run_dir, ctx.spec, weights_digest(model))
+    keep = ctx.config.inference.save_probabilities
+    ledger = PredictionLedger(ctx.spec.run_dir, ctx.spec, weights_digest(model), probabilities=keep)
     labels_by_id = {case.case_id: case for case in ctx.dataset.training}
     rows: list[dict] = []
     seconds: list[float] = []
@@ -602,7 +605,8 @@ def _evaluate(
             prediction = read_label(ledger.path(case_id)).array
         else:
             image, _ = load_prepared(case, mmap=False)
-            prediction = _predict_case(ctx, model, image, case, resolved=resolved)
+            probabilities = ledger.probabilities_path(case_id) if keep else None
+            prediction = _predict_case(ctx, model, image, case, resolved=resolved, probabilities=probabilities)
             seconds.append(time.perf_counter() - tic)
             affine = np.asarray(case.affine, dtype=float).reshape(4, 4)
             write_nifti(ledger.path(case_id), prediction, affine=affine, spacing=case.original_spacing)
@@ -618,13 +622,21 @@ def _case_bar(ctx: JobContext, total: int) -> CaseProgress:
 
 
 def _predict_case(
-    ctx: JobContext, model: torch.nn.Module, image: np.ndarray, case: PreparedCase, *, resolved: tuple[str, str]
+    ctx: JobContext,
+    model: torch.nn.Module,
+    image: np.ndarray,
+    case: PreparedCase,
+    *,
+    resolved: tuple[str, str],
+    probabilities: Path | None = None,
 ) -> np.ndarray:
     """Sliding-window prediction of one prepared case, as label values in the case's original geometry.
 
     Args:
         image: ``(C, D, H, W)`` float, the prepared (normalised, resampled) image of ``case``.
         resolved: (precision, memory format) of the forward passes.
+        probabilities: where to write the case's class probabilities on its original grid
+            (:mod:`segbench.probabilities`); ``None``: not kept.
 
     Returns:
         ``(D, H, W)`` uint8 label values (0 and the dataset's foreground labels) on the original voxel grid.
@@ -642,6 +654,8 @@ def _predict_case(
         precision=resolved[0],
         memory_format=resolved[1],
     )
+    if probabilities is not None:
+        write_probabilities(probabilities, scores_in_source_geometry(class_probabilities(logits), case))
     classes = torch.from_numpy(labels_in_source_geometry(logits, case).astype(np.int64))
     values = torch.tensor((0, *ctx.foreground), dtype=torch.uint8)
     return values[classes].numpy()

@@ -179,7 +179,11 @@ def _frame(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> pd.DataFrame
 
 def metrics_table(results: list[JobResult]) -> pd.DataFrame:
     """Tidy per-case table (one row per model, fold, case_id, label), sorted."""
-    rows = [{**row, "repeat": result.repeat} for result in results for row in result.metrics]
+    return metrics_rows_table([{**row, "repeat": result.repeat} for result in results for row in result.metrics])
+
+
+def metrics_rows_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """metrics.csv rows (dicts with its columns) as the sorted table, columns in metrics.csv's order."""
     frame = _frame(rows, metrics_columns())
     return frame.sort_values(["model", "fold", "repeat", "case_id", "label"], kind="stable").reset_index(drop=True)
 
@@ -304,6 +308,14 @@ def _read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
 def load_metrics(run_dir: str | Path) -> pd.DataFrame:
     """``metrics.csv`` as a DataFrame (``inf`` distances preserved)."""
     return _read_table(rundir.metrics_path(run_dir), metrics_columns())
+
+
+def load_postprocessed_metrics(run_dir: str | Path) -> pd.DataFrame:
+    """``metrics_postprocessed.csv`` as a DataFrame (metrics.csv's columns); an empty table when it is missing."""
+    path = rundir.postprocessed_metrics_path(run_dir)
+    if not path.is_file():
+        return pd.DataFrame(columns=list(metrics_columns()))
+    return _read_table(path, metrics_columns())
 
 
 def load_jobs(run_dir: str | Path) -> pd.DataFrame:

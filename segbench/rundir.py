@@ -3,13 +3,16 @@
 This is the only module that spells a run-directory name; everything else builds paths through it::
 
     RUN_DIR/
-      manifest.json, splits.json, plans.json (with --plans), metrics.csv, jobs.csv, run.lock
+      manifest.json, splits.json, plans.json (with --plans), metrics.csv, jobs.csv, run.lock,
+      postprocessing.json, metrics_postprocessed.csv
       jobs/<model>/fold_<k>/        job_dir(run_dir, job)  (runs with one repeat)
       jobs/<model>/fold_<k>/repeat_<r>/   job_dir(run_dir, job)  (runs with R > 1 repeats)
         result.json, result.json.previous, error.txt, error.txt.previous, training_log.csv,
         checkpoint_latest.pt, checkpoint_previous.pt, *.corrupt, job.lock, submitit.json, worker.log,
-        predictions/<case_id>.nii.gz
+        predictions/<case_id>.nii.gz, predictions/<case_id>.npz (--save-probabilities)
       predictions/<model>/          oof_predictions_dir(run_dir, model): links to the done jobs' predictions
+      extra_models/<name>/          extra_model_dir(run_dir, name): extra_model.json, metrics.csv,
+                                    metrics_postprocessed.csv, predictions/<case_id>.nii.gz (an ensemble or external)
       slurm/                        submitit's pickles and logs
       report/                       the default report folder
 
@@ -35,6 +38,9 @@ MANIFEST_FILE = "manifest.json"  # resolved config, dataset fingerprint, environ
 SPLITS_FILE = "splits.json"  # nnU-Net splits_final.json format
 PLANS_FILE = "plans.json"  # a copy of the --plans file the run used (nnU-Net plans format)
 METRICS_FILE = "metrics.csv"  # per (model, fold, case_id, label); rebuilt from every result.json
+POSTPROCESSING_FILE = "postprocessing.json"  # per model: the postprocessing decided on its folds
+METRICS_POSTPROCESSED_FILE = "metrics_postprocessed.csv"  # metrics.csv's rows, of the postprocessed predictions
+TEST_METRICS_FILE = "test_metrics.csv"  # the held-back test set scored by `segbench predict --test --evaluate`
 JOBS_FILE = "jobs.csv"  # per (model, fold); rebuilt from every result.json
 RUN_LOCK_FILE = "run.lock"  # locked (POSIX record lock) while a `segbench run` works on the directory
 JOBS_DIR = "jobs"  # one folder per job below it
@@ -42,6 +48,7 @@ SUBMITIT_DIR = "slurm"  # submitit's pickles and the per-job Slurm logs
 REPORT_DIR = "report"  # default output folder of `segbench report`
 OOF_PREDICTIONS_DIR = "predictions"  # predictions/<model>/<case_id>.nii.gz: every out-of-fold prediction of a model
 EVALUATION_FILE = "evaluation.csv"  # default output of `segbench evaluate RUN_DIR` (inside predictions/)
+EVALUATION_POSTPROCESSED_FILE = "evaluation_postprocessed.csv"  # the same for the postprocessed predictions
 
 # --- one job folder -----------------------------------------------------------------------------------------------
 FOLD_PREFIX = "fold_"  # jobs/<model>/fold_<k>
@@ -58,6 +65,11 @@ SUBMITIT_RECORD_FILE = "submitit.json"  # which scheduler job runs the job (writ
 WORKER_LOG_FILE = "worker.log"  # stdout/stderr of a local GPU worker process
 PREDICTIONS_DIR = "predictions"  # <case_id>.nii.gz, in the original geometry
 PREDICTION_SUFFIX = ".nii.gz"
+PROBABILITIES_SUFFIX = ".npz"  # predictions/<case_id>.npz: class probabilities (runs with --save-probabilities)
+
+# --- one extra row (a model without jobs: an ensemble or external predictions) --------------------------------------
+EXTRA_MODELS_DIR = "extra_models"  # RUN_DIR/extra_models/<name>/
+EXTRA_MODEL_FILE = "extra_model.json"  # what the row is (kind, members or source, cases, decision), written last
 
 # Markers of an attempt that must not outlive it: renamed to <name>.previous when a job (re)starts.
 ATTEMPT_MARKERS = (RESULT_FILE, ERROR_FILE)
@@ -124,6 +136,21 @@ def metrics_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / METRICS_FILE
 
 
+def test_metrics_path(run_dir: str | Path) -> Path:
+    """``RUN_DIR/test_metrics.csv``: the held-back test set's scores, per model (``segbench predict --evaluate``)."""
+    return Path(run_dir) / TEST_METRICS_FILE
+
+
+def postprocessing_path(run_dir: str | Path) -> Path:
+    """``RUN_DIR/postprocessing.json``: each model's postprocessing decision."""
+    return Path(run_dir) / POSTPROCESSING_FILE
+
+
+def postprocessed_metrics_path(run_dir: str | Path) -> Path:
+    """``RUN_DIR/metrics_postprocessed.csv``: metrics.csv's rows for the postprocessed predictions."""
+    return Path(run_dir) / METRICS_POSTPROCESSED_FILE
+
+
 def jobs_table_path(run_dir: str | Path) -> Path:
     """``RUN_DIR/jobs.csv``."""
     return Path(run_dir) / JOBS_FILE
@@ -157,6 +184,11 @@ def oof_predictions_dir(run_dir: str | Path, model: str) -> Path:
 def evaluation_path(run_dir: str | Path) -> Path:
     """``RUN_DIR/predictions/evaluation.csv``: where ``segbench evaluate RUN_DIR`` writes by default."""
     return oof_predictions_root(run_dir) / EVALUATION_FILE
+
+
+def postprocessed_evaluation_path(run_dir: str | Path) -> Path:
+    """``RUN_DIR/predictions/evaluation_postprocessed.csv``: ``segbench evaluate RUN_DIR``'s postprocessed scores."""
+    return oof_predictions_root(run_dir) / EVALUATION_POSTPROCESSED_FILE
 
 
 def job_dir(run_dir: str | Path, job: JobRef) -> Path:
@@ -208,6 +240,36 @@ def predictions_dir(run_dir: str | Path, job: JobRef) -> Path:
 def prediction_path(run_dir: str | Path, job: JobRef, case_id: str) -> Path:
     """``predictions/<case_id>.nii.gz`` of a job."""
     return predictions_dir(run_dir, job) / f"{case_id}{PREDICTION_SUFFIX}"
+
+
+def probabilities_path(run_dir: str | Path, job: JobRef, case_id: str) -> Path:
+    """``predictions/<case_id>.npz`` of a job: the case's class probabilities (runs with ``--save-probabilities``)."""
+    return predictions_dir(run_dir, job) / f"{case_id}{PROBABILITIES_SUFFIX}"
+
+
+def extra_models_root(run_dir: str | Path) -> Path:
+    """``RUN_DIR/extra_models``: one folder per extra row (``segbench ensemble``, ``segbench report --add``)."""
+    return Path(run_dir) / EXTRA_MODELS_DIR
+
+
+def extra_model_dir(run_dir: str | Path, name: str) -> Path:
+    """``RUN_DIR/extra_models/<name>``: its ``extra_model.json``, metrics tables and ``predictions/``."""
+    return extra_models_root(run_dir) / name
+
+
+def extra_model_path(run_dir: str | Path, name: str) -> Path:
+    """``RUN_DIR/extra_models/<name>/extra_model.json``."""
+    return extra_model_dir(run_dir, name) / EXTRA_MODEL_FILE
+
+
+def extra_metrics_path(run_dir: str | Path, name: str, *, postprocessed: bool = False) -> Path:
+    """``metrics.csv`` (or ``metrics_postprocessed.csv``) of an extra row: metrics.csv's columns."""
+    return extra_model_dir(run_dir, name) / (METRICS_POSTPROCESSED_FILE if postprocessed else METRICS_FILE)
+
+
+def extra_prediction_path(run_dir: str | Path, name: str, case_id: str) -> Path:
+    """``RUN_DIR/extra_models/<name>/predictions/<case_id>.nii.gz``: the row's segmentation of one case."""
+    return extra_model_dir(run_dir, name) / PREDICTIONS_DIR / f"{case_id}{PREDICTION_SUFFIX}"
 
 
 def iter_job_dirs(run_dir: str | Path) -> Iterator[tuple[JobKey, Path]]:

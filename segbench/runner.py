@@ -5,6 +5,7 @@ Dataflow of :func:`run_comparison`::
     dataset (default synthetic or --data) → preflight (every file read fully) → models (registry) → splits
     → RUN_DIR/manifest.json + splits.json → preprocessing cache → one job per (model, fold, repeat) → metrics.csv,
     jobs.csv
+    → postprocessing decided on each finished model's folds (postprocessing.json, metrics_postprocessed.csv)
     → report
 
 Resume (``resume=True``) compares the stored manifest with the new request and refuses a changed config, model
@@ -50,6 +51,7 @@ from segbench.patch_advice import (  # noqa: F401 - plan_patch, warn_small_patch
     warn_small_patch,
 )
 from segbench.paths import preprocessed_cache
+from segbench.probabilities import missing_probabilities
 from segbench.profiling import environment_info
 from segbench.recipes.catalog import recipe_record
 from segbench.registry import builder_module, model_info, module_source, network_plan_scope, resolve_models
@@ -60,7 +62,9 @@ log = logging.getLogger(__name__)
 # Outcomes that a resume keeps: they are what this config produces, rerunning would give the same.
 FINAL_STATUSES = ("done", "diverged", "oom")
 # Config fields that do not change results; a resume may change them freely.
-OPERATIONAL_KEYS = ("device", "job_timeout_s", "train.num_workers", "train.checkpoint_every")
+OPERATIONAL_KEYS = (
+    "device", "job_timeout_s", "train.num_workers", "train.checkpoint_every", "inference.save_probabilities",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -334,10 +338,17 @@ def _prepare_run_dir(run_dir: Path, manifest: dict, splits: list, *, resume: boo
     atomic_write_json(manifest_path, manifest)
 
 
-def plan_jobs(run_dir: Path, models: list[str], folds: int, repeats: int = 1) -> tuple[list[rundir.JobKey], list[str]]:
-    """Jobs of the (model × fold × repeat) grid still to run (no final result yet) and the problems met reading."""
+def plan_jobs(
+    run_dir: Path, models: list[str], folds: int, repeats: int = 1, *, probabilities: bool = False
+) -> tuple[list[rundir.JobKey], list[str]]:
+    """Jobs of the (model × fold × repeat) grid still to run (no final result yet) and the problems met reading.
+
+    With ``probabilities`` (``--save-probabilities``), a ``done`` job with a prediction lacking its probabilities
+    file runs again too: it continues from its final checkpoint and only predicts those cases again.
+    """
     scan = results.scan_results(run_dir)
-    finished = {rundir.JobKey(r.model, r.fold, r.repeat) for r in scan.results if r.status in FINAL_STATUSES}
+    finished = {rundir.JobKey(r.model, r.fold, r.repeat) for r in scan.results if r.status in FINAL_STATUSES
+                and not (probabilities and r.status == "done" and missing_probabilities(run_dir, r))}  # fmt: skip
     grid = [rundir.JobKey(m, f, r, repeats) for m in models for f in range(folds) for r in range(repeats)]
     return [key for key in grid if key not in finished], scan.problems
 
@@ -354,12 +365,18 @@ class ResumePlan:
     restarted: list[tuple[str, int, str]]
 
 
-def plan_resume(run_dir: Path, models: list[str], folds: int, repeats: int = 1) -> ResumePlan:
+def plan_resume(
+    run_dir: Path, models: list[str], folds: int, repeats: int = 1, *, probabilities: bool = False
+) -> ResumePlan:
     """Sort the jobs of a run being resumed into kept (a final result), continued (a checkpoint) and restarted.
 
-    With repeats, ``why`` names the repeat (``"repeat 1: killed, from its checkpoint"``).
+    With repeats, ``why`` names the repeat (``"repeat 1: killed, from its checkpoint"``). With ``probabilities``, a
+    done job lacking probabilities files is continued (:func:`plan_jobs`).
     """
     status = {(r.model, r.fold, r.repeat): r.status for r in results.scan_results(run_dir).results}
+    if probabilities:
+        status.update({key: "done without probabilities" for key, value in status.items() if value == "done" and
+                       missing_probabilities(run_dir, rundir.JobKey(*key, repeats))})  # fmt: skip
     kept, continued, restarted = [], [], []
     for key in (rundir.JobKey(m, f, r, repeats) for m in models for f in range(folds) for r in range(repeats)):
         folder = rundir.job_dir(run_dir, key)
@@ -491,8 +508,9 @@ def _run_locked(config: RunConfig, run_dir: Path, *, resume: bool, progress: boo
     preprocess_dir = preprocessed_cache(cache_dir)
     preprocess_config = PreprocessConfig(target_spacing=config.target_spacing, plan=plan)
     manifest["cache"] = cache_state(dataset, preprocess_config, preprocess_dir, geometry)
+    keep = config.inference.save_probabilities  # done jobs without their probabilities files run again
     if on_estimate is not None and not executor.resolves_device:
-        todo, _ = plan_jobs(run_dir, models, len(splits), config.repeats)
+        todo, _ = plan_jobs(run_dir, models, len(splits), config.repeats, probabilities=keep)
         estimate = measure_estimate(executor, config, todo=todo, splits=splits, dataset=dataset, geometry=geometry,
                                     device=device, cache=manifest["cache"])  # fmt: skip
         if estimate is not None:
@@ -500,18 +518,19 @@ def _run_locked(config: RunConfig, run_dir: Path, *, resume: bool, progress: boo
             on_estimate(estimate)
     _prepare_run_dir(run_dir, manifest, splits, resume=resume)
     if resume and on_resume is not None:
-        on_resume(plan_resume(run_dir, models, len(splits), config.repeats))
+        on_resume(plan_resume(run_dir, models, len(splits), config.repeats, probabilities=keep))
 
     prepared = prepare_dataset(dataset, config=preprocess_config, cache_dir=preprocess_dir, progress=progress)
     record_use(preprocess_dir, name=dataset.name, dataset_path=dataset_path,
                folders=[case.image_path.parent for case in prepared.values()])  # fmt: skip
     common = {"device": device, "cache_dir": str(preprocess_dir), "progress": progress, "imports": job_modules}
     specs = [JobSpec(run_dir=str(run_dir), model=k.model, fold=k.fold, repeat=k.repeat, repeats=k.repeats, **common)
-             for k in _jobs_to_run(run_dir, models, splits, config.repeats)]  # fmt: skip
+             for k in _jobs_to_run(run_dir, models, splits, config.repeats, probabilities=keep)]  # fmt: skip
     try:
         executor(specs)
     finally:
         scan = results.rebuild_tables(run_dir)
+    _postprocess(run_dir, scan.results)
     report_dir = _write_report(run_dir) if report else None
     expected = len(models) * len(splits) * config.repeats
     return RunOutcome(run_dir, expected, scan.results, scan.problems, report_dir)
@@ -594,9 +613,11 @@ def _run_plan(config: RunConfig, dataset: DatasetSpec, run_dir: Path, *, resume:
     return plan, source
 
 
-def _jobs_to_run(run_dir: Path, models: list[str], splits: list, repeats: int) -> list[rundir.JobKey]:
-    """The jobs without a final result, logging how many a resume keeps."""
-    todo, _ = plan_jobs(run_dir, models, len(splits), repeats)
+def _jobs_to_run(
+    run_dir: Path, models: list[str], splits: list, repeats: int, *, probabilities: bool
+) -> list[rundir.JobKey]:
+    """The jobs without a final result (or without their probabilities), logging how many a resume keeps."""
+    todo, _ = plan_jobs(run_dir, models, len(splits), repeats, probabilities=probabilities)
     skipped = len(models) * len(splits) * repeats - len(todo)
     if skipped:
         log.info("resume: %d job(s) already finished, %d to run", skipped, len(todo))
@@ -622,6 +643,17 @@ def _checked_dataset(
     if not dataset.foreground_labels:
         raise DatasetError(f"{dataset_path}/dataset.json declares no foreground label")
     return dataset_path, dataset, summary
+
+
+def _postprocess(run_dir: Path, found: list[results.JobResult]) -> None:
+    """Decide, store and score each finished model's postprocessing (:mod:`segbench.run_postprocessing`)."""
+    from segbench.run_postprocessing import postprocess_run
+
+    try:
+        postprocess_run(run_dir, found=found)
+    except Exception as exc:  # like the report: never at the cost of the results, which are complete
+        log.warning("could not decide the postprocessing (%s: %s); the tables in %s are complete, `segbench run "
+                    "--resume` tries again", type(exc).__name__, exc, run_dir)  # fmt: skip
 
 
 def _write_report(run_dir: Path) -> Path | None:

@@ -182,3 +182,34 @@ def make_run_dir(
                 _write_nifti(job / "predictions" / f"{case}.nii.gz", prediction)
     pd.DataFrame(jobs).to_csv(run / "jobs.csv", index=False)
     return run
+
+
+def add_island(path: Path) -> None:
+    """A 3×3×3 false-positive island in a far corner of the prediction at ``path``."""
+    image = nib.load(path)
+    array = np.asarray(image.dataobj).astype(np.uint8)
+    array[0:3, 0:3, 0:3] = 1
+    nib.save(nib.Nifti1Image(array, image.affine, image.header), str(path))
+
+
+def write_job_results(run: Path) -> None:
+    """result.json of every job with a predictions folder, its metrics computed from its files (as a job does)."""
+    from segbench import results, rundir
+    from segbench.data.nifti import read_label
+    from segbench.metrics import compute_case_metrics
+
+    labels = run.parent / "data" / "labelsTr"
+    for folder in sorted((run / "jobs").glob("*/fold_*")):
+        key = rundir.JobKey(folder.parent.name, int(folder.name.removeprefix("fold_")))
+        rows = []
+        for path in sorted(rundir.predictions_dir(run, key).glob("*.nii.gz")):
+            case_id = path.name.removesuffix(".nii.gz")
+            reference = read_label(labels / path.name)
+            for row in compute_case_metrics(read_label(path).array, reference.array, reference.spacing, labels=(1,),
+                                            tolerance_mm=2.0):  # fmt: skip
+                rows.append({"model": key.model, "fold": key.fold, "repeat": 0, "case_id": case_id,
+                             "label_name": "left atrium", **row})  # fmt: skip
+        status = "done" if rows else "failed"
+        result = results.JobResult.for_job(key, status, "" if rows else "crashed", {"num_val_cases": len(rows)}, rows)
+        results.write_job_result(run, result)
+    results.rebuild_tables(run)

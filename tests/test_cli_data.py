@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -56,10 +57,11 @@ def test_good_msd_folder_passes_with_a_summary(msd: Path):
 
 
 def test_console_script_exit_codes(msd: Path):
-    ok = subprocess.run(["segbench", "data", "check", str(msd)], capture_output=True, text=True, timeout=120)
+    segbench = str(Path(sys.executable).parent / "segbench")  # next to the interpreter, not on PATH
+    ok = subprocess.run([segbench, "data", "check", str(msd)], capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     (msd / "labelsTr" / "la_004.nii.gz").unlink()
-    bad = subprocess.run(["segbench", "data", "check", str(msd)], capture_output=True, text=True, timeout=120)
+    bad = subprocess.run([segbench, "data", "check", str(msd)], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "labelsTr/la_004.nii.gz" in bad.stdout
 
 

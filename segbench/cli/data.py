@@ -58,8 +58,19 @@ SYNTH_DEFAULT_SHAPE = (48, 48, 32)
     help=f"Volume size in voxels, each side at least {SYNTH_MIN_SIDE} "
     f"[default: {' '.join(map(str, SYNTH_DEFAULT_SHAPE))}, a Task02-like heart crop].",
 )
+@click.option(
+    "--test-labels", is_flag=True, help="Also write the test cases' labels to labelsTs/ (a labelled held-back set)."
+)
 @click.option("--force", is_flag=True, help="Replace OUT if it already holds files (everything in it is deleted).")
-def synth(out: Path, cases: int, test_cases: int, seed: int, shape: tuple[int, int, int] | None, force: bool) -> None:
+def synth(
+    out: Path,
+    cases: int,
+    test_cases: int,
+    seed: int,
+    shape: tuple[int, int, int] | None,
+    test_labels: bool,
+    force: bool,
+) -> None:
     """Write a deterministic synthetic Task02-like MSD dataset to OUT (a new or empty folder)."""
     import shutil
 
@@ -77,7 +88,12 @@ def synth(out: Path, cases: int, test_cases: int, seed: int, shape: tuple[int, i
             raise ConfigError(f"--force would delete {out}, which holds the current or home folder; choose another OUT")
         shutil.rmtree(out)
     where = make_synthetic_task(
-        out, cases=cases, test_cases=test_cases, seed=seed, shape=tuple(shape) if shape else None
+        out,
+        cases=cases,
+        test_cases=test_cases,
+        seed=seed,
+        shape=tuple(shape) if shape else None,
+        test_labels=test_labels,
     )
     click.echo(
         f"wrote {cases} training and {test_cases} test cases to {where}; check them with: segbench data check {where}"

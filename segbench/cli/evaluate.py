@@ -3,13 +3,20 @@ out-of-fold predictions, one merged folder per model)."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import click
 
 from segbench.cli.group import main
 from segbench.errors import ConfigError
-from segbench.rundir import EVALUATION_FILE, MANIFEST_FILE, METRICS_FILE, OOF_PREDICTIONS_DIR
+from segbench.rundir import (
+    EVALUATION_FILE,
+    EVALUATION_POSTPROCESSED_FILE,
+    MANIFEST_FILE,
+    METRICS_FILE,
+    OOF_PREDICTIONS_DIR,
+)
 
 DEFAULT_TOLERANCE_MM = 2.0  # a folder of predictions: nnU-Net-style default; a run uses its own --tolerance-mm
 
@@ -34,7 +41,8 @@ def _parse_labels(text: str | None) -> tuple[int, ...] | None:
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     help=f"Per-case CSV to write (one row per case and label). Default: PRED_DIR/{METRICS_FILE}, or for a run "
-    f"RUN_DIR/{OOF_PREDICTIONS_DIR}/{EVALUATION_FILE} (with a model column).",
+    f"RUN_DIR/{OOF_PREDICTIONS_DIR}/{EVALUATION_FILE} (with a model column); a run's postprocessed predictions go "
+    f"beside it, to {EVALUATION_POSTPROCESSED_FILE} (with --out FILE.csv: FILE_postprocessed.csv).",
 )
 @click.option(
     "--tolerance-mm",
@@ -70,7 +78,8 @@ def evaluate(
 ) -> None:
     """Score predicted label maps in PRED_DIR against references in GT_DIR (matched by case id), or a run's
     out-of-fold predictions: `segbench evaluate RUN_DIR` scores RUN_DIR/predictions/<model>/ of every model
-    against the run's dataset.
+    against the run's dataset, as they are and after the model's postprocessing (the decision stored in the run, or
+    decided now when its folds are all done but the run holds none).
 
     Writes every metric of the catalogue (dice, hd, hd95, assd, nsd, ...), volumes and empty-mask flags per
     case and label to a CSV and prints the mean and median per metric with the number of misses (distance
@@ -94,12 +103,16 @@ def evaluate(
         raise ConfigError(f"{pred_dir} holds no {MANIFEST_FILE}: give GT_DIR (the reference label folder) too")
     if out is not None and not out.parent.is_dir():
         raise ConfigError(f"--out {out}: folder {out.parent} does not exist; create it or choose another path")
+    processed: dict = {}
     if run_mode:
         frames = _evaluate_run(pred_dir, gt_dir, labels=labels, tolerance_mm=tolerance_mm)
+        processed = _evaluate_run(pred_dir, gt_dir, labels=labels, tolerance_mm=tolerance_mm, postprocessed=True)
         frame = pd.concat(frames.values(), ignore_index=True)
-        from segbench.rundir import evaluation_path
+        from segbench.rundir import evaluation_path, postprocessed_evaluation_path
 
+        processed_out = out.with_name(f"{out.stem}_postprocessed{out.suffix}") if out else None
         out = out or evaluation_path(pred_dir)
+        processed_out = processed_out or postprocessed_evaluation_path(pred_dir)
     else:
         frames = {None: _evaluate_folder(pred_dir, gt_dir, labels=labels, tolerance_mm=tolerance_mm,
                                          pred_suffix=pred_suffix, subset=subset)}  # fmt: skip
@@ -111,24 +124,36 @@ def evaluate(
     )
     for model, part in frames.items():
         _print_summary(part, model=model, labels=labels)
+        if model in processed:
+            _print_summary(processed[model], model=processed[model].attrs["title"], labels=labels)
+    if processed:
+        atomic_write_text(processed_out, pd.concat(processed.values(), ignore_index=True).to_csv(index=False))
+        click.echo(f"postprocessed predictions' per-case metrics written to {processed_out}")
 
 
-def _evaluate_folder(pred_dir: Path, gt_dir: Path, *, labels, tolerance_mm: float, pred_suffix: str, subset: bool):
+def _evaluate_folder(pred_dir: Path, gt_dir: Path, *, labels, tolerance_mm: float, pred_suffix: str, subset: bool,
+                     postprocess=None):  # fmt: skip
     """The per-case table of one prediction folder (a progress bar on a terminal, closed before anything prints)."""
     from tqdm.auto import tqdm
 
     from segbench.evaluation import complete_labels, evaluate_pair, match_cases
 
     pairs = match_cases(pred_dir, gt_dir, pred_suffix=pred_suffix, subset=subset)
-    with tqdm(pairs, desc=f"evaluate {pred_dir.name}", unit="case", leave=False, disable=None) as bar:
-        results = [evaluate_pair(pair, labels=labels, tolerance_mm=tolerance_mm) for pair in bar]
+    desc = f"evaluate {pred_dir.name}" + (" postprocessed" if postprocess else "")
+    with tqdm(pairs, desc=desc, unit="case", leave=False, disable=None) as bar:
+        results = [evaluate_pair(pair, labels=labels, tolerance_mm=tolerance_mm, postprocess=postprocess)
+                   for pair in bar]  # fmt: skip
     return complete_labels(results, tolerance_mm=tolerance_mm)
 
 
-def _evaluate_run(run_dir: Path, gt_dir: Path | None, *, labels, tolerance_mm: float) -> dict:
-    """model → per-case table (with a ``model`` column) of every merged out-of-fold prediction folder of a run."""
+def _evaluate_run(run_dir: Path, gt_dir: Path | None, *, labels, tolerance_mm: float, postprocessed: bool = False):
+    """model → per-case table (with a ``model`` column) of every merged out-of-fold prediction folder of a run; with
+    ``postprocessed``, of the predictions after each model's postprocessing (models without a decision are left out,
+    with a note; each table's ``attrs["title"]`` says what was applied)."""
     from segbench import results, rundir
-    from segbench.errors import RunDirectoryError
+    from segbench.errors import DatasetError, RunDirectoryError
+    from segbench.postprocessing import apply_decision
+    from segbench.run_postprocessing import current_decision
 
     manifest = results.load_manifest(run_dir)
     gt_dir = gt_dir or Path((manifest.get("dataset") or {}).get("path", "")) / "labelsTr"
@@ -138,9 +163,23 @@ def _evaluate_run(run_dir: Path, gt_dir: Path | None, *, labels, tolerance_mm: f
         raise RunDirectoryError(f"{run_dir} has no finished job with predictions yet; nothing to evaluate")
     frames = {}
     for model in models:
+        postprocess, title = None, model
+        if postprocessed:
+            try:
+                decision, origin = current_decision(run_dir, model)
+            except DatasetError as exc:  # the run's dataset moved: the raw scores above still stand
+                decision, origin = None, f"the run's dataset cannot be read: {exc}"
+            if decision is None:
+                click.echo(f"{model}: no postprocessing decision ({origin}); only its raw predictions are scored")
+                continue
+            postprocess = functools.partial(apply_decision, decision=decision)
+            origin = "stored decision" if origin == "stored" else "decided now, not stored"
+            title = f"{model} postprocessed ({decision.describe()}; {origin})"
         frame = _evaluate_folder(rundir.oof_predictions_dir(run_dir, model), gt_dir, labels=labels,
-                                 tolerance_mm=tolerance_mm, pred_suffix="", subset=True)  # fmt: skip
+                                 tolerance_mm=tolerance_mm, pred_suffix="", subset=True,
+                                 postprocess=postprocess)  # fmt: skip
         frame.insert(0, "model", model)
+        frame.attrs["title"] = title
         frames[model] = frame
     return frames
 

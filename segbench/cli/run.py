@@ -187,6 +187,16 @@ def _interrupt_on_sigterm() -> None:
     help="Mirroring test-time augmentation.",
 )
 @click.option(
+    "--save-probabilities",
+    is_flag=True,
+    default=None,
+    cls=ConfigDefault,
+    show_default="off",
+    help="Keep each out-of-fold case's class probabilities (float16 <case_id>.npz beside its prediction), as "
+    "`segbench ensemble` needs. May be switched on with --resume: finished jobs then add the missing files from their "
+    "final checkpoint.",
+)
+@click.option(
     "--overlap",
     type=float,
     default=None,
@@ -422,6 +432,7 @@ _CONFIG_FLAGS = {
     "optimizer_for": ("train", "model_optimizers", lambda v: tuple(_optimizer_override(item) for item in v)),
     "mirror": ("inference", "mirror", bool),
     "overlap": ("inference", "overlap", float),
+    "save_probabilities": ("inference", "save_probabilities", bool),
 }
 
 

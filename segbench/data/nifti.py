@@ -131,7 +131,12 @@ def write_nifti(path: str | Path, array: np.ndarray, *, affine: np.ndarray, spac
         img.header.set_zooms(tuple(float(s) for s in spacing)[: array.ndim])
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)
-    return atomic_write_bytes(path, img.to_bytes() if not path.name.endswith(".gz") else _gz_bytes(img))
+    return atomic_write_bytes(path, nifti_bytes(img, path))
+
+
+def nifti_bytes(img: nib.Nifti1Image, path: str | Path) -> bytes:
+    """The file content of ``img`` for ``path``: gzip-compressed when the name ends in ``.gz``."""
+    return _gz_bytes(img) if Path(path).name.endswith(".gz") else img.to_bytes()
 
 
 def _gz_bytes(img: nib.Nifti1Image) -> bytes:

@@ -217,11 +217,42 @@ def restore_labels(
     Returns:
         ``(*source_shape)`` uint8 class indices (0 background, also outside the crop).
     """
-    scores = torch.as_tensor(logits).float().cpu().numpy()
-    cropped = tuple(int(b) - int(a) for a, b in bbox)
-    scores = resample(scores, cropped, plan_spacing, source_spacing, **_kwargs(resampling))
-    classes = logits_to_labels(torch.from_numpy(np.ascontiguousarray(scores)))
+    scores = _on_cropped_source_grid(logits, bbox, plan_spacing, source_spacing, resampling)
+    classes = logits_to_labels(torch.from_numpy(scores))
     transposed_shape = tuple(int(source_shape[a]) for a in axes)
     full = np.zeros(transposed_shape, dtype=np.uint8)
     full[tuple(slice(int(a), int(b)) for a, b in bbox)] = classes
     return np.ascontiguousarray(full.transpose(np.argsort(axes)))
+
+
+def restore_scores(
+    scores: torch.Tensor | np.ndarray,
+    *,
+    axes: Sequence[int],
+    bbox: Sequence[Sequence[int]],
+    plan_spacing: Sequence[float],
+    source_spacing: Sequence[float],
+    source_shape: Sequence[int],
+    resampling: Resampling,
+) -> np.ndarray:
+    """Per-class scores (e.g. probabilities) in the source geometry, as :func:`restore_labels` without the argmax.
+
+    Outside the crop every voxel is background: channel 0 is 1 and the others 0 (a single sigmoid channel is 0).
+
+    Returns:
+        ``(K, *source_shape)`` float32.
+    """
+    cropped = _on_cropped_source_grid(scores, bbox, plan_spacing, source_spacing, resampling)
+    channels = cropped.shape[0]
+    full = np.zeros((channels, *(int(source_shape[a]) for a in axes)), dtype=np.float32)
+    if channels > 1:
+        full[0] = 1.0
+    full[(slice(None), *(slice(int(a), int(b)) for a, b in bbox))] = cropped
+    return np.ascontiguousarray(full.transpose(0, *(1 + np.argsort(axes))))
+
+
+def _on_cropped_source_grid(scores, bbox, plan_spacing, source_spacing, resampling: Resampling) -> np.ndarray:
+    """``(K, *cropped source shape)``: scores resampled from the plan's grid to the crop of the source grid."""
+    array = torch.as_tensor(scores).float().cpu().numpy()
+    cropped = tuple(int(b) - int(a) for a, b in bbox)
+    return np.ascontiguousarray(resample(array, cropped, plan_spacing, source_spacing, **_kwargs(resampling)))

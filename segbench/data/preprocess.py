@@ -25,7 +25,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from segbench.atomic import atomic_write_json
-from segbench.data.plan_preprocess import Resampling, preprocess_with_plan, restore_labels
+from segbench.data.plan_preprocess import Resampling, preprocess_with_plan, restore_labels, restore_scores
 from segbench.errors import ConfigError, DatasetError
 from segbench.inference import logits_to_labels
 
@@ -237,6 +237,19 @@ def _arrays(case: Any, config: PreprocessConfig) -> tuple[np.ndarray, np.ndarray
     return zscore(image), label, fields
 
 
+def prepare_in_memory(case: Any, *, config: PreprocessConfig) -> tuple[np.ndarray, PreparedCase]:
+    """Prepare one case without the cache (new images to segment): ``(image (C, *shape) float32, its description)``.
+
+    The description's ``image_path`` is the case's first source file and ``label_path`` is ``None``; the arrays are
+    exactly what :func:`prepare_case` would cache.
+
+    Raises:
+        DatasetError: a source file is missing, unreadable, or its channels disagree in shape.
+    """
+    image, _, fields = _arrays(replace(case, label=None) if getattr(case, "label", None) else case, config)
+    return image, PreparedCase(image_path=Path(case.images[0]), label_path=None, **fields)
+
+
 def prepare_case(case: Any, *, config: PreprocessConfig, cache_dir: Path) -> PreparedCase:
     """Prepare one case (duck-typed: ``case_id``, ``images`` paths, ``label`` path or ``None``) or reuse its cache.
 
@@ -352,6 +365,34 @@ def restore_to_original(array: torch.Tensor, case: PreparedCase) -> torch.Tensor
     return out.to(dtype)
 
 
+def scores_in_source_geometry(scores: torch.Tensor, case: PreparedCase) -> np.ndarray:
+    """Per-class scores ``(K, *case.shape)`` (e.g. probabilities) on the case's original grid, ``(K, *original)``.
+
+    As :func:`labels_in_source_geometry` takes logits back, without the argmax: a plan's crop is undone with
+    background (channel 0 = 1, the others 0; a single sigmoid channel 0) outside the cropped box.
+
+    Raises:
+        ValueError: ``scores`` is not ``(K, *case.shape)``.
+    """
+    if case.plan_axes is None:
+        return restore_to_original(scores, case).float().numpy()
+    if scores.ndim != 4 or tuple(scores.shape[1:]) != tuple(case.shape):
+        raise ValueError(f"expected scores of shape (K, {', '.join(map(str, case.shape))}), got {tuple(scores.shape)}")
+    return restore_scores(scores, **_plan_geometry(case))
+
+
+def _plan_geometry(case: PreparedCase) -> dict[str, Any]:
+    """How a plan-prepared case goes back to its source grid (keywords of ``restore_labels`` and ``restore_scores``)."""
+    return {
+        "axes": case.plan_axes,
+        "bbox": case.crop_bbox,
+        "plan_spacing": case.spacing,
+        "source_spacing": tuple(case.original_spacing[a] for a in case.plan_axes),
+        "source_shape": case.original_shape,
+        "resampling": Resampling(**case.probabilities_resampling),
+    }
+
+
 def labels_in_source_geometry(logits: torch.Tensor, case: PreparedCase) -> np.ndarray:
     """Class indices ``(*case.original_shape)`` uint8 (0 background) from scores ``(K, *case.shape)``.
 
@@ -366,12 +407,4 @@ def labels_in_source_geometry(logits: torch.Tensor, case: PreparedCase) -> np.nd
         return logits_to_labels(restore_to_original(logits, case))
     if logits.ndim != 4 or tuple(logits.shape[1:]) != tuple(case.shape):
         raise ValueError(f"expected scores of shape (K, {', '.join(map(str, case.shape))}), got {tuple(logits.shape)}")
-    return restore_labels(
-        logits,
-        axes=case.plan_axes,
-        bbox=case.crop_bbox,
-        plan_spacing=case.spacing,
-        source_spacing=tuple(case.original_spacing[a] for a in case.plan_axes),
-        source_shape=case.original_shape,
-        resampling=Resampling(**case.probabilities_resampling),
-    )
+    return restore_labels(logits, **_plan_geometry(case))

@@ -326,6 +326,7 @@ def make_synthetic_task(
     seed: int = 0,
     shape: tuple[int, int, int] | None = None,
     config: PhantomConfig = PhantomConfig(),
+    test_labels: bool = False,
 ) -> Path:
     """Write a complete MSD-format task folder ``out`` (``dataset.json``, imagesTr, labelsTr, imagesTs).
 
@@ -336,6 +337,8 @@ def make_synthetic_task(
         seed: dataset seed; case ``i`` of each split depends only on ``(seed, split, i)``.
         shape: spatial shape (D, H, W); ``None`` means :data:`DEFAULT_SHAPE`.
         config: generator knobs.
+        test_labels: also write the test cases' labels to ``labelsTs/`` (a labelled held-back set, for
+            ``segbench predict --test --evaluate``); the public MSD release has none.
 
     Returns:
         ``out`` as a :class:`~pathlib.Path`.
@@ -347,16 +350,7 @@ def make_synthetic_task(
     out = Path(out)
     shape = DEFAULT_SHAPE if shape is None else check_shape(shape)  # before any folder is made
     training_ids, test_ids = case_ids(cases=cases, test_cases=test_cases)
-    for sub in ("imagesTr", "labelsTr", "imagesTs"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    spacing = tuple(float(s) for s in config.spacing)
-    for split, ids in ((0, training_ids), (1, test_ids)):
-        for index, case_id in enumerate(ids):
-            case = generate_case(np.random.default_rng([seed, split, index]), shape=shape, config=config)
-            folder = "imagesTr" if split == 0 else "imagesTs"
-            write_nifti(out / folder / f"{case_id}.nii.gz", case.image, affine=case.affine, spacing=spacing)
-            if split == 0:
-                write_nifti(out / "labelsTr" / f"{case_id}.nii.gz", case.label, affine=case.affine, spacing=spacing)
+    _write_cases(out, training_ids, test_ids, seed=seed, shape=shape, config=config, test_labels=test_labels)
     atomic_write_json(
         out / "dataset.json",
         {
@@ -376,6 +370,21 @@ def make_synthetic_task(
     )
     logger.info("wrote synthetic task with %d training and %d test cases to %s", cases, test_cases, out)
     return out
+
+
+def _write_cases(out: Path, training_ids, test_ids, *, seed: int, shape, config: PhantomConfig, test_labels: bool):
+    """imagesTr + labelsTr, imagesTs (+ labelsTs with ``test_labels``); case i of a split from (seed, split, i)."""
+    spacing = tuple(float(s) for s in config.spacing)
+    for sub in ("imagesTr", "labelsTr", "imagesTs", *(("labelsTs",) if test_labels else ())):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    for split, ids in ((0, training_ids), (1, test_ids)):
+        for index, case_id in enumerate(ids):
+            case = generate_case(np.random.default_rng([seed, split, index]), shape=shape, config=config)
+            folder = "imagesTr" if split == 0 else "imagesTs"
+            write_nifti(out / folder / f"{case_id}.nii.gz", case.image, affine=case.affine, spacing=spacing)
+            if split == 0 or test_labels:
+                labels = "labelsTr" if split == 0 else "labelsTs"
+                write_nifti(out / labels / f"{case_id}.nii.gz", case.label, affine=case.affine, spacing=spacing)
 
 
 def cached_synthetic_task(cache_root: Path, *, cases: int, test_cases: int, seed: int, shape=None) -> Path:

@@ -27,10 +27,14 @@ import pandas as pd
 from segbench import rundir
 from segbench.atomic import atomic_write_bytes, atomic_write_text
 from segbench.errors import ConfigError, RunDirectoryError
+from segbench.extra_models import extra_metrics, load_extra_models
+from segbench.held_out import load_test_metrics
 from segbench.metrics import PRIMARY_METRIC, Metric, metric_catalogue
 from segbench.report import figures, stats, tables
 from segbench.report.estimate import estimate_section
+from segbench.report.held_back import held_back_section
 from segbench.report.matching import matching_record, matching_section, qualify_sentence
+from segbench.report.postprocessing import RULE_SENTENCE, before_after_table, decision_table, decisions_from
 from segbench.report.recipe import recipe_sentence
 from segbench.report.render import (
     Bullets,
@@ -49,6 +53,7 @@ from segbench.results import (
     load_learning_curves,
     load_manifest,
     load_metrics,
+    load_postprocessed_metrics,
     metrics_table,
     scan_results,
 )
@@ -96,6 +101,9 @@ class _Inputs:
     jobs: pd.DataFrame
     curves: pd.DataFrame
     notes: tuple[str, ...]
+    postprocessed: pd.DataFrame  # metrics_postprocessed.csv (empty when the run has none)
+    decisions: dict[str, Any]  # model → Decision, from postprocessing.json
+    extras: tuple[Any, ...] = ()  # ExtraModel rows without jobs (ensembles, external predictions), in both tables
 
 
 def _read_inputs(run_dir: Path) -> _Inputs:
@@ -135,7 +143,21 @@ def _read_inputs(run_dir: Path) -> _Inputs:
     if not jobs.empty:
         jobs["model"] = jobs["model"].astype(str)
         jobs["reason"] = jobs["reason"].astype(object).fillna("").astype(str) if "reason" in jobs else ""
-    return _Inputs(manifest, splits, metrics, jobs, load_learning_curves(run_dir), tuple(notes))
+    from segbench.run_postprocessing import load_decisions
+
+    decisions = decisions_from(load_decisions(run_dir))
+    postprocessed = load_postprocessed_metrics(run_dir)
+    extras = tuple(load_extra_models(run_dir))
+    if extras:  # rows without jobs enter every table and statistic as the trained models do
+        metrics = _concat(metrics, extra_metrics(run_dir, extras))
+        postprocessed = _concat(postprocessed, extra_metrics(run_dir, extras, postprocessed=True))
+        decisions.update({extra.name: extra.decision for extra in extras})
+    return _Inputs(manifest, splits, metrics, jobs, load_learning_curves(run_dir), tuple(notes), postprocessed,
+                   decisions, extras)  # fmt: skip
+
+
+def _concat(table: pd.DataFrame, more: pd.DataFrame) -> pd.DataFrame:
+    return more.copy() if table.empty else table if more.empty else pd.concat([table, more], ignore_index=True)
 
 
 def _expected_folds(inputs: _Inputs) -> int:
@@ -244,10 +266,22 @@ def _prediction_path(run_dir: Path, model: str, fold: int, case_id: str, repeats
     return path
 
 
+def _panel_path(
+    run_dir: Path, manifest: dict[str, Any], per_case: pd.DataFrame, model: str, case_id: str, *, extra: bool
+) -> Path | None:
+    """The prediction file of ``case_id`` the panel shows for ``model`` (``None`` when it has no row for the case)."""
+    if extra:
+        return rundir.extra_prediction_path(run_dir, model, case_id)
+    rows = per_case[(per_case["model"] == model) & (per_case["case_id"] == case_id)]
+    repeats = int((manifest.get("config") or {}).get("repeats") or 1)
+    return _prediction_path(run_dir, model, int(rows["fold"].iloc[0]), case_id, repeats) if len(rows) else None
+
+
 def _qualitative(
-    run_dir: Path, manifest: dict[str, Any], per_case: pd.DataFrame, best: str, models: list[str]
+    run_dir: Path, inputs: _Inputs, per_case: pd.DataFrame, best: str, models: list[str]
 ) -> tuple[bytes | None, str]:
     """The panel PNG and a caption, or ``None`` and the reason it was skipped."""
+    manifest, extras = inputs.manifest, {extra.name for extra in inputs.extras}
     chosen = _median_case(per_case, best)
     if chosen is None:
         return None, f"Qualitative panel skipped: {best} has no evaluated case."
@@ -266,9 +300,7 @@ def _qualitative(
         image, label = load_case(case)
         predictions, missing = {}, []
         for model in models:
-            rows = per_case[(per_case["model"] == model) & (per_case["case_id"] == case_id)]
-            repeats = int((manifest.get("config") or {}).get("repeats") or 1)
-            path = _prediction_path(run_dir, model, int(rows["fold"].iloc[0]), case_id, repeats) if len(rows) else None
+            path = _panel_path(run_dir, manifest, per_case, model, case_id, extra=model in extras)
             if path is not None and path.is_file():
                 predictions[model] = read_label(path).array
             else:
@@ -400,6 +432,9 @@ def _context(run_dir: Path, inputs: _Inputs, seed: int) -> _Context:
     if not board.empty:  # "jobs done k/n" counts the expected grid, also jobs that left no row in jobs.csv
         expected = grid.groupby("model").size()
         board["jobs"] = [int(expected.get(m, n)) for m, n in zip(board["model"], board["jobs"], strict=True)]
+    if not board.empty:  # rows without jobs say what they are: "ensemble" or "external"
+        kinds = {extra.name: extra.kind for extra in inputs.extras}
+        board["kind"] = [kinds.get(m, "trained") for m in board["model"]]
     primary = f"{PRIMARY_METRIC}_mean"
     ranked = board[board[primary].notna()]["model"].tolist() if not board.empty else []
     return _Context(run_dir, inputs, per_case, per_repeat, repeats, grid, expected_models, models, n_folds, board,
@@ -418,7 +453,7 @@ def _figures(ctx: _Context) -> tuple[list[FigureBlock], list[str]]:
     blocks.append(FigureBlock("learning_curves.png", curves, "Training loss, mean over folds ± 1 sd"))
     notes = []
     if ctx.best is not None:
-        panel, caption = _qualitative(ctx.run_dir, ctx.inputs.manifest, ctx.per_case, ctx.best, ctx.models)
+        panel, caption = _qualitative(ctx.run_dir, ctx.inputs, ctx.per_case, ctx.best, ctx.models)
         if panel is not None:
             blocks.append(FigureBlock("qualitative.png", panel, caption))
         else:
@@ -453,7 +488,9 @@ def _pareto_figures(ctx: _Context) -> list[FigureBlock]:
 
 def _leaderboard_section(ctx: _Context) -> Section:
     intro = Paragraph(
-        f"{len(ctx.models)} models × {ctx.n_folds} folds; values pooled over each model's out-of-fold cases. "
+        f"{len(ctx.models) - len(ctx.inputs.extras)} models × {ctx.n_folds} folds"
+        + (f" and {len(ctx.inputs.extras)} row(s) without jobs" if ctx.inputs.extras else "")
+        + "; values pooled over each model's out-of-fold cases. "
         "Best value per column in bold. * = misses count as the stated penalty (distances: the image diagonal, mm). "
         "misses = cases where exactly one of prediction and reference is empty. "
         "A model without a finished job shows – (see Jobs). "
@@ -466,15 +503,23 @@ def _leaderboard_section(ctx: _Context) -> Section:
         "defined above).",
     )
     recipe = Paragraph(recipe_sentence(ctx.inputs.manifest, ctx.inputs.jobs))
-    return Section("Leaderboard", (recipe, intro, TableBlock(tables.format_leaderboard(ctx.board)), costs))
+    extras: tuple[Any, ...] = ()
+    if ctx.inputs.extras:
+        extras = (Paragraph(f"Rows without jobs ({rundir.EXTRA_MODELS_DIR}/): scored on the run's cases with the same "
+                            "metrics, postprocessing rule and statistics; they have no cost figures."),
+                  Bullets(tuple(extra.describe() for extra in ctx.inputs.extras)))  # fmt: skip
+    return Section("Leaderboard", (recipe, intro, *extras, TableBlock(tables.format_leaderboard(ctx.board)), costs))
 
 
 def _fold_section(ctx: _Context) -> Section:
     blocks = []
+    # Rows without jobs have no job status: their folds count as done ("no cases" where a fold has none).
+    extra = [{"model": e.name, "fold": k, "status": "done"} for e in ctx.inputs.extras for k in range(ctx.n_folds)]
+    grid = pd.concat([ctx.grid, pd.DataFrame(extra)], ignore_index=True) if extra else ctx.grid
     for metric in _headline_metrics(ctx.per_case):
         table = tables.fold_table(ctx.per_case, models=ctx.models, n_folds=ctx.n_folds, metric=metric.penalised_column)
         caption = f"{metric.display()}: per-fold means, mean of fold means, pooled-case mean"
-        blocks.append(TableBlock(tables.format_fold_table(table, ctx.grid, digits=metric.digits), caption))
+        blocks.append(TableBlock(tables.format_fold_table(table, grid, digits=metric.digits), caption))
     return Section("Per-fold results", tuple(blocks))
 
 
@@ -482,7 +527,6 @@ def _statistics_section(ctx: _Context) -> Section:
     best = ctx.best
     if best is None or len(ctx.ranked) < 2:
         return Section("Statistics", (Paragraph("Paired statistics need at least two models with evaluated cases."),))
-    comparisons = compare_models(ctx.per_repeat, best, ctx.models, ctx.seed)
     headline = _headline_metrics(ctx.per_case)
     ranks = [
         stats.rank_stability(
@@ -498,14 +542,59 @@ def _statistics_section(ctx: _Context) -> Section:
         Paragraph(f"Every model against the best by mean Dice ({best}); paired on case id. {_rule_sentence(ctx)} "
                   + recipe_sentence(ctx.inputs.manifest, ctx.inputs.jobs)),
         *_conditions(ctx),
-        Bullets(tuple(qualify_sentence(stats.comparison_sentence(c), matching_record(ctx.inputs.manifest), c.reference,
-                                       c.other) for c in comparisons)),
-        TableBlock(_comparison_table(comparisons), "Wilcoxon signed-rank tests (two-sided), Holm per metric; "
-                   "'better' is the model ahead on the cases, 'advantage' its lead"),
+        *_comparison_blocks(ctx, ctx.per_repeat, best),
         TableBlock(tables.Table(rank_columns, rank_rows),
                    f"Rank stability: share of {stats.RANK_RESAMPLES} case-bootstrap resamples (cases all models "
                    "have) in which the model ranks first"),
     ))  # fmt: skip
+
+
+def _comparison_blocks(ctx: _Context, per_repeat: pd.DataFrame, best: str) -> list[Any]:
+    """The verdict sentences and the test table of every model against ``best`` on ``per_repeat``'s cases."""
+    comparisons = compare_models(per_repeat, best, ctx.models, ctx.seed)
+    return [
+        Bullets(tuple(qualify_sentence(stats.comparison_sentence(c), matching_record(ctx.inputs.manifest), c.reference,
+                                       c.other) for c in comparisons)),
+        TableBlock(_comparison_table(comparisons), "Wilcoxon signed-rank tests (two-sided), Holm per metric; "
+                   "'better' is the model ahead on the cases, 'advantage' its lead"),
+    ]  # fmt: skip
+
+
+def _postprocessing_section(ctx: _Context) -> Section:
+    """Each model's decision, its metrics before and after, and the paired statistics on the postprocessed cases."""
+    decisions, blocks = ctx.inputs.decisions, [Paragraph(RULE_SENTENCE)]
+    if not decisions:
+        blocks.append(
+            Paragraph(
+                "No model has a postprocessing decision yet: it is made once all of a model's folds "
+                "are done (`segbench run --resume --out RUN_DIR` makes it for a finished run)."
+            )
+        )
+        return Section("Postprocessing", tuple(blocks))
+    per_repeat = tables.per_case_table(ctx.inputs.postprocessed)
+    per_case = tables.case_means(per_repeat)
+    blocks += [
+        TableBlock(decision_table(decisions, ctx.models), "Steps tried on the out-of-fold predictions, in order; "
+                   "mean Dice of the step's label(s), nnU-Net's way"),
+        TableBlock(before_after_table(ctx.per_case, per_case, decisions, ctx.models, seed=ctx.seed),
+                   "Pooled out-of-fold cases before and after each model's postprocessing (* = misses count as the "
+                   "stated penalty)"),
+    ]  # fmt: skip
+    undecided = [m for m in ctx.models if m not in decisions]
+    if undecided:
+        blocks.append(Paragraph(f"No decision for {', '.join(undecided)}: not all of its folds are done; it is left "
+                                "out of the statistics below."))  # fmt: skip
+    means = per_case.groupby("model")[PRIMARY_METRIC].mean().dropna() if not per_case.empty else pd.Series()
+    ranked = sorted(means.index, key=lambda m: (-means[m], m))
+    if len(ranked) < 2:
+        return Section("Postprocessing", tuple(blocks))
+    blocks.append(
+        Paragraph(
+            f"Statistics after postprocessing: every model against the best by mean Dice after "
+            f"postprocessing ({ranked[0]}), with the tests and the verdict rule of Statistics."
+        )
+    )
+    return Section("Postprocessing", (*blocks, *_comparison_blocks(ctx, per_repeat, ranked[0])))  # fmt: skip
 
 
 def _rule_sentence(ctx: _Context) -> str:
@@ -638,7 +727,9 @@ def write_report(
     inputs = _read_inputs(run_dir)
     ctx = _context(run_dir, inputs, seed)
     figure_blocks, figure_notes = _figures(ctx)
-    sections = [_leaderboard_section(ctx), _fold_section(ctx), _statistics_section(ctx), _seed_section(ctx),
+    held_back = held_back_section(load_test_metrics(run_dir))  # apart from the folds: after their statistics
+    sections = [_leaderboard_section(ctx), _fold_section(ctx), _statistics_section(ctx), _postprocessing_section(ctx),
+                *([held_back] if held_back else []), _seed_section(ctx),
                 Section("Figures", tuple(figure_blocks))]  # fmt: skip
     matched = matching_section(inputs.manifest, inputs.jobs, ctx.board, ctx.models)
     if matched is not None:  # a --match run: its costs and Pareto plots right after the leaderboard

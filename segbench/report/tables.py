@@ -505,13 +505,23 @@ _COSTS = frozenset([column for _, column, _, _ in _COST_COLUMNS] + [column for c
 
 def _model_cell(r: pd.Series) -> str:
     whole = bool(r["complete"]) if "complete" in r and not pd.isna(r["complete"]) else True
-    return str(r["model"]) + ("" if whole else " (incomplete)")
+    kind = _kind(r)
+    return str(r["model"]) + ("" if kind == "trained" else f" ({kind})") + ("" if whole else " (incomplete)")
+
+
+def _kind(r: pd.Series) -> str:
+    """``"trained"``, or for a row without jobs (segbench.extra_models) ``"ensemble"`` / ``"external"``."""
+    return str(r["kind"]) if "kind" in r and isinstance(r["kind"], str) else "trained"
+
+
+def _jobs_cell(r: pd.Series) -> str:
+    return f"{int(r['jobs_done'])}/{int(r['jobs'])}" if _kind(r) == "trained" else "–"
 
 
 def format_leaderboard(board: pd.DataFrame) -> Table:
-    """Leaderboard quality cells (metrics and misses); incomplete models say so next to their name."""
-    lead = [("model", _model_cell), ("cases", lambda r: str(int(r["cases"]))),
-            ("jobs done", lambda r: f"{int(r['jobs_done'])}/{int(r['jobs'])}")]  # fmt: skip
+    """Leaderboard quality cells (metrics and misses); incomplete models, ensembles and external rows say so next to
+    their name."""
+    lead = [("model", _model_cell), ("cases", lambda r: str(int(r["cases"]))), ("jobs done", _jobs_cell)]
     return _board_table(board, lead, leaderboard_columns(board))
 
 
