@@ -99,7 +99,8 @@ from batchgenerators.utilities.file_and_folder_operations import join, load_json
 from nnunetv2.training.nnUNetTrainer.variants.training_length import nnUNetTrainer_Xepochs
 dataset, trainer_name, fold = sys.argv[1], sys.argv[2], int(sys.argv[3])
 base = join(os.environ["nnUNet_preprocessed"], dataset)
-torch.set_num_threads(multiprocessing.cpu_count())  # as nnUNetv2_train does on the CPU
+# as nnUNetv2_train does on the CPU; PARITY_THREADS=1 lets two seeds train side by side on a small machine
+torch.set_num_threads(int(os.environ.get("PARITY_THREADS", multiprocessing.cpu_count())))
 plans = load_json(join(base, "nnUNetPlans.json"))
 plans["continue_training"] = False  # as get_trainer_from_args sets it
 trainer = getattr(nnUNetTrainer_Xepochs, trainer_name)(plans=plans, configuration="3d_fullres", fold=fold,
