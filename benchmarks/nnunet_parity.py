@@ -111,17 +111,22 @@ trainer.perform_actual_validation(False)
 
 
 def run_nnunet(out: Path, *, nnunet_python: Path, seeds: int, epochs: int,
-               folds: tuple[int, ...] = (0, 1), train: bool = True) -> dict[tuple[int, int], dict]:  # fmt: skip
-    """nnU-Net's trainer for every (seed, fold); returns {(seed, fold): {"dice": float, "train_losses": [...]}}."""
-    env = _nnunet_env(out, nnunet_python)
+               folds: tuple[int, ...] = (0, 1), train: bool = True,
+               only_seed: int | None = None) -> dict[tuple[int, int], dict]:  # fmt: skip
+    """nnU-Net's trainer for every (seed, fold), or only ``only_seed``'s.
+
+    Returns {(seed, fold): {"dice": float, "train_losses": [...]}} of the finished ones.
+    """
     trainer = "nnUNetTrainer_1epoch" if epochs == 1 else f"nnUNetTrainer_{epochs}epochs"
-    produced = Path(env["nnUNet_results"]) / DATASET / f"{trainer}__nnUNetPlans__3d_fullres"
     results = {}
     for seed in range(seeds):
+        # a results folder per seed, so that two seeds can train side by side (--nnunet-seed)
+        env = _nnunet_env(out, nnunet_python) | {"nnUNet_results": str(out / "nnunet_results" / f"seed{seed}")}
+        produced = Path(env["nnUNet_results"]) / DATASET / f"{trainer}__nnUNetPlans__3d_fullres"
         for fold in folds:
             kept = out / "nnunet_runs" / f"seed{seed}" / f"fold_{fold}"
             if not (kept / "validation" / "summary.json").is_file():
-                if not train:
+                if not train or (only_seed is not None and seed != only_seed):
                     continue
                 shutil.rmtree(produced / f"fold_{fold}", ignore_errors=True)
                 # nnUNetv2_train's trainer lookup imports every trainer module, Primus's too, which needs timm ->
@@ -223,6 +228,12 @@ def main() -> None:
     parser.add_argument("--nnunet-python", type=Path, default=REPO / ".nnunet-venv" / "bin" / "python")
     parser.add_argument("--segbench-arg", action="append", default=[], help="extra flag for segbench run")
     parser.add_argument("--nnunet-folds", default="0,1", help="folds nnU-Net trains (segbench trains both)")
+    parser.add_argument(
+        "--nnunet-seed",
+        type=int,
+        default=None,
+        help="train only this nnU-Net seed (two processes can then train two seeds side by side)",
+    )
     parser.add_argument("--sides", choices=("both", "nnunet", "segbench", "table"), default="both",
                         help="table: no training, the table of what both sides hold")  # fmt: skip
     args = parser.parse_args()
@@ -237,7 +248,7 @@ def main() -> None:
                                 extra=args.segbench_arg, train=args.sides != "table")  # fmt: skip
     if args.sides in ("both", "nnunet", "table"):
         nnunet = run_nnunet(args.out, nnunet_python=args.nnunet_python, seeds=args.seeds, epochs=args.epochs,
-                            folds=folds, train=args.sides != "table")  # fmt: skip
+                            folds=folds, train=args.sides != "table", only_seed=args.nnunet_seed)  # fmt: skip
     if args.sides not in ("both", "table"):
         return
     text = table(nnunet, segbench, epochs=args.epochs)

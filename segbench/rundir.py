@@ -4,7 +4,7 @@ This is the only module that spells a run-directory name; everything else builds
 
     RUN_DIR/
       manifest.json, splits.json, plans.json (with --plans), metrics.csv, jobs.csv, run.lock,
-      postprocessing.json, metrics_postprocessed.csv
+      postprocessing.json, metrics_postprocessed.csv, leaderboards.json
       jobs/<model>/fold_<k>/        job_dir(run_dir, job)  (runs with one repeat)
       jobs/<model>/fold_<k>/repeat_<r>/   job_dir(run_dir, job)  (runs with R > 1 repeats)
         result.json, result.json.previous, error.txt, error.txt.previous, training_log.csv,
@@ -49,6 +49,7 @@ REPORT_DIR = "report"  # default output folder of `segbench report`
 OOF_PREDICTIONS_DIR = "predictions"  # predictions/<model>/<case_id>.nii.gz: every out-of-fold prediction of a model
 EVALUATION_FILE = "evaluation.csv"  # default output of `segbench evaluate RUN_DIR` (inside predictions/)
 EVALUATION_POSTPROCESSED_FILE = "evaluation_postprocessed.csv"  # the same for the postprocessed predictions
+LEADERBOARDS_FILE = "leaderboards.json"  # the leaderboards (`segbench leaderboard`) this run is part of
 
 # --- one job folder -----------------------------------------------------------------------------------------------
 FOLD_PREFIX = "fold_"  # jobs/<model>/fold_<k>
@@ -149,6 +150,11 @@ def postprocessing_path(run_dir: str | Path) -> Path:
 def postprocessed_metrics_path(run_dir: str | Path) -> Path:
     """``RUN_DIR/metrics_postprocessed.csv``: metrics.csv's rows for the postprocessed predictions."""
     return Path(run_dir) / METRICS_POSTPROCESSED_FILE
+
+
+def leaderboards_path(run_dir: str | Path) -> Path:
+    """``RUN_DIR/leaderboards.json``: the leaderboard pages this run is part of (its report links them)."""
+    return Path(run_dir) / LEADERBOARDS_FILE
 
 
 def jobs_table_path(run_dir: str | Path) -> Path:

@@ -33,6 +33,7 @@ from segbench.config import RunConfig, config_differences, config_to_dict
 from segbench.data.cache import cache_state, record_use
 from segbench.data.dataset import DatasetSpec, dataset_fingerprint, load_dataset
 from segbench.data.preprocess import PreprocessConfig, prepare_dataset
+from segbench.data.synth_tasks import TASKS, task_of
 from segbench.data.validate import validate_dataset
 from segbench.errors import ConfigError, DatasetError, RunDirectoryError
 from segbench.estimate import CostEstimate, estimate_for_run, estimate_in_child
@@ -152,11 +153,16 @@ def check_models_early(config: RunConfig) -> None:
     dataset generated). Channels come from ``--data``'s dataset.json when it parses (preflight reports it otherwise).
 
     Raises:
-        ModelError: an unknown model name or pattern. ConfigError: a patch a model's divisor does not divide.
+        ModelError: an unknown model name or pattern. ConfigError: a patch a model's divisor does not divide, or
+            ``--data synth:NAME`` with an unknown NAME.
     """
     models = resolve_models(",".join(config.models))
     in_channels, out_channels = 1, 1
-    if config.data is not None:
+    task = task_of(config.data)  # an unknown synth:NAME fails here
+    if task is not None:
+        labels = [int(value) for value in TASKS[task].labels if int(value) != 0]
+        out_channels = out_channels_for(tuple(labels), loss=config.train.loss)
+    else:
         try:
             spec = load_dataset(config.data)
             in_channels, out_channels = (
@@ -210,6 +216,7 @@ def build_manifest(
         "dataset": {
             "path": str(dataset_path.resolve()),
             "name": dataset.name,
+            "task": task_of(config.data),  # the embedded task (heart, ct_lesion, thin), None for a dataset folder
             "format": dataset.format,
             "fingerprint": dataset_fingerprint(dataset),
             "num_training": len(dataset.training),
@@ -633,12 +640,9 @@ def _checked_dataset(
     Raises:
         DatasetError: preflight found problems, or the dataset declares no foreground label.
     """
-    if config.data is None:
-        from segbench.data.synth import default_dataset_path
+    from segbench.data.synth import resolve_data
 
-        dataset_path = default_dataset_path(cache_dir=cache_dir)
-    else:
-        dataset_path = Path(config.data)
+    dataset_path = resolve_data(config.data, cache_dir=cache_dir)
     dataset, summary = preflight_dataset(dataset_path, progress=progress, tolerance_mm=config.tolerance_mm)
     if not dataset.foreground_labels:
         raise DatasetError(f"{dataset_path}/dataset.json declares no foreground label")

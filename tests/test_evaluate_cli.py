@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,8 @@ def reference(case: int) -> np.ndarray:
 
 
 def segbench(*args) -> subprocess.CompletedProcess:
-    return subprocess.run(["segbench", "evaluate", *map(str, args)], capture_output=True, text=True, timeout=120)
+    command = [str(Path(sys.executable).parent / "segbench"), "evaluate", *map(str, args)]  # not from PATH
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture

@@ -92,7 +92,8 @@ def test_the_run_states_its_cost_before_the_first_job_and_the_report_compares(sm
     jobs = results.load_jobs(run_dir).set_index(["model", "fold"])
     for record in estimate["models"]:
         assert record["jobs"] == 2 and record["step_s"] > 0 and record["window_s"] > 0
-        assert record["train_s"] == pytest.approx(3 * record["step_s"], rel=1e-3)
+        # Both figures are stored rounded to 4 decimals, so 3 x the rounded step can be off by up to 2e-4.
+        assert record["train_s"] == pytest.approx(3 * record["step_s"], abs=2e-4)
         # The exact estimator agrees with the job's own real measurement: the same figure, before the job.
         measured = jobs.loc[(record["model"], 0), "tensor_peak_mb"]
         assert record["tensor_peak_mb"] == pytest.approx(measured, abs=0.01)

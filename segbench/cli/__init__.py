@@ -9,7 +9,7 @@ sub-command modules import (so this package and its modules do not import each o
 
 from __future__ import annotations
 
-from segbench.cli import cache, data, ensemble, evaluate, models, plan, predict, report, run  # noqa: F401 - importing registers the sub-commands
+from segbench.cli import cache, data, ensemble, evaluate, leaderboard, models, plan, predict, report, run  # noqa: F401 - importing registers the sub-commands
 from segbench.cli.group import SegbenchGroup, main
 
 __all__ = ["SegbenchGroup", "main"]

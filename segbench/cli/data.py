@@ -1,4 +1,4 @@
-"""`segbench data check DATA` (preflight) and `segbench data synth OUT` (synthetic Task02-like dataset)."""
+"""`segbench data check DATA` (preflight) and `segbench data synth OUT [--task NAME]` (embedded synthetic tasks)."""
 
 from __future__ import annotations
 
@@ -39,13 +39,30 @@ def check(data_dir: Path) -> None:
     sys.exit(1)
 
 
-# Kept equal to segbench.data.synth.MIN_SIDE / DEFAULT_SHAPE (a test checks), so --help stays fast (no numpy import).
+# Kept equal to segbench.data.synth.MIN_SIDE / DEFAULT_SHAPE and to the tasks' names and default shapes in
+# segbench.data.synth_tasks.TASKS (a test checks), so --help stays fast (no numpy import).
 SYNTH_MIN_SIDE = 8
 SYNTH_DEFAULT_SHAPE = (48, 48, 32)
+SYNTH_TASKS = {
+    "heart": ((48, 48, 32), "Task02-like left-atrium MRI (the default dataset of segbench run)"),
+    "ct_lesion": ((56, 56, 24), "anisotropic CT crop, labels organ and lesion; 3 of 10 cases have no lesion"),
+    "thin": ((48, 48, 32), "branching vessel-like tubes 1-3 voxels across"),
+}
+
+
+def _tasks_help() -> str:
+    return "; ".join(f"{name}: {text}" for name, (_, text) in SYNTH_TASKS.items())
 
 
 @data.command()
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--task",
+    type=click.Choice(list(SYNTH_TASKS)),
+    default="heart",
+    show_default=True,
+    help=f"The embedded task (docs/tasks.md). {_tasks_help()}.",
+)
 @click.option("--cases", default=20, show_default=True, type=click.IntRange(min=1), help="Labelled training cases.")
 @click.option("--test-cases", default=10, show_default=True, type=click.IntRange(min=0), help="Unlabelled test cases.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed (same seed, same files).")
@@ -55,8 +72,9 @@ SYNTH_DEFAULT_SHAPE = (48, 48, 32)
     type=click.IntRange(min=SYNTH_MIN_SIDE),
     default=None,
     metavar="D H W",
-    help=f"Volume size in voxels, each side at least {SYNTH_MIN_SIDE} "
-    f"[default: {' '.join(map(str, SYNTH_DEFAULT_SHAPE))}, a Task02-like heart crop].",
+    help=f"Volume size in voxels, each side at least {SYNTH_MIN_SIDE} [default: the task's, "
+    + ", ".join(f"{name} {' '.join(map(str, shape))}" for name, (shape, _) in SYNTH_TASKS.items())
+    + "].",
 )
 @click.option(
     "--test-labels", is_flag=True, help="Also write the test cases' labels to labelsTs/ (a labelled held-back set)."
@@ -64,6 +82,7 @@ SYNTH_DEFAULT_SHAPE = (48, 48, 32)
 @click.option("--force", is_flag=True, help="Replace OUT if it already holds files (everything in it is deleted).")
 def synth(
     out: Path,
+    task: str,
     cases: int,
     test_cases: int,
     seed: int,
@@ -71,7 +90,7 @@ def synth(
     test_labels: bool,
     force: bool,
 ) -> None:
-    """Write a deterministic synthetic Task02-like MSD dataset to OUT (a new or empty folder)."""
+    """Write a deterministic synthetic MSD dataset of an embedded task to OUT (a new or empty folder)."""
     import shutil
 
     from segbench.data.synth import check_shape, make_synthetic_task
@@ -89,6 +108,7 @@ def synth(
         shutil.rmtree(out)
     where = make_synthetic_task(
         out,
+        task=task,
         cases=cases,
         test_cases=test_cases,
         seed=seed,
@@ -96,7 +116,8 @@ def synth(
         test_labels=test_labels,
     )
     click.echo(
-        f"wrote {cases} training and {test_cases} test cases to {where}; check them with: segbench data check {where}"
+        f"wrote {cases} training and {test_cases} test cases of task {task} to {where}; check them with: "
+        f"segbench data check {where}"
     )
 
 

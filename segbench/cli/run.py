@@ -40,7 +40,8 @@ def _interrupt_on_sigterm() -> None:
     "--data",
     type=click.Path(path_type=Path),
     default=None,
-    help="MSD or nnU-Net raw dataset folder. Default: the embedded synthetic Task02-like dataset.",
+    help="MSD or nnU-Net raw dataset folder, or synth:NAME for an embedded synthetic task (heart, ct_lesion, thin; "
+    "docs/tasks.md). Default: synth:heart, the Task02-like dataset.",
 )
 @click.option(
     "--recipe",
@@ -348,10 +349,10 @@ def _with_recipe_plan(config):
 
     if config.plans or not get_recipe(config.recipe).needs_plan:
         return config
-    from segbench.data.synth import default_dataset_path
+    from segbench.data.synth import resolve_data
     from segbench.plans.api import planned_for_run
 
-    data = config.data or default_dataset_path()
+    data = resolve_data(config.data)
     click.echo(f"--recipe {config.recipe}: planning {data} with nnU-Net's default planner (no --plans given)", err=True)
     return dataclasses.replace(config, plans=str(planned_for_run(data)))
 

@@ -33,13 +33,16 @@ from segbench.metrics import PRIMARY_METRIC, Metric, metric_catalogue
 from segbench.report import figures, stats, tables
 from segbench.report.estimate import estimate_section
 from segbench.report.held_back import held_back_section
+from segbench.report.leaderboard_links import leaderboard_links
 from segbench.report.matching import matching_record, matching_section, qualify_sentence
+from segbench.report.per_label import per_label_section
 from segbench.report.postprocessing import RULE_SENTENCE, before_after_table, decision_table, decisions_from
 from segbench.report.recipe import recipe_sentence
 from segbench.report.render import (
     Bullets,
     Code,
     FigureBlock,
+    Links,
     Paragraph,
     Report,
     Section,
@@ -59,7 +62,15 @@ from segbench.results import (
 )
 from segbench.rundir import JOBS_FILE, MANIFEST_FILE, METRICS_FILE, PLANS_FILE, RESULT_FILE, SPLITS_FILE
 
-__all__ = ["compare_models", "metric_definitions", "write_report"]
+__all__ = [
+    "compare_all_pairs",
+    "compare_models",
+    "metric_definitions",
+    "RunContext",
+    "read_run",
+    "verdict_sentences",
+    "write_report",
+]
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +213,20 @@ def _headline_metrics(per_case: pd.DataFrame) -> list[Metric]:
     return [metric for metric in tables.metrics_in(per_case) if metric.headline]
 
 
+def _compare(per_case: pd.DataFrame, metric: Metric, reference: str, other: str, seed: int) -> stats.Comparison:
+    """One paired comparison of ``other`` against ``reference`` on ``metric``'s penalised values (no Holm yet)."""
+    return stats.repeated_comparison(
+        _long_pair(per_case, metric.penalised_column, reference, other),
+        metric=metric.label,
+        reference_name=reference,
+        other_name=other,
+        higher_is_better=metric.higher_is_better,
+        unit=metric.unit,
+        seed=seed,
+        statistic_name=_statistic_name(metric),
+    )
+
+
 def compare_models(per_case: pd.DataFrame, best: str, models: list[str], seed: int = 0) -> list[stats.Comparison]:
     """Every model against ``best`` on each headline metric, Holm-corrected per metric (the report's verdicts).
 
@@ -211,23 +236,32 @@ def compare_models(per_case: pd.DataFrame, best: str, models: list[str], seed: i
         seed: bootstrap seed.
     """
     results = []
+    present = set(per_case["model"])
     for metric in _headline_metrics(per_case):
         family = [
-            stats.repeated_comparison(
-                _long_pair(per_case, metric.penalised_column, best, other),
-                metric=metric.label,
-                reference_name=best,
-                other_name=other,
-                higher_is_better=metric.higher_is_better,
-                unit=metric.unit,
-                seed=seed,
-                statistic_name=_statistic_name(metric),
-            )  # fmt: skip
-            for other in models
-            if other != best and other in set(per_case["model"])
+            _compare(per_case, metric, best, other, seed) for other in models if other != best and other in present
         ]
         results += stats.with_holm(family)
     return results
+
+
+def compare_all_pairs(
+    per_case: pd.DataFrame, models: list[str], metric: Metric, seed: int = 0
+) -> list[stats.Comparison]:
+    """Every pair of ``models`` on ``metric`` with the report's tests and verdict rule, Holm-corrected over all pairs.
+
+    The leaderboard's test-then-rank counts each model's ``beats`` verdicts among these. Models without a row in
+    ``per_case`` are skipped; the pairs are in the order of ``models`` (first model as the reference).
+    """
+    present = [m for m in models if m in set(per_case["model"])]
+    family = [_compare(per_case, metric, a, b, seed) for i, a in enumerate(present) for b in present[i + 1 :]]
+    return stats.with_holm(family)
+
+
+def verdict_sentences(manifest: dict[str, Any], comparisons: list[stats.Comparison]) -> tuple[str, ...]:
+    """The report's sentence for each comparison (with the --match qualification of a matched run)."""
+    record = matching_record(manifest)
+    return tuple(qualify_sentence(stats.comparison_sentence(c), record, c.reference, c.other) for c in comparisons)
 
 
 def _comparison_table(comparisons: list[stats.Comparison]) -> tables.Table:
@@ -380,6 +414,9 @@ def _dataset_place(manifest: dict[str, Any]) -> str:
     path = str((manifest.get("dataset") or {}).get("path") or "–")
     if "data" in (manifest.get("config") or {}) and manifest["config"]["data"] is None:
         return f"segbench's embedded synthetic dataset (generated on first use into the cache as {Path(path).name})"
+    task = (manifest.get("dataset") or {}).get("task")  # recorded by the run for --data synth:NAME
+    if task:
+        return f"segbench's embedded synthetic task {task} (generated on first use into the cache as {Path(path).name})"
     home = str(Path.home())
     return "~" + path[len(home) :] if home not in ("", "/") and path.startswith(home + "/") else path
 
@@ -393,7 +430,7 @@ def _plain(value: Any) -> str:
 
 
 @dataclass(frozen=True)
-class _Context:
+class RunContext:
     """What every report section is built from: the inputs and the tables derived from them."""
 
     run_dir: Path
@@ -414,13 +451,23 @@ class _Context:
         return self.ranked[0] if self.ranked else None
 
 
+def read_run(run_dir: str | Path, *, seed: int = 0) -> RunContext:
+    """The tables a report of ``run_dir`` is built from: per-case values, the leaderboard, the job grid, the ranking.
+
+    Raises:
+        RunDirectoryError: ``run_dir`` has no readable manifest.json.
+    """
+    run_dir = Path(run_dir)
+    return _context(run_dir, _read_inputs(run_dir), seed)
+
+
 def _expected_repeats(inputs: _Inputs, per_repeat: pd.DataFrame) -> int:
     repeats = (inputs.manifest.get("config") or {}).get("repeats")
     found = int(per_repeat["repeat"].max()) + 1 if not per_repeat.empty else 1
     return max(int(repeats), found) if isinstance(repeats, int) else found
 
 
-def _context(run_dir: Path, inputs: _Inputs, seed: int) -> _Context:
+def _context(run_dir: Path, inputs: _Inputs, seed: int) -> RunContext:
     per_repeat = tables.per_case_table(inputs.metrics)
     per_case = tables.case_means(per_repeat)
     repeats = _expected_repeats(inputs, per_repeat)
@@ -437,11 +484,11 @@ def _context(run_dir: Path, inputs: _Inputs, seed: int) -> _Context:
         board["kind"] = [kinds.get(m, "trained") for m in board["model"]]
     primary = f"{PRIMARY_METRIC}_mean"
     ranked = board[board[primary].notna()]["model"].tolist() if not board.empty else []
-    return _Context(run_dir, inputs, per_case, per_repeat, repeats, grid, expected_models, models, n_folds, board,
+    return RunContext(run_dir, inputs, per_case, per_repeat, repeats, grid, expected_models, models, n_folds, board,
                     ranked, seed)  # fmt: skip
 
 
-def _figures(ctx: _Context) -> tuple[list[FigureBlock], list[str]]:
+def _figures(ctx: RunContext) -> tuple[list[FigureBlock], list[str]]:
     """Box plots, Pareto fronts, learning curves and the qualitative panel; notes for what was skipped."""
     blocks: list[FigureBlock] = []
     for metric in tables.box_metrics(ctx.per_case):
@@ -471,7 +518,7 @@ def _box_label(metric: Metric) -> str:
     return f"{metric.label} ({', '.join(details)})" if details else metric.label
 
 
-def _pareto_figures(ctx: _Context) -> list[FigureBlock]:
+def _pareto_figures(ctx: RunContext) -> list[FigureBlock]:
     board, blocks = ctx.board, []
     memory_column, memory_label = tables.memory_measure(board)
     for column, label, higher, name in (
@@ -486,7 +533,7 @@ def _pareto_figures(ctx: _Context) -> list[FigureBlock]:
     return blocks
 
 
-def _leaderboard_section(ctx: _Context) -> Section:
+def _leaderboard_section(ctx: RunContext) -> Section:
     intro = Paragraph(
         f"{len(ctx.models) - len(ctx.inputs.extras)} models × {ctx.n_folds} folds"
         + (f" and {len(ctx.inputs.extras)} row(s) without jobs" if ctx.inputs.extras else "")
@@ -511,7 +558,7 @@ def _leaderboard_section(ctx: _Context) -> Section:
     return Section("Leaderboard", (recipe, intro, *extras, TableBlock(tables.format_leaderboard(ctx.board)), costs))
 
 
-def _fold_section(ctx: _Context) -> Section:
+def _fold_section(ctx: RunContext) -> Section:
     blocks = []
     # Rows without jobs have no job status: their folds count as done ("no cases" where a fold has none).
     extra = [{"model": e.name, "fold": k, "status": "done"} for e in ctx.inputs.extras for k in range(ctx.n_folds)]
@@ -523,7 +570,7 @@ def _fold_section(ctx: _Context) -> Section:
     return Section("Per-fold results", tuple(blocks))
 
 
-def _statistics_section(ctx: _Context) -> Section:
+def _statistics_section(ctx: RunContext) -> Section:
     best = ctx.best
     if best is None or len(ctx.ranked) < 2:
         return Section("Statistics", (Paragraph("Paired statistics need at least two models with evaluated cases."),))
@@ -549,18 +596,17 @@ def _statistics_section(ctx: _Context) -> Section:
     ))  # fmt: skip
 
 
-def _comparison_blocks(ctx: _Context, per_repeat: pd.DataFrame, best: str) -> list[Any]:
+def _comparison_blocks(ctx: RunContext, per_repeat: pd.DataFrame, best: str) -> list[Any]:
     """The verdict sentences and the test table of every model against ``best`` on ``per_repeat``'s cases."""
     comparisons = compare_models(per_repeat, best, ctx.models, ctx.seed)
     return [
-        Bullets(tuple(qualify_sentence(stats.comparison_sentence(c), matching_record(ctx.inputs.manifest), c.reference,
-                                       c.other) for c in comparisons)),
+        Bullets(verdict_sentences(ctx.inputs.manifest, comparisons)),
         TableBlock(_comparison_table(comparisons), "Wilcoxon signed-rank tests (two-sided), Holm per metric; "
                    "'better' is the model ahead on the cases, 'advantage' its lead"),
     ]  # fmt: skip
 
 
-def _postprocessing_section(ctx: _Context) -> Section:
+def _postprocessing_section(ctx: RunContext) -> Section:
     """Each model's decision, its metrics before and after, and the paired statistics on the postprocessed cases."""
     decisions, blocks = ctx.inputs.decisions, [Paragraph(RULE_SENTENCE)]
     if not decisions:
@@ -597,7 +643,7 @@ def _postprocessing_section(ctx: _Context) -> Section:
     return Section("Postprocessing", (*blocks, *_comparison_blocks(ctx, per_repeat, ranked[0])))  # fmt: skip
 
 
-def _rule_sentence(ctx: _Context) -> str:
+def _rule_sentence(ctx: RunContext) -> str:
     if ctx.repeats < 2:
         return (
             "Verdict rule: 'A beats B' when the Holm-corrected case-level Wilcoxon test gives p < 0.05. "
@@ -614,7 +660,7 @@ def _rule_sentence(ctx: _Context) -> str:
     )
 
 
-def _conditions(ctx: _Context) -> list[Any]:
+def _conditions(ctx: RunContext) -> list[Any]:
     """Warnings when the compared jobs ran on different hardware or precision (columns of jobs.csv, when present)."""
     jobs = ctx.inputs.jobs
     notes = []
@@ -632,7 +678,7 @@ def _conditions(ctx: _Context) -> list[Any]:
     return [Paragraph(note) for note in notes]
 
 
-def _seed_section(ctx: _Context) -> Section:
+def _seed_section(ctx: RunContext) -> Section:
     """Training-seed variance: per model its mean Dice in each repeat, their SD and a repeat-level interval."""
     if ctx.repeats < 2:
         return Section("Training-seed variance", (Paragraph(
@@ -668,7 +714,7 @@ _MISSING_NOTE = (
 )
 
 
-def _jobs_section(ctx: _Context, notes: list[str]) -> Section:
+def _jobs_section(ctx: RunContext, notes: list[str]) -> Section:
     grid, n_expected = ctx.grid, len(ctx.expected_models)
     n_jobs, n_done = n_expected * ctx.n_folds, int((grid["status"] == "done").sum())
     not_done = grid[grid["status"] != "done"]
@@ -728,13 +774,18 @@ def write_report(
     ctx = _context(run_dir, inputs, seed)
     figure_blocks, figure_notes = _figures(ctx)
     held_back = held_back_section(load_test_metrics(run_dir))  # apart from the folds: after their statistics
-    sections = [_leaderboard_section(ctx), _fold_section(ctx), _statistics_section(ctx), _postprocessing_section(ctx),
-                *([held_back] if held_back else []), _seed_section(ctx),
+    per_label = per_label_section(inputs.metrics)  # multi-label runs: each label apart, after the leaderboard
+    sections = [_leaderboard_section(ctx), *([per_label] if per_label else []), _fold_section(ctx),
+                _statistics_section(ctx), _postprocessing_section(ctx), *([held_back] if held_back else []),
+                _seed_section(ctx),
                 Section("Figures", tuple(figure_blocks))]  # fmt: skip
     matched = matching_section(inputs.manifest, inputs.jobs, ctx.board, ctx.models)
     if matched is not None:  # a --match run: its costs and Pareto plots right after the leaderboard
         sections.insert(1, matched[0])
         figure_blocks += matched[1]
+    links = leaderboard_links(run_dir, out)  # written by `segbench leaderboard` (RUN_DIR/leaderboards.json)
+    if links:
+        sections.insert(0, Section("Across datasets", (Links("Part of leaderboard", links),)))
     if speed is not None:
         sections.append(_speed_section(speed, Path(benchmark_json)))
     estimated = estimate_section(inputs.manifest, inputs.jobs)  # what the run said it would cost, and what it did

@@ -19,13 +19,15 @@ DPI = 100
 _PNG_METADATA = {"Software": None}  # matplotlib writes its version here otherwise
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
+    """A fresh matplotlib Figure (no pyplot state) of ``width`` × ``height`` inches at :data:`DPI`, laid out."""
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
-def _png(figure) -> bytes:
+def png_bytes(figure) -> bytes:
+    """``figure`` as PNG bytes without metadata (identical bytes for identical figures)."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI, metadata=_PNG_METADATA)
     return buffer.getvalue()
@@ -72,7 +74,7 @@ def box_strip(per_case: pd.DataFrame, *, column: str, label: str, models: Sequen
     data = per_case[["model", column]].copy()
     data = data[np.isfinite(pd.to_numeric(data[column], errors="coerce").astype(float))]
     order = [m for m in models if m in set(data["model"])]
-    figure = _figure(max(4.0, 1.2 * len(order) + 2), 4.0)
+    figure = new_figure(max(4.0, 1.2 * len(order) + 2), 4.0)
     ax = figure.add_subplot()
     if order:
         colors = model_colors(models)
@@ -95,7 +97,7 @@ def box_strip(per_case: pd.DataFrame, *, column: str, label: str, models: Sequen
     ax.set_xlabel("")
     ax.set_ylabel(label)
     set_title(ax, f"{label} per case")
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def pareto(
@@ -114,7 +116,7 @@ def pareto(
         front: boolean mask over ``board`` rows (see :func:`segbench.report.stats.pareto_front`).
         models: model order for colours.
     """
-    figure = _figure(5.0, 4.0)
+    figure = new_figure(5.0, 4.0)
     ax = figure.add_subplot()
     colors = model_colors(models)
     x = pd.to_numeric(board[cost_column], errors="coerce").to_numpy(float)
@@ -139,7 +141,7 @@ def pareto(
     ax.set_xlabel(cost_label)
     ax.set_ylabel("mean Dice")
     set_title(ax, f"Dice vs {cost_label} (front: black edge)")
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def learning_curves(curves: pd.DataFrame, *, models: Sequence[str]) -> bytes:
@@ -149,7 +151,7 @@ def learning_curves(curves: pd.DataFrame, *, models: Sequence[str]) -> bytes:
         curves: ``model, fold, iteration, loss`` rows (``segbench.results.load_learning_curves``).
         models: model order for colours.
     """
-    figure = _figure(6.0, 4.0)
+    figure = new_figure(6.0, 4.0)
     ax = figure.add_subplot()
     colors = model_colors(models)
     data = curves.copy()
@@ -169,7 +171,7 @@ def learning_curves(curves: pd.DataFrame, *, models: Sequence[str]) -> bytes:
     ax.set_xlabel("iteration")
     ax.set_ylabel("training loss")
     set_title(ax, "Learning curves (mean over folds ± sd)")
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def slice_axis(spacing: Sequence[float]) -> int:
@@ -223,7 +225,7 @@ def qualitative_panel(
         # Transposed so the first kept axis runs left-right, origin at the bottom.
         return np.take(volume, index, axis=axis).T
 
-    figure = _figure(6.0, 6.0)
+    figure = new_figure(6.0, 6.0)
     ax = figure.add_subplot()
     aspect = float(spacing[kept[1]]) / float(spacing[kept[0]])
     ax.imshow(cut(image), cmap="gray", origin="lower", aspect=aspect, interpolation="nearest")
@@ -241,4 +243,4 @@ def qualitative_panel(
     set_title(ax, f"{mpl_text(title)} — axis {axis}, slice {index}", fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
-    return _png(figure)
+    return png_bytes(figure)

@@ -8,19 +8,12 @@ from __future__ import annotations
 
 import pandas as pd
 
-from segbench.evaluation import summarize
+from segbench.report.per_label import label_cells, label_name, shown
 from segbench.report.render import Paragraph, Section, TableBlock
-from segbench.report.tables import Table, fmt
+from segbench.report.tables import Table
 from segbench.rundir import TEST_METRICS_FILE
 
 __all__ = ["held_back_section"]
-
-_SHOWN = ("dice", "hd95", "nsd")
-_NOT_METRICS = ["model", "folds", "postprocessed", "label_name"]
-
-
-def _shown(names) -> list[str]:
-    return [metric for metric in _SHOWN if metric in set(names)]
 
 
 def held_back_section(test_metrics: pd.DataFrame) -> Section | None:
@@ -29,17 +22,12 @@ def held_back_section(test_metrics: pd.DataFrame) -> Section | None:
         return None
     rows = []
     for (model, label), group in test_metrics.groupby(["model", "label"], sort=True):
-        summary = summarize(group.drop(columns=[c for c in _NOT_METRICS if c in group])).set_index("metric")
         first = group.iloc[0]
-        cells = [model, f"{label} {first.get('label_name', '') or ''}".strip(), str(group["case_id"].nunique()),
-                 str(first["folds"]), "yes" if bool(first["postprocessed"]) else "no"]  # fmt: skip
-        cells += [
-            f"{fmt(summary.loc[m, 'mean'])} / {fmt(summary.loc[m, 'median'])}" for m in _SHOWN if m in summary.index
-        ]
-        cells.append(str(int(summary["misses"].iloc[0])))
+        cells = [model, label_name(group, int(label)), str(group["case_id"].nunique()), str(first["folds"]),
+                 "yes" if bool(first["postprocessed"]) else "no", *label_cells(group)]  # fmt: skip
         rows.append(tuple(cells))
     columns = ("model", "label", "cases", "ensemble of folds", "postprocessed",
-               *(f"{m} mean / median" for m in _shown(test_metrics.columns)), "misses")  # fmt: skip
+               *(f"{m} mean / median" for m in shown(test_metrics.columns)), "misses")  # fmt: skip
     text = (
         "Test cases held back from the cross-validation (the dataset's labelsTs/), segmented by each model's fold "
         "ensemble with `segbench predict --test --evaluate`. They take no part in the leaderboard, the statistics or "

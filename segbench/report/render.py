@@ -13,6 +13,7 @@ import base64
 import html
 import re
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from segbench.report.tables import Table
 
@@ -47,7 +48,15 @@ class Code:
     text: str
 
 
-Block = Paragraph | Bullets | TableBlock | FigureBlock | Code
+@dataclass(frozen=True)
+class Links:
+    """``label: text, text`` where each text links to its (relative) ``href``; ``links`` = ((text, href), …)."""
+
+    label: str
+    links: tuple[tuple[str, str], ...]
+
+
+Block = Paragraph | Bullets | TableBlock | FigureBlock | Code | Links
 
 
 @dataclass(frozen=True)
@@ -120,6 +129,9 @@ def render_markdown(report: Report) -> str:
             elif isinstance(block, Code):
                 fence = _fence(block.text)
                 lines += [fence, block.text, fence, ""]
+            elif isinstance(block, Links):
+                items = ", ".join(f"[{md_escape(text)}]({quote(href)})" for text, href in block.links)
+                lines += [f"{md_escape(block.label)}: {items}", ""]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
@@ -216,6 +228,9 @@ def render_html(report: Report) -> str:
                 )
             elif isinstance(block, Code):
                 out.append(f"<pre>{_esc(block.text)}</pre>")
+            elif isinstance(block, Links):
+                items = ", ".join(f'<a href="{_esc(quote(href))}">{_esc(text)}</a>' for text, href in block.links)
+                out.append(f"<p>{_esc(block.label)}: {items}</p>")
         out.append("</section>")
     out.append("</body></html>")
     return "\n".join(out) + "\n"
