@@ -110,7 +110,7 @@ def test_identical_predictions_give_p_one():
 
 
 def test_sentences_significant_and_not():
-    c = stats.Comparison("Dice", "", "unet", "fcn", 20, 0.061, 0.04, 0.08, 10.0, 0.001, p_holm=0.002)
+    c = stats.Comparison("Dice", "", "unet", "fcn", 20, 0.061, 0.04, 0.08, 10.0, 0.001, p_holm=0.002, rank_direction=1)
     assert stats.comparison_sentence(c) == (
         "unet beats fcn by 0.061 Dice (difference of means; 95% CI 0.040–0.080, p = 0.002, 20 cases)."
     )
@@ -120,7 +120,7 @@ def test_sentences_significant_and_not():
     assert "fcn ahead by 1.50 mm" in sentence and "p = 0.400" in sentence and "-0.20 to 3.00" in sentence
     # significant in favour of the other model (best by Dice, worse by HD95)
     c = stats.Comparison("HD95", "mm", "unet", "fcn", 12, -1.5, -2.0, -1.0, 2.0, 0.001, p_holm=0.001,
-                         statistic_name="penalised mean")  # fmt: skip
+                         statistic_name="penalised mean", rank_direction=-1)  # fmt: skip
     assert stats.comparison_sentence(c).startswith(
         "fcn beats unet by 1.50 mm HD95 (difference of penalised means; 95% CI 1.00–2.00"
     )

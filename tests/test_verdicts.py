@@ -164,6 +164,46 @@ def test_zero_differences_are_counted_separately_from_the_tested_cases():
     assert "7 cases + 3 with zero difference, not tested" in stats.comparison_sentence(c)
 
 
+def test_a_significant_rank_test_beside_a_mean_ci_that_crosses_zero_is_no_verdict():
+    # b is ahead on 26 of 30 cases by 0.03, a on four by 0.2: the signed ranks favour b (p < 0.05), the mean favours
+    # b too, but its bootstrap CI straddles 0. "b beats a" beside that interval would contradict itself.
+    ref = _series([0.80] * 26 + [0.95] * 4)
+    other = _series([0.83 + 0.0001 * i for i in range(26)] + [0.75] * 4)
+    c = stats.paired_comparison(ref, other, metric="Dice", reference_name="a", other_name="b", higher_is_better=True)
+    assert c.p_value < 0.05 and c.ci_low < 0 < c.ci_high
+    assert c.verdict == "mixed evidence" and not c.significant
+    sentence = stats.comparison_sentence(c)
+    assert sentence.startswith("No verdict between a and b in Dice: the rank test gives p = ")
+    assert "beats" not in sentence
+    assert "but the 95% CI of the difference of means includes 0; b ahead by 0.000 Dice" in sentence
+
+
+def test_ranks_and_mean_pointing_at_different_models_is_no_verdict():
+    # b is ahead on 18 of 20 cases by 0.01, a on two by 0.5: the ranks favour b (significant), the mean favours a
+    # with a CI above 0. Neither model may be called the winner.
+    ref = _series([0.80] * 18 + [0.95, 0.95])
+    other = _series([0.81 + 0.0001 * i for i in range(18)] + [0.20, 0.20])
+    c = stats.paired_comparison(ref, other, metric="Dice", reference_name="a", other_name="b", higher_is_better=True,
+                                n_resamples=2000)  # fmt: skip
+    assert c.p_value < 0.05 and c.mean_diff > 0 and c.rank_direction == -1
+    assert c.verdict == "mixed evidence"
+    assert "the ranks favour b while the mean favours a" in stats.comparison_sentence(c)
+
+
+def test_rank_direction_is_the_sign_of_the_signed_rank_sum():
+    assert stats.rank_direction(np.array([0.1, 0.2, -0.05, 0.0])) == 1
+    assert stats.rank_direction(np.array([-0.3, -0.2, 0.1])) == -1  # ranks: 3 + 2 against 1
+    assert stats.rank_direction(np.array([-0.3, 0.1, 0.1])) == 0  # average ranks: 3 against 1.5 + 1.5
+    assert stats.rank_direction(np.zeros(4)) == 0
+
+
+def test_a_clear_difference_still_beats():
+    ref = _series(np.linspace(0.85, 0.95, 12))
+    c = stats.paired_comparison(ref, ref - 0.1, metric="Dice", reference_name="a", other_name="b",
+                                higher_is_better=True)  # fmt: skip
+    assert c.rank_direction == 1 and c.ci_excludes_zero and c.verdict == "beats"
+
+
 def test_too_few_cases_for_significance_says_so():
     ref, other = _series([0.9, 0.8, 0.85]), _series([0.7, 0.6, 0.65])
     c = stats.paired_comparison(ref, other, metric="Dice", reference_name="a", other_name="b", higher_is_better=True)

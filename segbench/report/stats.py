@@ -9,7 +9,7 @@ report regenerated from the same run directory is byte-identical.
   constant values) give a defined answer instead of a warning; tests check it against scipy.
 * :func:`holm` — Holm–Bonferroni step-down adjustment of p-values.
 * :func:`paired_comparison` — two-sided Wilcoxon signed-rank test (:func:`scipy.stats.wilcoxon`) on the
-  per-case differences, plus the bootstrap CI of the mean difference.
+  per-case differences, plus the bootstrap CI of the mean difference and the direction the ranks favour.
 * :func:`rank_stability` — share of case-bootstrap resamples in which each model ranks first.
 * :func:`pareto_front` — which (cost, quality) points no other point dominates.
 """
@@ -111,7 +111,8 @@ class Comparison:
     Holm-adjusted one over the family the comparison belongs to (NaN until set). With ``repeats`` ≥ 2, ``job_p``
     is the Wilcoxon p-value over the ``job_units`` independently trained (fold, repeat) networks (mean difference of
     the fold's cases in that repeat), ``job_p_holm`` its Holm adjustment, and ``repeat_wins`` the number of repeats
-    in which the model ahead on the cases also has the better mean. ``verdict`` applies the rule (see
+    in which the model ahead on the cases also has the better mean. ``rank_direction`` is the sign of the signed-rank
+    sum (W+ - W-): +1 when the ranks favour the reference, -1 the other, 0 a tie. ``verdict`` applies the rule (see
     :attr:`verdict`).
     """
 
@@ -135,6 +136,7 @@ class Comparison:
     job_p: float = math.nan
     job_p_holm: float = math.nan
     repeat_wins: int = 0
+    rank_direction: int = 0
 
     @property
     def n_tested(self) -> int:
@@ -152,11 +154,13 @@ class Comparison:
     @property
     def verdict(self) -> str:
         """The rule (docs/validity.md): one of ``beats``, ``no significant difference``, ``indistinguishable``,
-        ``too few cases``, ``not consistent``, ``too few jobs``, ``no common case``.
+        ``too few cases``, ``mixed evidence``, ``not consistent``, ``too few jobs``, ``no common case``.
 
-        One repeat: ``beats`` when the Holm-corrected case-level test gives p < 0.05. Two or more repeats:
-        additionally the Holm-corrected job-level test over the (fold, repeat) networks gives p < 0.05 with a
-        difference in the same direction.
+        One repeat: ``beats`` when the Holm-corrected case-level test gives p < 0.05, the ranks favour the model the
+        mean favours, and the bootstrap CI of the mean difference excludes 0 (``mixed evidence`` otherwise: the
+        sentence would print a "winner" beside an interval that crosses 0). Two or more repeats: additionally the
+        Holm-corrected job-level test over the (fold, repeat) networks gives p < 0.05 with a difference in the same
+        direction.
         """
         p = self.p_holm if not math.isnan(self.p_holm) else self.p_value
         if self.n_cases == 0:
@@ -167,6 +171,8 @@ class Comparison:
             return "too few cases"
         if not p < ALPHA:
             return "no significant difference"
+        if self.mixed_evidence:
+            return "mixed evidence"
         if self.repeats < 2:
             return "beats"
         if min_attainable_p(self.job_units) >= ALPHA:
@@ -176,8 +182,28 @@ class Comparison:
         return "beats" if job_p < ALPHA and same_direction else "not consistent"
 
     @property
+    def ci_excludes_zero(self) -> bool:
+        """Whether the CI of the mean difference lies wholly on the side of the model the mean favours."""
+        return self.ci_low > 0 if self.mean_diff >= 0 else self.ci_high < 0
+
+    @property
+    def mixed_evidence(self) -> bool:
+        """The rank test and the mean disagree: the ranks favour the other model, or the mean's CI includes 0."""
+        mean_direction = 1 if self.mean_diff >= 0 else -1
+        return self.rank_direction != mean_direction or not self.ci_excludes_zero
+
+    @property
     def significant(self) -> bool:
         return self.verdict == "beats"
+
+
+def rank_direction(diff: np.ndarray) -> int:
+    """Sign of W+ - W- of the signed-rank test on ``diff`` (zeros dropped, tied magnitudes get average ranks)."""
+    nonzero = diff[diff != 0]
+    if nonzero.size == 0:
+        return 0
+    ranks = scipy_stats.rankdata(np.abs(nonzero))
+    return int(np.sign(ranks[nonzero > 0].sum() - ranks[nonzero < 0].sum()))
 
 
 def _wilcoxon(diff: np.ndarray) -> tuple[float, float]:
@@ -271,6 +297,7 @@ def repeated_comparison(
         statistic_name=statistic_name, cases_each=cases_each, repeats=max(repeats, 1), job_units=int(units.size),
         job_mean_diff=float(units.mean()) if units.size else math.nan,
         job_p=_wilcoxon(units)[1] if repeats >= 2 else math.nan, repeat_wins=int(np.sum(ahead * per_repeat > 0)),
+        rank_direction=rank_direction(diff),
     )  # fmt: skip
 
 
@@ -322,11 +349,26 @@ def comparison_sentence(c: Comparison) -> str:
             f"Too few paired cases to test {c.reference} against {c.other} in {c.metric}: {c.n_tested} non-zero "
             f"difference(s) can never reach p < {ALPHA:g} (6 are needed); {c.winner} ahead by {by} ({detail})."
         )
+    if verdict == "mixed evidence":
+        return f"No verdict between {c.reference} and {c.other} in {c.metric}: the rank test gives {format_p(_p(c))}, but {_disagreement(c)}; {c.winner} ahead by {by} ({detail})."  # noqa: E501
     if verdict in ("not consistent", "too few jobs"):
         why = ("too few independently trained networks to check consistency across repeats (6 are needed)"
                if verdict == "too few jobs" else "not consistent across repeats")  # fmt: skip
         return f"No verdict between {c.reference} and {c.other} in {c.metric}: {c.winner} ahead by {by} on the cases ({detail}), but {why}{_consistency(c)}."  # noqa: E501
     return f"No significant difference between {c.reference} and {c.other} in {c.metric} ({c.winner} ahead by {by}; {detail})."  # noqa: E501
+
+
+def _p(c: Comparison) -> float:
+    return c.p_holm if not math.isnan(c.p_holm) else c.p_value
+
+
+def _disagreement(c: Comparison) -> str:
+    """Why a significant rank test gives no verdict (:attr:`Comparison.mixed_evidence`)."""
+    mean_direction = 1 if c.mean_diff >= 0 else -1
+    if c.rank_direction != mean_direction:
+        ranked = c.reference if c.rank_direction > 0 else c.other
+        return f"the ranks favour {ranked} while the {c.statistic_name} favours {c.winner}"
+    return f"the 95% CI of the difference of {c.statistic_name}s includes 0"
 
 
 def _by(c: Comparison) -> str:
@@ -339,7 +381,7 @@ def _detail(c: Comparison) -> str:
     digits = 3 if c.unit == "" else 2
     # Report the interval from the winner's side so that it matches the positive difference.
     low, high = (c.ci_low, c.ci_high) if c.mean_diff >= 0 else (-c.ci_high, -c.ci_low)
-    p = c.p_holm if not math.isnan(c.p_holm) else c.p_value
+    p = _p(c)
     cases = f"{c.n_tested} case" + ("" if c.n_tested == 1 else "s")
     zeros = f" + {c.n_zero} with zero difference, not tested" if c.n_zero else ""
     common = ""
