@@ -20,7 +20,9 @@ MODELS=${MODELS:-fcn,unet,unet_w10_d2}
 FOLDS=${FOLDS:-5}
 ITERATIONS=${ITERATIONS:-}            # empty: each task's default budget
 REPORT_DIR=${REPORT_DIR:-reports/suite}
-RUN_ROOT=${RUN_ROOT:-segbench-runs/suite-$(date +%Y%m%d-%H%M%S)}
+# The run directories (checkpoints, predictions: not committed) sit beside the committed copies, so the leaderboard
+# page, which names each run relative to itself, says ../runs/TASK and not some machine's temporary folder.
+RUN_ROOT=${RUN_ROOT:-$REPORT_DIR/runs}
 
 # The code that runs is the code at the start: edits made while it runs must not be credited to it.
 commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
