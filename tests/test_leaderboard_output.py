@@ -58,6 +58,10 @@ def test_every_file_is_written(written, runs):
     assert len(per_dataset) == 11 and set(per_dataset["dataset"]) == {"A", "B", "C"}
     best_of_b = per_dataset[(per_dataset["dataset"] == "B") & (per_dataset["model"] == "b")].iloc[0]
     assert best_of_b["verdict_dice"] == "reference" and best_of_b["rank"] == 1
+    # A significant verdict names its direction from the row's side, never a bare "beats" in the loser's row.
+    verdicts = set(per_dataset["verdict_dice"].dropna()) | set(per_dataset["verdict_hd95"].dropna())
+    assert "beats" not in verdicts
+    assert any(v.startswith(("beaten by ", "beats ")) for v in verdicts), verdicts
     # Runs are named relative to the leaderboard's folder: a committed page shows no machine's folders.
     places = pd.read_csv(written.out_dir / "comparability.csv").set_index("dataset")["run_dir"]
     assert all(not Path(p).is_absolute() for p in places)

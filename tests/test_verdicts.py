@@ -190,6 +190,19 @@ def test_ranks_and_mean_pointing_at_different_models_is_no_verdict():
     assert "the ranks favour b while the mean favours a" in stats.comparison_sentence(c)
 
 
+def test_a_mean_ci_clear_of_zero_beside_a_non_significant_rank_test_is_mixed_evidence():
+    # b is a little ahead on 12 of 20 cases, a far ahead on 8: the mean favours a with a CI above 0, the ranks do
+    # not reach p < 0.05. "No significant difference" beside that interval would read as a contradiction.
+    ref = _series([0.80] * 12 + [0.90] * 8)
+    other = _series([0.81 + 0.001 * i for i in range(12)] + [0.60] * 8)
+    c = stats.paired_comparison(ref, other, metric="Dice", reference_name="a", other_name="b", higher_is_better=True)
+    assert not c.p_value < 0.05 and c.ci_low > 0
+    assert c.verdict == "mixed evidence" and not c.significant
+    sentence = stats.comparison_sentence(c)
+    assert sentence.startswith("No verdict between a and b in Dice: the rank test gives p = ")
+    assert "yet the 95% CI of the difference of means excludes 0, so a few cases carry the difference" in sentence
+
+
 def test_rank_direction_is_the_sign_of_the_signed_rank_sum():
     assert stats.rank_direction(np.array([0.1, 0.2, -0.05, 0.0])) == 1
     assert stats.rank_direction(np.array([-0.3, -0.2, 0.1])) == -1  # ranks: 3 + 2 against 1

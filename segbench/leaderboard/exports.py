@@ -11,11 +11,23 @@ from segbench.metrics import get_metric
 
 
 def _verdicts(board: Leaderboard, dataset: str, model: str) -> dict[str, str]:
+    """The run's verdict on ``model`` against its best model, from ``model``'s side: ``beats unet`` or ``beaten by
+    unet`` (a bare ``beats`` in a row of the loser would read as its win), else the verdict as the report names it."""
     run = next(r for r in board.runs if r.dataset == dataset)
     found = {c.metric: c for c in run.comparisons if c.other == model}
     best = run.models[0] if run.models else ""
-    return {f"verdict_{name}": ("reference" if model == best else found[label].verdict if label in found else "")
-            for name, label in (("dice", "Dice"), ("hd95", "HD95"))}  # fmt: skip
+
+    def side(label: str) -> str:
+        if model == best:
+            return "reference"
+        if label not in found:
+            return ""
+        c = found[label]
+        if not c.significant:
+            return c.verdict
+        return f"beats {c.reference}" if c.winner == model else f"beaten by {c.reference}"
+
+    return {f"verdict_{name}": side(label) for name, label in (("dice", "Dice"), ("hd95", "HD95"))}
 
 
 def per_dataset_frame(board: Leaderboard) -> pd.DataFrame:

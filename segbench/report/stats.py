@@ -157,8 +157,9 @@ class Comparison:
         ``too few cases``, ``mixed evidence``, ``not consistent``, ``too few jobs``, ``no common case``.
 
         One repeat: ``beats`` when the Holm-corrected case-level test gives p < 0.05, the ranks favour the model the
-        mean favours, and the bootstrap CI of the mean difference excludes 0 (``mixed evidence`` otherwise: the
-        sentence would print a "winner" beside an interval that crosses 0). Two or more repeats: additionally the
+        mean favours, and the bootstrap CI of the mean difference excludes 0. ``mixed evidence`` when the two
+        disagree either way: a significant rank test with ranks against the mean or a CI that crosses 0, or a
+        non-significant one beside a CI clear of 0 (a few cases carry the mean). Two or more repeats: additionally the
         Holm-corrected job-level test over the (fold, repeat) networks gives p < 0.05 with a difference in the same
         direction.
         """
@@ -170,7 +171,8 @@ class Comparison:
         if min_attainable_p(self.n_tested) >= ALPHA:
             return "too few cases"
         if not p < ALPHA:
-            return "no significant difference"
+            # A mean CI clear of 0 beside a non-significant rank test would read as a contradiction too.
+            return "mixed evidence" if self.ci_excludes_zero else "no significant difference"
         if self.mixed_evidence:
             return "mixed evidence"
         if self.repeats < 2:
@@ -350,7 +352,7 @@ def comparison_sentence(c: Comparison) -> str:
             f"difference(s) can never reach p < {ALPHA:g} (6 are needed); {c.winner} ahead by {by} ({detail})."
         )
     if verdict == "mixed evidence":
-        return f"No verdict between {c.reference} and {c.other} in {c.metric}: the rank test gives {format_p(_p(c))}, but {_disagreement(c)}; {c.winner} ahead by {by} ({detail})."  # noqa: E501
+        return f"No verdict between {c.reference} and {c.other} in {c.metric}: the rank test gives {format_p(_p(c))}, {'but' if _p(c) < ALPHA else 'yet'} {_disagreement(c)}; {c.winner} ahead by {by} ({detail})."  # noqa: E501
     if verdict in ("not consistent", "too few jobs"):
         why = ("too few independently trained networks to check consistency across repeats (6 are needed)"
                if verdict == "too few jobs" else "not consistent across repeats")  # fmt: skip
@@ -363,8 +365,10 @@ def _p(c: Comparison) -> float:
 
 
 def _disagreement(c: Comparison) -> str:
-    """Why a significant rank test gives no verdict (:attr:`Comparison.mixed_evidence`)."""
+    """Why the rank test and the mean disagree (:attr:`Comparison.verdict` ``mixed evidence``)."""
     mean_direction = 1 if c.mean_diff >= 0 else -1
+    if not _p(c) < ALPHA:
+        return f"the 95% CI of the difference of {c.statistic_name}s excludes 0, so a few cases carry the difference"
     if c.rank_direction != mean_direction:
         ranked = c.reference if c.rank_direction > 0 else c.other
         return f"the ranks favour {ranked} while the {c.statistic_name} favours {c.winner}"
