@@ -87,9 +87,11 @@ _POLICIES = (
     "model is compared with the best one (highest mean Dice) by a two-sided Wilcoxon signed-rank test on the cases "
     "both have (each case's value is its mean over repeats; zero differences are not tested and are counted "
     "separately), Holm-corrected over the comparisons of one metric. Verdict rule (docs/validity.md): with one "
-    "repeat, 'A beats B' when the corrected case test gives p < 0.05; with two or more repeats, additionally a "
-    "two-sided Wilcoxon signed-rank test over the independently trained (fold, repeat) networks (each one's mean "
-    "difference on its fold's cases), Holm-corrected the same way, must give p < 0.05 in the same direction.",
+    "repeat, 'A beats B' when the corrected case test gives p < 0.05, the ranks favour A as the mean does and the "
+    "bootstrap CI of the mean difference excludes 0 ('mixed evidence' when the test and the CI disagree); with two "
+    "or more repeats, additionally a two-sided Wilcoxon signed-rank test over the independently trained (fold, "
+    "repeat) networks (each one's mean difference on its fold's cases), Holm-corrected the same way, must give "
+    "p < 0.05 in the same direction.",
 )
 
 
@@ -646,7 +648,9 @@ def _postprocessing_section(ctx: RunContext) -> Section:
 def _rule_sentence(ctx: RunContext) -> str:
     if ctx.repeats < 2:
         return (
-            "Verdict rule: 'A beats B' when the Holm-corrected case-level Wilcoxon test gives p < 0.05. "
+            "Verdict rule: 'A beats B' when the Holm-corrected case-level Wilcoxon test gives p < 0.05, the ranks "
+            "favour A as the mean does, and the 95% CI of the mean difference excludes 0 ('mixed evidence' when the "
+            "test and the CI disagree). "
             "Training-seed variance was not measured (one training seed per model and fold): the cases of one fold "
             "share one trained network, so a difference can be the luck of one seed — docs/validity.md measures how "
             "often this rule declares a winner between two copies of one architecture. For close results rerun with "
@@ -654,7 +658,8 @@ def _rule_sentence(ctx: RunContext) -> str:
         )
     return (
         f"Verdict rule ({ctx.repeats} repeats): 'A beats B' only when the Holm-corrected case-level Wilcoxon test "
-        "(each case's mean over repeats) gives p < 0.05 AND the difference is consistent across repeats: the "
+        "(each case's mean over repeats) gives p < 0.05 with the ranks and the 95% CI of the mean difference on "
+        "A's side AND the difference is consistent across repeats: the "
         "Holm-corrected Wilcoxon test over the independently trained (fold, repeat) networks gives p < 0.05 in "
         "the same direction (docs/validity.md)."
     )
