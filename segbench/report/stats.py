@@ -163,7 +163,7 @@ class Comparison:
         Holm-corrected job-level test over the (fold, repeat) networks gives p < 0.05 with a difference in the same
         direction.
         """
-        p = self.p_holm if not math.isnan(self.p_holm) else self.p_value
+        p = self.case_p
         if self.n_cases == 0:
             return "no common case"
         if self.n_tested == 0:
@@ -184,6 +184,16 @@ class Comparison:
         return "beats" if job_p < ALPHA and same_direction else "not consistent"
 
     @property
+    def case_p(self) -> float:
+        """The case-level p-value the rule uses: Holm-adjusted once set, else raw."""
+        return self.p_holm if not math.isnan(self.p_holm) else self.p_value
+
+    @property
+    def mean_direction(self) -> int:
+        """+1 when the mean difference favours the reference (or is 0), -1 the other."""
+        return 1 if self.mean_diff >= 0 else -1
+
+    @property
     def ci_excludes_zero(self) -> bool:
         """Whether the CI of the mean difference lies wholly on the side of the model the mean favours."""
         return self.ci_low > 0 if self.mean_diff >= 0 else self.ci_high < 0
@@ -191,8 +201,7 @@ class Comparison:
     @property
     def mixed_evidence(self) -> bool:
         """The rank test and the mean disagree: the ranks favour the other model, or the mean's CI includes 0."""
-        mean_direction = 1 if self.mean_diff >= 0 else -1
-        return self.rank_direction != mean_direction or not self.ci_excludes_zero
+        return self.rank_direction != self.mean_direction or not self.ci_excludes_zero
 
     @property
     def significant(self) -> bool:
@@ -352,7 +361,7 @@ def comparison_sentence(c: Comparison) -> str:
             f"difference(s) can never reach p < {ALPHA:g} (6 are needed); {c.winner} ahead by {by} ({detail})."
         )
     if verdict == "mixed evidence":
-        return f"No verdict between {c.reference} and {c.other} in {c.metric}: the rank test gives {format_p(_p(c))}, {'but' if _p(c) < ALPHA else 'yet'} {_disagreement(c)}; {c.winner} ahead by {by} ({detail})."  # noqa: E501
+        return f"No verdict between {c.reference} and {c.other} in {c.metric}: the rank test gives {format_p(c.case_p)}, {'but' if c.case_p < ALPHA else 'yet'} {_disagreement(c)}; {c.winner} ahead by {by} ({detail})."  # noqa: E501
     if verdict in ("not consistent", "too few jobs"):
         why = ("too few independently trained networks to check consistency across repeats (6 are needed)"
                if verdict == "too few jobs" else "not consistent across repeats")  # fmt: skip
@@ -360,16 +369,11 @@ def comparison_sentence(c: Comparison) -> str:
     return f"No significant difference between {c.reference} and {c.other} in {c.metric} ({c.winner} ahead by {by}; {detail})."  # noqa: E501
 
 
-def _p(c: Comparison) -> float:
-    return c.p_holm if not math.isnan(c.p_holm) else c.p_value
-
-
 def _disagreement(c: Comparison) -> str:
     """Why the rank test and the mean disagree (:attr:`Comparison.verdict` ``mixed evidence``)."""
-    mean_direction = 1 if c.mean_diff >= 0 else -1
-    if not _p(c) < ALPHA:
+    if not c.case_p < ALPHA:
         return f"the 95% CI of the difference of {c.statistic_name}s excludes 0, so a few cases carry the difference"
-    if c.rank_direction != mean_direction:
+    if c.rank_direction != c.mean_direction:
         ranked = c.reference if c.rank_direction > 0 else c.other
         return f"the ranks favour {ranked} while the {c.statistic_name} favours {c.winner}"
     return f"the 95% CI of the difference of {c.statistic_name}s includes 0"
@@ -385,7 +389,7 @@ def _detail(c: Comparison) -> str:
     digits = 3 if c.unit == "" else 2
     # Report the interval from the winner's side so that it matches the positive difference.
     low, high = (c.ci_low, c.ci_high) if c.mean_diff >= 0 else (-c.ci_high, -c.ci_low)
-    p = _p(c)
+    p = c.case_p
     cases = f"{c.n_tested} case" + ("" if c.n_tested == 1 else "s")
     zeros = f" + {c.n_zero} with zero difference, not tested" if c.n_zero else ""
     common = ""
