@@ -7,25 +7,20 @@ import pandas as pd
 from segbench.leaderboard.build import Leaderboard
 from segbench.leaderboard.comparability import FIELDS
 from segbench.leaderboard.scores import model_means
+from segbench.leaderboard.tables import verdict_against_best
 from segbench.metrics import get_metric
 
 
 def _verdicts(board: Leaderboard, dataset: str, model: str) -> dict[str, str]:
-    """The run's verdict on ``model`` against its best model, from ``model``'s side: ``beats unet`` or ``beaten by
-    unet`` (a bare ``beats`` in a row of the loser would read as its win), else the verdict as the report names it."""
+    """The run's verdicts on ``model`` as the page gives them, with the best model named: ``beats unet``, ``beaten by
+    unet``, else the verdict as the report names it."""
     run = next(r for r in board.runs if r.dataset == dataset)
-    found = {c.metric: c for c in run.comparisons if c.other == model}
-    best = run.models[0] if run.models else ""
 
     def side(label: str) -> str:
-        if model == best:
-            return "reference"
-        if label not in found:
-            return ""
-        c = found[label]
-        if not c.significant:
-            return c.verdict
-        return f"beats {c.reference}" if c.winner == model else f"beaten by {c.reference}"
+        word, c = verdict_against_best(run, model, label)
+        if c is None or not c.significant:
+            return word
+        return f"beats {c.reference}" if word == "beats" else f"beaten by {c.reference}"
 
     return {f"verdict_{name}": side(label) for name, label in (("dice", "Dice"), ("hd95", "HD95"))}
 

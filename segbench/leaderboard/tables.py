@@ -85,17 +85,30 @@ def _absent(run: DatasetRun, model: str) -> str:
     return "no evaluated case" if model in run.context.models else "not in this run"
 
 
-def _verdict(run: DatasetRun, model: str, label: str) -> str:
-    """The run's verdict on ``model`` against its best model in metric ``label``, as its report has it (short)."""
+def verdict_against_best(run: DatasetRun, model: str, label: str) -> tuple[str, Comparison | None]:
+    """The run's verdict on ``model`` against its best model in metric ``label``, from ``model``'s side.
+
+    Returns ``("reference", None)`` for the best model, ``("", None)`` without a comparison, ``("beats" | "beaten",
+    c)`` for a significant one (the winner's side: a bare verdict in the loser's row would read as its win), else
+    ``(c.verdict, c)``.
+    """
     if run.models and model == run.models[0]:
-        return "reference"
+        return "reference", None
     found: list[Comparison] = [c for c in run.comparisons if c.metric == label and c.other == model]
     if not found:
-        return "–"
+        return "", None
     c = found[0]
     if c.significant:
-        return f"{'beats' if c.winner == model else 'beaten'} (p {p_cell(c.p_holm)})"
-    return c.verdict
+        return ("beats" if c.winner == model else "beaten"), c
+    return c.verdict, c
+
+
+def _verdict(run: DatasetRun, model: str, label: str) -> str:
+    """The run's verdict on ``model`` against its best model in metric ``label``, as its report has it (short)."""
+    word, c = verdict_against_best(run, model, label)
+    if c is None:
+        return word or "–"
+    return f"{word} (p {p_cell(c.p_holm)})" if c.significant else word
 
 
 def _rank(value: float) -> str:
